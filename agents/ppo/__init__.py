@@ -1,0 +1,1 @@
+"""Proximal Policy Optimisation: ``config`` (hyperparameters), ``networks``, ``losses``, ``train``."""

@@ -1,0 +1,120 @@
+"""PPO hyperparameters, named as in Stable-Baselines3 / RL Zoo so tuned values paste in."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional, Union
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        # Imported lazily: rlaccel.config imports this module.
+        from rlaccel.config import ConfigError
+
+        raise ConfigError(f"{key}: {why}")
+
+
+ACTIVATIONS = {"tanh": "tanh", "nn.Tanh": "tanh", "relu": "relu", "nn.ReLU": "relu", "elu": "elu", "nn.ELU": "elu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyKwargs:
+    """Network shape (SB3's ``policy_kwargs``)."""
+
+    net_arch: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes, used for both the policy and the value network (separate weights)."""
+    activation_fn: str = "tanh"
+    """``tanh`` / ``relu`` / ``elu`` (RL Zoo spellings ``nn.Tanh``, ``nn.ReLU``, ``nn.ELU`` work too)."""
+    ortho_init: bool = True
+    """Orthogonal initialisation (gains sqrt(2) hidden, 0.01 policy head, 1 value head), as SB3."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (continuous actions)."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.net_arch) >= 1 and all(n >= 1 for n in self.net_arch), "net_arch", "needs at least one positive layer size")
+        _check(max(self.net_arch) <= 4096, "net_arch", "layers wider than 4096 are not supported (int8 accumulation bound)")
+        _check(self.activation_fn in ACTIVATIONS, "activation_fn", f"expected one of {', '.join(ACTIVATIONS)}, got {self.activation_fn!r}")
+
+    @property
+    def activation(self) -> str:
+        """Canonical activation name (``tanh``, ``relu`` or ``elu``)."""
+        return ACTIVATIONS[self.activation_fn]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Proximal Policy Optimisation (Schulman et al. 2017, https://arxiv.org/abs/1707.06347)."""
+
+    n_envs: int = 4
+    """Parallel environments per actor."""
+    n_steps: int = 128
+    """Steps per environment per rollout; one update consumes ``n_envs * n_steps`` samples."""
+    n_epochs: int = 4
+    """Passes over each rollout."""
+    batch_size: int = 128
+    """Minibatch size (SB3's meaning); must divide ``n_envs * n_steps``."""
+    learning_rate: Union[float, str] = 2.5e-4
+    """Adam step size; RL Zoo's ``lin_2.5e-4`` means linearly annealed to 0."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """``linear`` anneals the learning rate to 0 over training (optax.linear_schedule)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (https://arxiv.org/abs/1506.02438)."""
+    clip_range: float = 0.2
+    """PPO ratio clip."""
+    clip_range_vf: Optional[float] = None
+    """Value clip around the rollout's values (PureJaxRL/CleanRL use 0.2); null = none, as SB3."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    normalize_advantage: bool = True
+    """Normalise advantages per minibatch."""
+    normalize: bool = False
+    """Running observation normalisation; its statistics are part of the agent state."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (CleanRL/PureJaxRL use 1e-5; SB3 1e-8)."""
+    policy_kwargs: PolicyKwargs = PolicyKwargs()
+
+    def __post_init__(self) -> None:
+        lr = self.learning_rate
+        if isinstance(lr, str):
+            if not lr.startswith("lin_"):
+                _check(False, "learning_rate", f"expected a number or 'lin_<number>', got {lr!r}")
+            try:
+                value = float(lr[4:])
+            except ValueError:
+                _check(False, "learning_rate", f"expected a number or 'lin_<number>', got {lr!r}")
+            object.__setattr__(self, "learning_rate", value)
+            object.__setattr__(self, "lr_schedule", "linear")
+        _check(self.n_envs >= 1, "n_envs", "must be >= 1")
+        _check(self.n_steps >= 1, "n_steps", "must be >= 1")
+        _check(self.n_epochs >= 1, "n_epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(
+            (self.n_envs * self.n_steps) % self.batch_size == 0,
+            "batch_size",
+            f"must divide n_envs * n_steps = {self.n_envs * self.n_steps}, got {self.batch_size}",
+        )
+        _check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        _check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
+        _check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "must be in [0, 1]")
+        _check(self.clip_range > 0, "clip_range", "must be > 0")
+        _check(self.clip_range_vf is None or self.clip_range_vf > 0, "clip_range_vf", "must be > 0 or null")
+        _check(self.ent_coef >= 0, "ent_coef", "must be >= 0")
+        _check(self.vf_coef >= 0, "vf_coef", "must be >= 0")
+        _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        _check(self.adam_eps > 0, "adam_eps", "must be > 0")
+
+    @property
+    def rollout_size(self) -> int:
+        """Samples per update: ``n_envs * n_steps``."""
+        return self.n_envs * self.n_steps
+
+    @property
+    def num_minibatches(self) -> int:
+        """Minibatches per epoch."""
+        return self.rollout_size // self.batch_size

@@ -1,0 +1,131 @@
+"""PPO's pure, shape-documented maths: GAE and the clipped surrogate loss."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def compute_gae(
+    rewards: Array,
+    values: Array,
+    next_values: Array,
+    terminated: Array,
+    truncated: Array,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Array, Array]:
+    """Generalised advantage estimation (Schulman et al. 2015, https://arxiv.org/abs/1506.02438).
+
+    Termination and truncation are kept apart: a terminated step has no future value
+    (``next_value`` is ignored); a truncated step bootstraps from the value of its true final
+    observation. Either ends the advantage recursion, because the next row of the batch
+    belongs to a new episode::
+
+        delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)
+        A_t     = delta_t + gamma * lambda * (1 - (terminated_t | truncated_t)) * A_{t+1}
+
+    The recursion is linear, so it runs as a reverse ``associative_scan`` (log T depth, a few
+    large ops) rather than T sequential tiny ones.
+
+    Args:
+      rewards: ``[T, B]``.
+      values: ``V(s_t)``, ``[T, B]``.
+      next_values: ``V(s'_t)`` of the true next observation (the final one where an episode
+        ended), ``[T, B]``.
+      terminated: ``[T, B]`` bool.
+      truncated: ``[T, B]`` bool.
+      gamma: discount.
+      gae_lambda: GAE lambda.
+
+    Returns:
+      ``(advantages, returns)``, each ``[T, B]``; ``returns = advantages + values``.
+    """
+    not_term = 1.0 - terminated.astype(values.dtype)
+    not_done = 1.0 - jnp.logical_or(terminated, truncated).astype(values.dtype)
+    deltas = rewards + gamma * not_term * next_values - values
+    decay = gamma * gae_lambda * not_done
+
+    # Elements (a, b) represent the map x -> b + a * x; composing A_t = b_t + a_t * A_{t+1}.
+    def compose(later: tuple[Array, Array], earlier: tuple[Array, Array]) -> tuple[Array, Array]:
+        a_later, b_later = later
+        a_earlier, b_earlier = earlier
+        return a_earlier * a_later, b_earlier + a_earlier * b_later
+
+    _, advantages = jax.lax.associative_scan(compose, (decay, deltas), reverse=True, axis=0)
+    return advantages, advantages + values
+
+
+class LossInfo(NamedTuple):
+    """Per-minibatch diagnostics (SB3's names in ``train/``)."""
+
+    policy_gradient_loss: Array
+    value_loss: Array
+    entropy_loss: Array
+    approx_kl: Array
+    clip_fraction: Array
+
+
+def ppo_loss(
+    new_log_prob: Array,
+    behaviour_log_prob: Array,
+    entropy: Array,
+    new_values: Array,
+    old_values: Array,
+    advantages: Array,
+    returns: Array,
+    *,
+    clip_range: float,
+    clip_range_vf: float | None,
+    ent_coef: float,
+    vf_coef: float,
+    normalize_advantage: bool,
+) -> tuple[Array, LossInfo]:
+    """Clipped surrogate + value loss - entropy bonus (https://arxiv.org/abs/1707.06347).
+
+    The ratio is taken against ``behaviour_log_prob``, the log-probability recorded by the
+    actor that chose the action (int8 or fp32): the samples were drawn from that policy, so
+    it is the importance weight's denominator. Recomputing it with the learner's fp32 copy
+    would silently treat int8 samples as fp32 ones, biasing the gradient by the quantisation
+    error; with the recorded value, quantisation is just a small policy lag that the clip
+    already bounds.
+
+    Args:
+      new_log_prob, behaviour_log_prob, entropy, new_values, old_values, advantages, returns:
+        ``[N]`` each (one minibatch).
+      clip_range: ratio clip epsilon.
+      clip_range_vf: value clip around ``old_values``; ``None`` for none.
+      ent_coef, vf_coef: loss weights.
+      normalize_advantage: normalise ``advantages`` over this minibatch.
+
+    Returns:
+      ``(total_loss, LossInfo)``.
+    """
+    if normalize_advantage:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = new_log_prob - behaviour_log_prob
+    ratio = jnp.exp(log_ratio)
+    surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages)
+    policy_loss = -surrogate.mean()
+
+    if clip_range_vf is None:
+        value_loss = 0.5 * jnp.square(new_values - returns).mean()
+    else:
+        clipped = old_values + jnp.clip(new_values - old_values, -clip_range_vf, clip_range_vf)
+        value_loss = 0.5 * jnp.maximum(jnp.square(new_values - returns), jnp.square(clipped - returns)).mean()
+
+    entropy_loss = -entropy.mean()
+    total = policy_loss + vf_coef * value_loss + ent_coef * entropy_loss
+    info = LossInfo(
+        policy_gradient_loss=policy_loss,
+        value_loss=value_loss,
+        entropy_loss=entropy_loss,
+        # http://joschu.net/blog/kl-approx.html, as SB3 and CleanRL.
+        approx_kl=jnp.mean((ratio - 1.0) - log_ratio),
+        clip_fraction=jnp.mean((jnp.abs(ratio - 1.0) > clip_range).astype(jnp.float32)),
+    )
+    return total, info

@@ -1,0 +1,242 @@
+"""PPO as the framework's pure functions: ``init``, ``actor_params``, ``act``, ``update``.
+
+The learner step is built from named pieces, each a plain function with its static
+arguments bound by ``functools.partial``:
+
+``learner_update`` (one rollout) -> ``epoch_update`` (shuffle, scan over minibatches)
+-> ``minibatch_update`` (grad of ``ppo_loss``, clip, Adam).
+
+``make_train(config)`` returns ``train(key)``, a whole run as one pure function, for tests
+and vmapped seeds; the driver (``rlaccel.driver``) calls the runner's chunks instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlaccel import normalize as obs_norm_lib
+from rlaccel.agent import Agent
+from rlaccel.agents.ppo import losses
+from rlaccel.agents.ppo import networks as nets_lib
+from rlaccel.agents.ppo.config import PPOConfig
+from rlaccel.rollout import Transition
+
+Array = jax.Array
+
+
+@struct.dataclass
+class PPOState:
+    """The learner's state."""
+
+    params: Any  # {"policy", "value"[, "log_std"]}
+    opt_state: Any
+    obs_stats: obs_norm_lib.RunningStats
+    step: Array  # [] int32, learner updates done
+
+
+class ActorParams(NamedTuple):
+    """What an actor needs: the policy (fp32 here), its log-std and the normaliser."""
+
+    policy: Any
+    log_std: Array | None
+    obs_stats: obs_norm_lib.RunningStats
+
+
+class ActorExtras(NamedTuple):
+    """Recorded at acting time for the learner."""
+
+    log_prob: Array  # [B] behaviour log-probability of the sampled action
+
+
+class Minibatch(NamedTuple):
+    """Flattened rollout data, ``[N, ...]``."""
+
+    obs: Array  # normalised
+    action: Array
+    behaviour_log_prob: Array
+    value: Array
+    advantage: Array
+    ret: Array
+
+
+def make_optimizer(cfg: PPOConfig, num_updates: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Global-norm clip then Adam, with an optax learning-rate schedule."""
+    if cfg.lr_schedule == "linear":
+        lr = optax.linear_schedule(cfg.learning_rate, 0.0, transition_steps=num_updates * cfg.n_epochs * cfg.num_minibatches)
+    else:
+        lr = optax.constant_schedule(cfg.learning_rate)
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=cfg.adam_eps)), lr
+
+
+def policy_head(nets: nets_lib.PPONetworks, policy_params: Any, obs: Array) -> Array:
+    """fp32 policy forward: ``[..., obs_dim] -> [..., action_dim]`` (logits or mean)."""
+    return nets.policy.apply({"params": policy_params}, obs)
+
+
+def value_fn(nets: nets_lib.PPONetworks, value_params: Any, obs: Array) -> Array:
+    """``[..., obs_dim] -> [...]``."""
+    return nets.value.apply({"params": value_params}, obs)[..., 0]
+
+
+def act(
+    actor_params: ActorParams,
+    obs: Array,
+    key: Array,
+    *,
+    head_fn: Callable[[Any, Array], Array],
+    normalize: bool,
+) -> tuple[Array, ActorExtras]:
+    """Sample actions for ``obs [B, obs_dim]`` and record their behaviour log-probabilities."""
+    if normalize:
+        obs = obs_norm_lib.normalize(actor_params.obs_stats, obs)
+    head = head_fn(actor_params.policy, obs)
+    action = nets_lib.sample(key, head, actor_params.log_std)
+    return action, ActorExtras(log_prob=nets_lib.log_prob(head, actor_params.log_std, action))
+
+
+def loss_fn(params: Any, mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOConfig) -> tuple[Array, losses.LossInfo]:
+    """PPO loss of one minibatch under ``params``."""
+    head = policy_head(nets, params["policy"], mb.obs)
+    log_std = params.get("log_std")
+    new_values = value_fn(nets, params["value"], mb.obs)
+    return losses.ppo_loss(
+        nets_lib.log_prob(head, log_std, mb.action),
+        mb.behaviour_log_prob,
+        nets_lib.entropy(head, log_std),
+        new_values,
+        mb.value,
+        mb.advantage,
+        mb.ret,
+        clip_range=cfg.clip_range,
+        clip_range_vf=cfg.clip_range_vf,
+        ent_coef=cfg.ent_coef,
+        vf_coef=cfg.vf_coef,
+        normalize_advantage=cfg.normalize_advantage,
+    )
+
+
+def minibatch_update(
+    carry: tuple[Any, Any], mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOConfig, optimizer: optax.GradientTransformation
+) -> tuple[tuple[Any, Any], losses.LossInfo]:
+    """One gradient step (a scan body over minibatches)."""
+    params, opt_state = carry
+    grads, info = jax.grad(loss_fn, has_aux=True)(params, mb, nets=nets, cfg=cfg)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), info
+
+
+def epoch_update(
+    carry: tuple[Any, Any], key: Array, *, data: Minibatch, cfg: PPOConfig, minibatch_step: Callable
+) -> tuple[tuple[Any, Any], losses.LossInfo]:
+    """Shuffle the rollout and take one gradient step per minibatch (a scan body over epochs)."""
+    perm = jax.random.permutation(key, cfg.rollout_size)
+    shuffled = jax.tree.map(lambda x: x[perm].reshape(cfg.num_minibatches, cfg.batch_size, *x.shape[1:]), data)
+    return jax.lax.scan(minibatch_step, carry, shuffled)
+
+
+def explained_variance(pred: Array, target: Array) -> Array:
+    """``1 - Var[target - pred] / Var[target]`` (SB3's ``train/explained_variance``)."""
+    var = jnp.var(target)
+    return jnp.where(var == 0, jnp.nan, 1.0 - jnp.var(target - pred) / var)
+
+
+def learner_update(
+    state: PPOState,
+    traj: Transition,
+    key: Array,
+    *,
+    nets: nets_lib.PPONetworks,
+    cfg: PPOConfig,
+    optimizer: optax.GradientTransformation,
+    lr_schedule: optax.Schedule,
+) -> tuple[PPOState, dict[str, Array]]:
+    """GAE on the rollout, ``n_epochs`` of minibatch steps, then the normaliser update.
+
+    Values are computed here, in two batched forwards over ``[T, B]``, instead of once per
+    acting step: the actor only needs the policy, and a few large ops beat many small ones.
+    The batch is normalised with the statistics the actor used; they are updated afterwards.
+    """
+    obs, next_obs = traj.obs, traj.next_obs
+    if cfg.normalize:
+        obs = obs_norm_lib.normalize(state.obs_stats, obs)
+        next_obs = obs_norm_lib.normalize(state.obs_stats, next_obs)
+    values = value_fn(nets, state.params["value"], obs)
+    next_values = value_fn(nets, state.params["value"], next_obs)
+    advantages, returns = losses.compute_gae(
+        traj.reward, values, next_values, traj.terminated, traj.truncated, cfg.gamma, cfg.gae_lambda
+    )
+    flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])  # noqa: E731
+    data = Minibatch(
+        obs=flat(obs),
+        action=flat(traj.action),
+        behaviour_log_prob=flat(traj.extras.log_prob),
+        value=flat(values),
+        advantage=flat(advantages),
+        ret=flat(returns),
+    )
+    minibatch_step = functools.partial(minibatch_update, nets=nets, cfg=cfg, optimizer=optimizer)
+    epoch_step = functools.partial(epoch_update, data=data, cfg=cfg, minibatch_step=minibatch_step)
+    (params, opt_state), infos = jax.lax.scan(epoch_step, (state.params, state.opt_state), jax.random.split(key, cfg.n_epochs))
+
+    obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if cfg.normalize else state.obs_stats
+    metrics = {f"train/{name}": jnp.mean(value) for name, value in infos._asdict().items()}
+    metrics["train/loss"] = metrics["train/policy_gradient_loss"] + cfg.vf_coef * metrics["train/value_loss"] + cfg.ent_coef * metrics["train/entropy_loss"]
+    metrics["train/explained_variance"] = explained_variance(values, returns)
+    metrics["train/learning_rate"] = lr_schedule(state.step * cfg.n_epochs * cfg.num_minibatches)
+    if "log_std" in params:
+        metrics["train/std"] = jnp.mean(jnp.exp(params["log_std"]))
+    new_state = PPOState(params=params, opt_state=opt_state, obs_stats=obs_stats, step=state.step + 1)
+    return new_state, metrics
+
+
+def make_agent(cfg: PPOConfig, env: Any, num_updates: int) -> Agent:
+    """PPO's pure functions for ``env`` (its spaces decide discrete vs Gaussian).
+
+    Args:
+      cfg: the ``ppo:`` section.
+      env: a JAX env (for its spaces).
+      num_updates: total learner updates, for the learning-rate schedule.
+    """
+    obs_dim = int(env.observation_space.shape[0])
+    nets = nets_lib.make_networks(env.observation_space, env.action_space, cfg.policy_kwargs)
+    optimizer, lr_schedule = make_optimizer(cfg, num_updates)
+
+    def init(key: Array) -> PPOState:
+        params = nets_lib.init_params(nets, key, obs_dim, cfg.policy_kwargs.log_std_init)
+        return PPOState(params=params, opt_state=optimizer.init(params), obs_stats=obs_norm_lib.init((obs_dim,)), step=jnp.zeros((), jnp.int32))
+
+    def actor_params(state: PPOState) -> ActorParams:
+        return ActorParams(policy=state.params["policy"], log_std=state.params.get("log_std"), obs_stats=state.obs_stats)
+
+    return Agent(
+        init=init,
+        actor_params=actor_params,
+        act=functools.partial(act, head_fn=functools.partial(policy_head, nets), normalize=cfg.normalize),
+        update=functools.partial(learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule),
+    )
+
+
+def num_updates(cfg: PPOConfig, total_timesteps: int) -> int:
+    """Learner updates in a run: ``total_timesteps // (n_envs * n_steps)``."""
+    return total_timesteps // cfg.rollout_size
+
+
+def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
+    """``train(key) -> (final TrainState, metrics [num_updates])``: a whole fused run, pure.
+
+    ``jax.jit(jax.vmap(make_train(config)))(keys)`` trains one agent per key in one compile.
+    """
+    from rlaccel import envs
+    from rlaccel.runners import FusedRunner
+
+    cfg: PPOConfig = config.ppo
+    env = envs.make(config.env, auto_reset=True)
+    n = num_updates(cfg, config.total_timesteps)
+    runner = FusedRunner(make_agent(cfg, env, n), env, cfg.n_envs, cfg.n_steps)
+    return functools.partial(runner.train, num_updates=n)

@@ -1,0 +1,36 @@
+"""The agent interface: a set of pure functions, the same for every algorithm.
+
+Where these functions execute (one fused program, two devices, host threads) is the
+runner's business (``rlaccel.runners``); precision of acting is decided by
+``actor_params`` (fp32 parameters or an int8 ``rlaccel.quant`` copy). Agent code never
+knows about devices, logging or checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+Array = jax.Array
+AgentState = Any  # a pytree: params, optimiser state, normaliser, algorithm extras
+ActorParams = Any  # what an actor needs to act: fp32 or int8 policy + normaliser
+ActorExtras = Any  # what an actor records for the learner, e.g. the behaviour log-prob
+Metrics = dict[str, Array]
+
+
+class Agent(NamedTuple):
+    """Pure functions of an algorithm (see ``docs/architecture.md``).
+
+    Attributes:
+      init: ``key -> AgentState``.
+      actor_params: ``AgentState -> ActorParams``; called after every learner update (the
+        "re-quantise and broadcast" step).
+      act: ``(ActorParams, obs [B, obs_dim], key) -> (action [B] or [B, A], ActorExtras)``.
+      update: ``(AgentState, Transition [T, B], key) -> (AgentState, Metrics)``; the learner step.
+    """
+
+    init: Callable[[Array], AgentState]
+    actor_params: Callable[[AgentState], ActorParams]
+    act: Callable[[ActorParams, Array, Array], tuple[Array, ActorExtras]]
+    update: Callable[[AgentState, Any, Array], tuple[AgentState, Metrics]]

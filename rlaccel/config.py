@@ -1,0 +1,347 @@
+"""Run configuration: YAML files loaded into frozen, typed dataclasses.
+
+A config file has the top-level keys ``env``, ``algo``, ``total_timesteps``, ``seed``,
+``placement``, ``logging`` and one section named after the algorithm (``ppo:``) whose keys
+are RL Zoo / Stable-Baselines3 hyperparameter names, so tuned hyperparameters paste in::
+
+    env: CartPole-v1
+    algo: ppo
+    total_timesteps: 500000
+    ppo:
+      n_envs: 4
+      n_steps: 128
+      learning_rate: 2.5e-4
+
+Every problem (malformed YAML, unknown key, wrong type, impossible value) raises
+:class:`ConfigError` with a one-line message that names the key. Nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from rlaccel.agents.ppo.config import PPOConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line and names the offending key."""
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerPlacement:
+    """Where the learner trains."""
+
+    device: str = "auto"
+    """``auto`` (first GPU, else CPU), ``cpu``, ``gpu`` or ``<platform>:<index>``."""
+    dtype: Literal["float32"] = "float32"
+    """Learner arithmetic; fp32 is the only supported choice."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorPlacement:
+    """Where and in which precision the actors act."""
+
+    device: str = "learner"
+    """``learner`` (same device, fused program), ``auto``, ``cpu``, ``gpu`` or ``<platform>:<index>``."""
+    precision: Literal["int8", "fp32"] = "int8"
+    """``int8``: the NPU-style integer path (see ``rlaccel.quant``); ``fp32``: the learner's params."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacementConfig:
+    """Placement of learner and actors (see ``rlaccel.placement``)."""
+
+    learner: LearnerPlacement = LearnerPlacement()
+    actor: ActorPlacement = ActorPlacement()
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Where results go and how often."""
+
+    run_dir: Optional[str] = None
+    """Run directory; default ``runs/<algo>_<env>_s<seed>_<timestamp>``."""
+    log_interval: int = 8
+    """Updates per compiled chunk; metrics, progress and the NaN check happen between chunks."""
+    checkpoint_interval: int = 100
+    """Write a checkpoint every this many updates (rounded up to whole chunks); 0 = only at the end."""
+    keep_checkpoints: int = 3
+    """How many most recent checkpoints to keep."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into the run directory."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        _check(self.log_interval >= 1, "logging.log_interval", "must be >= 1")
+        _check(self.checkpoint_interval >= 0, "logging.checkpoint_interval", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "logging.keep_checkpoints", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    env: str = "CartPole-v1"
+    """Environment id, e.g. ``CartPole-v1`` (JAX-native)."""
+    algo: Literal["ppo"] = "ppo"
+    """Learning algorithm; its section holds the hyperparameters."""
+    total_timesteps: int = 500_000
+    """Environment steps to train for (rounded down to whole updates)."""
+    seed: int = 0
+    """PRNG seed; everything random derives from it."""
+    placement: PlacementConfig = PlacementConfig()
+    logging: LoggingConfig = LoggingConfig()
+    ppo: Optional[PPOConfig] = None
+    """PPO hyperparameters (SB3 / RL Zoo names); filled with defaults when ``algo: ppo``."""
+
+    def __post_init__(self) -> None:
+        _check(self.total_timesteps >= 1, "total_timesteps", "must be >= 1")
+        if self.algo == "ppo" and self.ppo is None:
+            object.__setattr__(self, "ppo", PPOConfig())
+        per_update = self.agent.rollout_size
+        _check(self.total_timesteps >= per_update, "total_timesteps", f"must be at least one update ({self.algo}.n_envs * n_steps = {per_update})")
+
+    @property
+    def agent(self) -> Any:
+        """The section of the chosen algorithm."""
+        return getattr(self, self.algo)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (what ``config.yaml`` and ``summary.json`` hold)."""
+        out = _plain(dataclasses.asdict(self))
+        for name in ALGO_SECTIONS:
+            if name != self.algo:
+                out.pop(name, None)
+        return out
+
+
+ALGO_SECTIONS = ("ppo",)
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with type checks.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (lists become tuples)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} ({value!r})")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"{key}: expected one of {choices}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message is the useful one
+            return _coerce(value, options[0], key)
+        for arg in options:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} ({value!r})")
+        (item_tp, *_rest) = typing.get_args(tp) or (Any,)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {type(value).__name__} ({value!r})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                return int(value)  # 1e6 in YAML is a float; it means an integer here
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} ({value!r})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} ({value!r})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} ({value!r})")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from ``data``, checking keys and types.
+
+    Args:
+      cls: a dataclass type.
+      data: plain data (from YAML).
+      prefix: dotted path of ``data`` in the whole config, for error messages.
+
+    Raises:
+      ConfigError: unknown key (with the closest valid name), wrong type, or a value that a
+        ``__post_init__`` check rejects.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), sorted(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"unknown key '{key}'{hint}")
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not str(e).startswith(prefix):
+            raise ConfigError(f"{prefix}{e}") from None
+        raise
+
+
+def _parse_scalar(text: str) -> Any:
+    """A ``--set`` value is parsed as YAML, so ``3e-4``, ``true``, ``[64, 64]`` work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``path="a.b"``, creating sections on the way.
+
+    Raises:
+      ConfigError: the path descends into something that is not a section.
+    """
+    keys = path.strip().split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{path}: '{'.'.join(keys[: i + 1])}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to plain data; returns a copy.
+
+    Raises:
+      ConfigError: an override without ``=``, or one that descends into a non-mapping.
+    """
+    out = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        path, text = item.split("=", 1)
+        set_path(out, path, _parse_scalar(text))
+    return out
+
+
+def _plain(data: Any) -> Any:
+    """Tuples -> lists, recursively (YAML/JSON-friendly)."""
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(v) for v in data]
+    return data
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def load_data(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into plain data.
+
+    Raises:
+      ConfigError: missing file, malformed YAML, or a top level that is not a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def build(data: dict[str, Any]) -> Config:
+    """Plain data -> validated :class:`Config`."""
+    algo = data.get("algo", "ppo")
+    for name in ALGO_SECTIONS:
+        if name in data and name != algo:
+            raise ConfigError(f"{name}: section given but algo is {algo!r}")
+    return from_dict(Config, data)
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a config file, apply ``--set`` overrides, validate.
+
+    Args:
+      path: YAML file; ``None`` starts from the defaults.
+      overrides: ``["ppo.learning_rate=1e-3", "seed=3", ...]``.
+    """
+    data = load_data(path) if path is not None else {}
+    return build(apply_overrides(data, overrides or []))
+
+
+def replace(config: Config, **changes: Any) -> Config:
+    """Re-validated copy with changes; dotted names allowed: ``replace(c, **{"ppo.gamma": 0.9})``."""
+    data = config.to_dict()
+    for path, value in changes.items():
+        set_path(data, path, value)
+    return build(data)

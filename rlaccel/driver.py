@@ -1,0 +1,153 @@
+"""The driver: a thin Python loop around compiled chunks, doing all the I/O.
+
+Between chunks (never inside the compiled program) it logs metrics, moves the progress bar
+and writes checkpoints; at the end it writes ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from rich.console import Console
+
+from rlaccel import agents, checkpoint, envs
+from rlaccel.config import Config
+from rlaccel.logging import MetricLogger, make_progress, write_json
+from rlaccel.runners import FusedRunner, TrainState, episode_means
+
+__all__ = ["train", "chunk_length"]
+
+
+def chunk_length(num_updates: int, target: int) -> int:
+    """Updates per compiled chunk: ``target``, or a divisor of ``num_updates`` near it.
+
+    A divisor means every chunk has the same length, so there is one compile, not two.
+    """
+    if num_updates % target == 0 or target >= num_updates:
+        return min(target, num_updates)
+    for d in sorted(range(max(1, target // 2), 2 * target + 1), key=lambda d: abs(d - target)):
+        if num_updates % d == 0:
+            return d
+    return target
+
+
+def _compile(fn: Any, state: TrainState, n: int) -> tuple[Any, float]:
+    start = time.perf_counter()
+    compiled = jax.jit(fn, static_argnums=1, donate_argnums=0).lower(state, n).compile()
+    return compiled, time.perf_counter() - start
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Train as ``config`` says, writing TensorBoard events, checkpoints and ``summary.json``.
+
+    Args:
+      config: a validated config.
+      run_dir: the run directory (exists; ``config.yaml`` already written by the caller).
+      resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
+      console: where the progress bar goes.
+
+    Returns:
+      The summary (also written to ``run_dir/summary.json``).
+    """
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    env = envs.make(config.env, auto_reset=True)
+    spec = agents.make(config, env)
+    runner = FusedRunner(spec.agent, env, spec.num_envs, spec.num_steps)
+    steps_per_update = spec.steps_per_update
+    ckpt_dir = run_dir / "checkpoints"
+
+    state = jax.jit(runner.init)(jax.random.PRNGKey(config.seed))
+    if resume:
+        path = checkpoint.latest(ckpt_dir)
+        if path is None:
+            raise checkpoint.CheckpointError(f"{ckpt_dir}: no checkpoint to resume from")
+        state, _ = checkpoint.restore(path, state)
+        console.print(f"resumed from {path} (update {int(state.update)})")
+    start_update = int(state.update)
+
+    chunk = chunk_length(spec.num_updates, config.logging.log_interval)
+    compiled, compile_s = _compile(runner.train_chunk, state, chunk)
+    compiled_by_length = {chunk: compiled}
+
+    logger = MetricLogger(run_dir, tensorboard=config.logging.tensorboard)
+    logger.log(start_update * steps_per_update, {"time/compile_s": compile_s})
+    meta = {"config": config.to_dict(), "steps_per_update": steps_per_update}
+    ckpt_every = config.logging.checkpoint_interval
+    last_ckpt = start_update
+    train_s = 0.0
+    wall_start = time.perf_counter()
+    update = start_update
+    ret_text = "-"
+    progress = make_progress(console, enabled=config.logging.progress)
+    with progress:
+        task = progress.add_task(f"{config.algo} {config.env}", total=spec.num_updates * steps_per_update, completed=update * steps_per_update, sps="-", ret="-")
+        while update < spec.num_updates:
+            n = min(chunk, spec.num_updates - update)
+            if n not in compiled_by_length:
+                compiled_by_length[n], extra_s = _compile(runner.train_chunk, state, n)
+                compile_s += extra_s
+            start = time.perf_counter()
+            state, metrics = compiled_by_length[n](state)
+            metrics = jax.device_get(metrics)  # blocks: the chunk's time is measured whole
+            elapsed = time.perf_counter() - start
+            train_s += elapsed
+            fps = n * steps_per_update / elapsed
+            for i in range(n):
+                row = {k: v[i] for k, v in metrics.items()}
+                if i == n - 1:
+                    row["time/fps"] = fps
+                logger.log((update + i + 1) * steps_per_update, row)
+            update += n
+            ret = float(metrics["rollout/ep_rew_mean"][-1])
+            ret_text = f"{ret:.1f}" if math.isfinite(ret) else "-"
+            progress.update(task, completed=update * steps_per_update, sps=f"{fps:,.0f}", ret=ret_text)
+            if ckpt_every and update - last_ckpt >= ckpt_every and update < spec.num_updates:
+                checkpoint.save(ckpt_dir, update, state, {**meta, "update": update}, keep=config.logging.keep_checkpoints)
+                last_ckpt = update
+
+    checkpoint.save(ckpt_dir, update, state, {**meta, "update": update}, keep=config.logging.keep_checkpoints)
+    ep_rew_mean, ep_len_mean = (float(x) for x in jax.device_get(episode_means(state)))
+    env_steps = (update - start_update) * steps_per_update
+    summary = {
+        "env_steps": update * steps_per_update,
+        "updates": update,
+        "wall_s": time.perf_counter() - wall_start + compile_s,
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "sps": env_steps / train_s if train_s > 0 else float("nan"),
+        "final_return": ep_rew_mean,
+        "final_ep_len": ep_len_mean,
+        "episodes": int(state.episodes),
+        "run_dir": str(run_dir),
+        "config": config.to_dict(),
+    }
+    logger.hparams(_flat_hparams(config), {"final_return": ep_rew_mean, "sps": summary["sps"]})
+    logger.close()
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _flat_hparams(config: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {"env": config.env, "algo": config.algo, "seed": config.seed}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(config.algo, config.to_dict()[config.algo])
+    return out
+
+
+def summarize_returns(values: np.ndarray) -> dict[str, float]:
+    """Mean/std/min/max of an array of returns (used by benchmarks and sweeps)."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}

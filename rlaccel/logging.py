@@ -1,0 +1,89 @@
+"""The one place metrics leave the program: TensorBoard, the progress bar and ``summary.json``.
+
+Metric names are ``/``-namespaced and match Stable-Baselines3 where SB3 has a name
+(``rollout/ep_rew_mean``, ``time/fps``, ``train/value_loss``, ...), so dashboards built for
+SB3 runs read rlaccel runs too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class MetricLogger:
+    """Writes scalars to TensorBoard event files in ``run_dir``.
+
+    Non-finite values (e.g. ``rollout/ep_rew_mean`` before the first episode ends) are
+    skipped rather than written, as SB3 does for empty episode buffers.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self._writer = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=str(self.run_dir), flush_secs=10)
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Write ``metrics`` at x-axis ``step`` (env steps, as SB3)."""
+        if self._writer is None:
+            return
+        for name, value in metrics.items():
+            value = float(value)
+            if math.isfinite(value):
+                self._writer.add_scalar(name, value, global_step=int(step))
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Record the run's hyperparameters with its final metrics (TensorBoard's HPARAMS tab)."""
+        if self._writer is None:
+            return
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        finite = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self._writer.add_hparams(clean, finite, name=".", global_step=None)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+
+def make_progress(console: Console | None = None, enabled: bool = True) -> Progress:
+    """A rich progress bar showing env steps, steps/s and the mean episode return."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TextColumn("{task.fields[sps]:>8} steps/s"),
+        TextColumn("return {task.fields[ret]:>7}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,129 @@
+"""Collecting experience: a ``lax.scan`` of ``agent.act`` + ``env.step``, shared by all agents."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnasium import spaces
+
+Array = jax.Array
+
+
+@struct.dataclass
+class Transition:
+    """One step of ``B`` environments; a rollout stacks them to ``[T, B, ...]``.
+
+    ``next_obs`` is the true next observation: the final one where an episode ended (the
+    auto-reset env returns the next episode's first observation in ``obs`` of the next row),
+    so truncated episodes bootstrap from the right state.
+    """
+
+    obs: Array  # [B, obs_dim]
+    action: Array  # [B] int32 or [B, A] float32, as sampled (before clipping to bounds)
+    reward: Array  # [B]
+    terminated: Array  # [B] bool
+    truncated: Array  # [B] bool
+    next_obs: Array  # [B, obs_dim]
+    extras: Any  # ActorExtras, e.g. the behaviour log-prob [B]
+
+
+@struct.dataclass
+class RolloutState:
+    """What persists between rollouts: the envs and the running episode statistics."""
+
+    env_state: Any  # env state pytree, leaves [B, ...]
+    obs: Array  # [B, obs_dim]
+    episode_return: Array  # [B] return of the running episode so far
+    episode_length: Array  # [B] int32
+
+
+@struct.dataclass
+class EpisodeInfo:
+    """Per-step episode bookkeeping, ``[T, B]`` after a rollout."""
+
+    done: Array  # bool: an episode ended at this step
+    episode_return: Array  # return of the episode up to and including this step
+    episode_length: Array  # int32
+
+
+def reset(env: Any, key: Array, num_envs: int) -> RolloutState:
+    """Reset ``num_envs`` environments of an auto-reset env."""
+    env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    return RolloutState(
+        env_state=env_state,
+        obs=obs,
+        episode_return=jnp.zeros((num_envs,), jnp.float32),
+        episode_length=jnp.zeros((num_envs,), jnp.int32),
+    )
+
+
+def env_step(
+    state: RolloutState,
+    keys: Array,
+    *,
+    env: Any,
+    act: Callable[[Any, Array, Array], tuple[Array, Any]],
+    actor_params: Any,
+) -> tuple[RolloutState, tuple[Transition, EpisodeInfo]]:
+    """One actor decision and one step of every env (a ``lax.scan`` body).
+
+    Args:
+      state: the envs, ``B`` of them.
+      keys: ``[B + 1, 2]``: one key for the actor, one per env.
+      env: an auto-reset env (``envs.core.AutoReset``).
+      act: the agent's ``act``.
+      actor_params: fp32 or int8 actor parameters.
+    """
+    action, extras = act(actor_params, state.obs, keys[0])
+    env_action = action
+    if isinstance(env.action_space, spaces.Box):
+        env_action = jnp.clip(action, env.action_space.low, env.action_space.high)
+    env_state, obs, reward, terminated, truncated, info = jax.vmap(env.step)(keys[1:], state.env_state, env_action)
+    done = jnp.logical_or(terminated, truncated)
+    episode_return = state.episode_return + reward
+    episode_length = state.episode_length + 1
+    transition = Transition(
+        obs=state.obs,
+        action=action,
+        reward=reward,
+        terminated=terminated,
+        truncated=truncated,
+        next_obs=info["final_obs"],
+        extras=extras,
+    )
+    episode = EpisodeInfo(done=done, episode_return=episode_return, episode_length=episode_length)
+    state = RolloutState(
+        env_state=env_state,
+        obs=obs,
+        episode_return=jnp.where(done, 0.0, episode_return),
+        episode_length=jnp.where(done, 0, episode_length),
+    )
+    return state, (transition, episode)
+
+
+def collect_rollout(
+    state: RolloutState,
+    actor_params: Any,
+    key: Array,
+    *,
+    env: Any,
+    act: Callable[[Any, Array, Array], tuple[Array, Any]],
+    num_steps: int,
+    unroll: int = 1,
+) -> tuple[RolloutState, Transition, EpisodeInfo]:
+    """``num_steps`` steps of every env with fixed actor parameters.
+
+    All keys are split up front in one op, so the scan body does no key arithmetic.
+
+    Returns:
+      ``(state, transitions [T, B, ...], episode info [T, B])``.
+    """
+    num_envs = state.obs.shape[0]
+    keys = jax.random.split(key, num_steps * (num_envs + 1)).reshape(num_steps, num_envs + 1, -1)
+    body = functools.partial(env_step, env=env, act=act, actor_params=actor_params)
+    state, (transitions, episodes) = jax.lax.scan(body, state, keys, unroll=unroll)
+    return state, transitions, episodes

@@ -30,5 +30,6 @@ def make(config: Any, env: Any) -> AgentSpec:
 
         cfg = config.ppo
         n = ppo.num_updates(cfg, config.total_timesteps)
-        return AgentSpec(ppo.make_agent(cfg, env, n), cfg.n_envs, cfg.n_steps, n)
+        calibrate = config.placement.actor.precision == "int8"
+        return AgentSpec(ppo.make_agent(cfg, env, n, calibrate=calibrate), cfg.n_envs, cfg.n_steps, n)
     raise ValueError(f"unknown algo {config.algo!r}")

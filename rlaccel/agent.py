@@ -24,13 +24,20 @@ class Agent(NamedTuple):
 
     Attributes:
       init: ``key -> AgentState``.
-      actor_params: ``AgentState -> ActorParams``; called after every learner update (the
-        "re-quantise and broadcast" step).
+      actor_params: ``(AgentState, precision) -> ActorParams`` with ``precision`` ``"fp32"``
+        or ``"int8"`` (static); called after every learner update: the "re-quantise and
+        broadcast" step. ``ActorParams.policy`` is the fp32 flax params or a
+        ``rlaccel.quant.QuantParams``.
       act: ``(ActorParams, obs [B, obs_dim], key) -> (action [B] or [B, A], ActorExtras)``.
+      head: ``(ActorParams, obs [B, obs_dim]) -> [B, out]``, the policy's output before
+        sampling (logits, Gaussian mean or Q-values); used to compare int8 with fp32.
       update: ``(AgentState, Transition [T, B], key) -> (AgentState, Metrics)``; the learner step.
+      discrete: whether actions are integers (greedy action = argmax of ``head``).
     """
 
     init: Callable[[Array], AgentState]
-    actor_params: Callable[[AgentState], ActorParams]
+    actor_params: Callable[[AgentState, str], ActorParams]
     act: Callable[[ActorParams, Array, Array], tuple[Array, ActorExtras]]
+    head: Callable[[ActorParams, Array], Array]
     update: Callable[[AgentState, Any, Array], tuple[AgentState, Metrics]]
+    discrete: bool

@@ -80,6 +80,8 @@ class LoggingConfig:
     """Write a checkpoint every this many updates (rounded up to whole chunks); 0 = only at the end."""
     keep_checkpoints: int = 3
     """How many most recent checkpoints to keep."""
+    probe_seconds: float = 2.0
+    """Seconds between probes (decision latency, actor and learner speed), timed between chunks."""
     tensorboard: bool = True
     """Write TensorBoard event files into the run directory."""
     progress: bool = True
@@ -89,6 +91,7 @@ class LoggingConfig:
         _check(self.log_interval >= 1, "logging.log_interval", "must be >= 1")
         _check(self.checkpoint_interval >= 0, "logging.checkpoint_interval", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "logging.keep_checkpoints", "must be >= 1")
+        _check(self.probe_seconds >= 0, "logging.probe_seconds", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,10 @@ import numpy as np
 from rich.console import Console
 
 from rlaccel import agents, checkpoint, envs
+from rlaccel import placement as placement_lib
 from rlaccel.config import Config
 from rlaccel.logging import MetricLogger, make_progress, write_json
-from rlaccel.runners import FusedRunner, TrainState, episode_means
+from rlaccel.runners import episode_means, make_runner
 
 __all__ = ["train", "chunk_length"]
 
@@ -36,12 +37,6 @@ def chunk_length(num_updates: int, target: int) -> int:
     return target
 
 
-def _compile(fn: Any, state: TrainState, n: int) -> tuple[Any, float]:
-    start = time.perf_counter()
-    compiled = jax.jit(fn, static_argnums=1, donate_argnums=0).lower(state, n).compile()
-    return compiled, time.perf_counter() - start
-
-
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Train as ``config`` says, writing TensorBoard events, checkpoints and ``summary.json``.
 
@@ -49,16 +44,18 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
       config: a validated config.
       run_dir: the run directory (exists; ``config.yaml`` already written by the caller).
       resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
-      console: where the progress bar goes.
+      console: where the progress bar and notices go.
 
     Returns:
       The summary (also written to ``run_dir/summary.json``).
     """
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
+    where = placement_lib.resolve(config.placement)
+    console.print(f"placement: {where.describe()}")
     env = envs.make(config.env, auto_reset=True)
     spec = agents.make(config, env)
-    runner = FusedRunner(spec.agent, env, spec.num_envs, spec.num_steps)
+    runner = make_runner(spec.agent, env, spec.num_envs, spec.num_steps, where)
     steps_per_update = spec.steps_per_update
     ckpt_dir = run_dir / "checkpoints"
 
@@ -69,31 +66,36 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
             raise checkpoint.CheckpointError(f"{ckpt_dir}: no checkpoint to resume from")
         state, _ = checkpoint.restore(path, state)
         console.print(f"resumed from {path} (update {int(state.update)})")
+    state = runner.place(state)
     start_update = int(state.update)
 
     chunk = chunk_length(spec.num_updates, config.logging.log_interval)
-    compiled, compile_s = _compile(runner.train_chunk, state, chunk)
-    compiled_by_length = {chunk: compiled}
+    compile_start = time.perf_counter()
+    chunk_fns = {chunk: runner.compile(state, chunk)}
+    compile_s = time.perf_counter() - compile_start
 
     logger = MetricLogger(run_dir, tensorboard=config.logging.tensorboard)
     logger.log(start_update * steps_per_update, {"time/compile_s": compile_s})
     meta = {"config": config.to_dict(), "steps_per_update": steps_per_update}
-    ckpt_every = config.logging.checkpoint_interval
+    probes: list[dict[str, float]] = []
+    last_probe = -math.inf
     last_ckpt = start_update
     train_s = 0.0
     wall_start = time.perf_counter()
     update = start_update
-    ret_text = "-"
     progress = make_progress(console, enabled=config.logging.progress)
     with progress:
-        task = progress.add_task(f"{config.algo} {config.env}", total=spec.num_updates * steps_per_update, completed=update * steps_per_update, sps="-", ret="-")
+        task = progress.add_task(
+            f"{config.algo} {config.env}", total=spec.num_updates * steps_per_update, completed=update * steps_per_update, sps="-", ret="-"
+        )
         while update < spec.num_updates:
             n = min(chunk, spec.num_updates - update)
-            if n not in compiled_by_length:
-                compiled_by_length[n], extra_s = _compile(runner.train_chunk, state, n)
-                compile_s += extra_s
+            if n not in chunk_fns:
+                extra_start = time.perf_counter()
+                chunk_fns[n] = runner.compile(state, n)
+                compile_s += time.perf_counter() - extra_start
             start = time.perf_counter()
-            state, metrics = compiled_by_length[n](state)
+            state, metrics = chunk_fns[n](state)
             metrics = jax.device_get(metrics)  # blocks: the chunk's time is measured whole
             elapsed = time.perf_counter() - start
             train_s += elapsed
@@ -104,10 +106,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
                     row["time/fps"] = fps
                 logger.log((update + i + 1) * steps_per_update, row)
             update += n
+            if time.perf_counter() - last_probe >= config.logging.probe_seconds or update >= spec.num_updates:
+                probes.append(runner.probe(state, elapsed / n))
+                logger.log(update * steps_per_update, probes[-1])
+                last_probe = time.perf_counter()
             ret = float(metrics["rollout/ep_rew_mean"][-1])
-            ret_text = f"{ret:.1f}" if math.isfinite(ret) else "-"
-            progress.update(task, completed=update * steps_per_update, sps=f"{fps:,.0f}", ret=ret_text)
-            if ckpt_every and update - last_ckpt >= ckpt_every and update < spec.num_updates:
+            progress.update(task, completed=update * steps_per_update, sps=f"{fps:,.0f}", ret=f"{ret:.1f}" if math.isfinite(ret) else "-")
+            if config.logging.checkpoint_interval and update - last_ckpt >= config.logging.checkpoint_interval and update < spec.num_updates:
                 checkpoint.save(ckpt_dir, update, state, {**meta, "update": update}, keep=config.logging.keep_checkpoints)
                 last_ckpt = update
 
@@ -124,6 +129,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
         "final_return": ep_rew_mean,
         "final_ep_len": ep_len_mean,
         "episodes": int(state.episodes),
+        "placement": where.describe(),
+        "probe_compile_s": runner.pieces_compile_s,
+        **{k: float(np.median([p[k] for p in probes])) for k in (probes[0] if probes else {})},
         "run_dir": str(run_dir),
         "config": config.to_dict(),
     }

@@ -1,19 +1,30 @@
 """Runners: where an agent's pure functions execute.
 
-``FusedRunner`` (JAX env, actor on the learner's device): a whole chunk of updates
-(rollout with actor params -> learner update -> new actor params) is one compiled program.
-It is pure, so ``jax.vmap`` over seeds works unchanged (``rlaccel.runners.FusedRunner.train``).
+* :class:`FusedRunner` (JAX env, actors on the learner's device): a chunk of updates
+  (re-quantise -> rollout -> learner update) is one compiled program. It is pure, so
+  ``jax.vmap`` over seeds works unchanged (:meth:`FusedRunner.train`).
+* :class:`SplitRunner` (JAX env, two devices): the rollout is compiled for the actor device,
+  the update for the learner device; trajectories move to the learner and freshly quantised
+  actor parameters move back after every update.
+
+Both build each update from the same two phases, :meth:`Runner.act_phase` and
+:meth:`Runner.learn_phase`, and both answer :meth:`Runner.probe`: decision latency and the
+separate speeds of acting and learning, timed on the host around blocking calls of the
+same compiled pieces (between chunks, never inside them).
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
+from rlaccel import quant
 from rlaccel import rollout as rollout_lib
 from rlaccel.agent import Agent, Metrics
 
@@ -26,8 +37,8 @@ EPISODE_WINDOW = 100  # SB3's ep_info_buffer: episode means are over the last 10
 class TrainState:
     """Everything a run carries between updates; checkpointing it makes resume exact."""
 
-    agent: Any  # AgentState
-    rollout: rollout_lib.RolloutState
+    agent: Any  # AgentState (learner device)
+    rollout: rollout_lib.RolloutState  # envs (actor device)
     key: Array
     update: Array  # [] int32, updates done (env steps = update * num_envs * num_steps)
     recent_returns: Array  # [EPISODE_WINDOW] returns of the last finished episodes (ring buffer)
@@ -35,8 +46,8 @@ class TrainState:
     episodes: Array  # [] int32, episodes finished so far
 
 
-def _record_episodes(state: TrainState, episodes: rollout_lib.EpisodeInfo) -> TrainState:
-    """Append this rollout's finished episodes to the last-100 ring buffer (once per update)."""
+def record_episodes(state: TrainState, episodes: rollout_lib.EpisodeInfo) -> TrainState:
+    """Append a rollout's finished episodes to the last-100 ring buffer (once per update)."""
     done = episodes.done.reshape(-1)
     rank = jnp.cumsum(done) - 1  # order of each finished episode within this rollout
     n_done = done.sum()
@@ -55,25 +66,73 @@ def episode_means(state: TrainState) -> tuple[Array, Array]:
     return jnp.sum(jnp.where(valid, state.recent_returns, 0.0)) / denom, jnp.sum(jnp.where(valid, state.recent_lengths, 0.0)) / denom
 
 
-class FusedRunner:
-    """Actor and learner in one compiled program on one device.
+def quant_metrics(agent: Agent, agent_state: Any, actor_params: Any, obs: Array) -> Metrics:
+    """int8 actor vs its fp32 source on the observations ``obs [N, obs_dim]`` the actors saw.
+
+    ``quant/action_agreement`` is the fraction of equal greedy actions (discrete) or the mean
+    absolute difference of the deterministic actions (continuous).
+    """
+    fp32 = agent.actor_params(agent_state, "fp32")
+    head_q, head_f = agent.head(actor_params, obs), agent.head(fp32, obs)
+    if agent.discrete:
+        agreement = jnp.mean((jnp.argmax(head_q, -1) == jnp.argmax(head_f, -1)).astype(jnp.float32))
+    else:
+        agreement = jnp.mean(jnp.abs(head_q - head_f))
+    return {
+        "quant/weight_rel_error": quant.weight_rel_error(quant.dense_layers(fp32.policy), actor_params.policy),
+        "quant/logit_mae": jnp.mean(jnp.abs(head_q - head_f)),
+        "quant/action_agreement": agreement,
+    }
+
+
+def latency_percentiles(seconds: list[float], num_envs: int) -> dict[str, float]:
+    """Decision-latency metrics (µs) from blocking-call durations."""
+    us = np.asarray(seconds) * 1e6
+    p50, p95, p99 = np.percentile(us, [50, 95, 99])
+    return {
+        "actor/decision_latency_us_p50": float(p50),
+        "actor/decision_latency_us_p95": float(p95),
+        "actor/decision_latency_us_p99": float(p99),
+        "actor/decision_latency_us_per_env": float(p50 / num_envs),
+    }
+
+
+class Runner:
+    """What both runners share: the phases of an update, init, and probes.
 
     Args:
       agent: the algorithm's pure functions.
       env: an auto-reset JAX env.
       num_envs: ``B``.
       num_steps: rollout length ``T`` per update.
+      precision: ``"int8"`` or ``"fp32"`` acting.
+      learner_device, actor_device: where each side runs (``None``: JAX's default).
     """
 
-    def __init__(self, agent: Agent, env: Any, num_envs: int, num_steps: int, unroll: int = 1):
+    def __init__(
+        self,
+        agent: Agent,
+        env: Any,
+        num_envs: int,
+        num_steps: int,
+        precision: str = "int8",
+        learner_device: jax.Device | None = None,
+        actor_device: jax.Device | None = None,
+    ):
         self.agent = agent
         self.env = env
         self.num_envs = num_envs
         self.num_steps = num_steps
-        self.unroll = unroll
+        self.precision = precision
+        self.learner_device = learner_device or jax.devices()[0]
+        self.actor_device = actor_device or self.learner_device
+        self._pieces: dict[str, Any] | None = None
+        self.pieces_compile_s = 0.0
+
+    # -- pure pieces ----------------------------------------------------------------------
 
     def init(self, key: Array) -> TrainState:
-        """Fresh agent and envs from one key."""
+        """Fresh agent and envs from one key (pure; placement is applied by :meth:`place`)."""
         key, key_agent, key_env = jax.random.split(key, 3)
         return TrainState(
             agent=self.agent.init(key_agent),
@@ -85,26 +144,109 @@ class FusedRunner:
             episodes=jnp.zeros((), jnp.int32),
         )
 
-    def update_step(self, state: TrainState, _: Any = None) -> tuple[TrainState, Metrics]:
-        """Rollout with the current actor params, then one learner update (a scan body)."""
-        key, key_rollout, key_update = jax.random.split(state.key, 3)
-        actor_params = self.agent.actor_params(state.agent)
-        rollout, transitions, episodes = rollout_lib.collect_rollout(
-            state.rollout, actor_params, key_rollout, env=self.env, act=self.agent.act, num_steps=self.num_steps, unroll=self.unroll
-        )
-        agent_state, metrics = self.agent.update(state.agent, transitions, key_update)
-        state = state.replace(
-            agent=agent_state,
-            rollout=rollout,
-            key=key,
-            update=state.update + 1,
-        )
-        state = _record_episodes(state, episodes)
-        ep_rew_mean, ep_len_mean = episode_means(state)
+    def act_phase(self, actor_params: Any, rollout: rollout_lib.RolloutState, key: Array) -> tuple[Any, Any, Any]:
+        """``T`` steps of acting: ``(rollout state, transitions [T, B], episode info [T, B])``."""
+        return rollout_lib.collect_rollout(rollout, actor_params, key, env=self.env, act=self.agent.act, num_steps=self.num_steps)
+
+    def learn_phase(self, state: TrainState, actor_params: Any, transitions: Any, episodes: Any, key: Array) -> tuple[TrainState, Metrics]:
+        """The learner update on a rollout, episode bookkeeping and (int8) quantisation metrics."""
+        agent_state, metrics = self.agent.update(state.agent, transitions, key)
         metrics = dict(metrics)
-        metrics["rollout/ep_rew_mean"] = ep_rew_mean
-        metrics["rollout/ep_len_mean"] = ep_len_mean
+        if self.precision == "int8":
+            obs = transitions.obs.reshape(-1, transitions.obs.shape[-1])
+            metrics.update(quant_metrics(self.agent, state.agent, actor_params, obs))
+        state = record_episodes(state.replace(agent=agent_state, update=state.update + 1), episodes)
+        metrics["rollout/ep_rew_mean"], metrics["rollout/ep_len_mean"] = episode_means(state)
         return state, metrics
+
+    # -- placement and probes ---------------------------------------------------------------
+
+    def place(self, state: TrainState) -> TrainState:
+        """Put the learner's state on the learner device and the envs on the actor device."""
+        state = jax.device_put(state, self.learner_device)
+        return state.replace(rollout=jax.device_put(state.rollout, self.actor_device))
+
+    def pieces(self, state: TrainState) -> dict[str, Any]:
+        """The update's phases compiled ahead of time for their devices (once per runner).
+
+        ``actor_params`` and ``learn`` run on the learner device, ``act`` and ``rollout`` on
+        the actor device; ``learn`` takes the state without its envs (``rollout=None``) and
+        is only compiled where the runner executes it (:attr:`learns_in_pieces`).
+        """
+        if self._pieces is None:
+            start = time.perf_counter()
+            learner_state = state.replace(rollout=None)
+            params_exec = jax.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
+            actor_params = jax.device_put(params_exec(state.agent), self.actor_device)
+            key = jax.device_put(state.key, self.actor_device)
+            act_exec = jax.jit(self.agent.act).lower(actor_params, state.rollout.obs, key).compile()
+            rollout_exec = jax.jit(self.act_phase).lower(actor_params, state.rollout, key).compile()
+            self._pieces = {"actor_params": params_exec, "act": act_exec, "rollout": rollout_exec}
+            if self.learns_in_pieces:
+                _, transitions, episodes = jax.eval_shape(self.act_phase, actor_params, state.rollout, key)
+                on_learner = jax.sharding.SingleDeviceSharding(self.learner_device)
+                transitions, episodes = (
+                    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_learner), t) for t in (transitions, episodes)
+                )
+                learner_params = jax.device_put(actor_params, self.learner_device)
+                self._pieces["learn"] = jax.jit(self.learn_phase).lower(learner_state, learner_params, transitions, episodes, state.key).compile()
+            self.pieces_compile_s = time.perf_counter() - start
+        return self._pieces
+
+    learns_in_pieces = False
+    """Whether updates run the separately compiled ``learn`` piece (split) or a fused chunk."""
+
+    def probe(self, state: TrainState, seconds_per_update: float, num_calls: int = 32) -> dict[str, float]:
+        """Time the compiled pieces between chunks; ``state`` is only read.
+
+        Args:
+          state: the current training state.
+          seconds_per_update: wall time per update of the last chunk (host clock).
+          num_calls: timed decisions.
+
+        Returns:
+          ``actor/decision_latency_us_*``: one blocking ``act`` over all envs, ``num_calls``
+          times. ``time/actor_sps``: one blocking rollout. ``time/learner_sps``: one blocking
+          learner update where the runner has that piece (split); in a fused chunk the
+          learner's share is the update's time minus the rollout's.
+        """
+        pieces = self.pieces(state)
+        actor_params = jax.device_put(pieces["actor_params"](state.agent), self.actor_device)
+        obs = state.rollout.obs
+        keys = jax.device_put(jax.random.split(jax.random.PRNGKey(0), num_calls + 1), self.actor_device)
+        jax.block_until_ready(pieces["act"](actor_params, obs, keys[0]))  # warm caches before timing
+        times = []
+        for i in range(num_calls):
+            start = time.perf_counter()
+            jax.block_until_ready(pieces["act"](actor_params, obs, keys[i + 1]))
+            times.append(time.perf_counter() - start)
+        out = latency_percentiles(times, self.num_envs)
+
+        samples = self.num_envs * self.num_steps
+        start = time.perf_counter()
+        _, transitions, episodes = jax.block_until_ready(pieces["rollout"](actor_params, state.rollout, keys[0]))
+        t_act = time.perf_counter() - start
+        out["time/actor_sps"] = samples / t_act
+        if "learn" in pieces:
+            transitions, episodes, learner_params = jax.device_put((transitions, episodes, actor_params), self.learner_device)
+            start = time.perf_counter()
+            jax.block_until_ready(pieces["learn"](state.replace(rollout=None), learner_params, transitions, episodes, state.key))
+            t_learn = time.perf_counter() - start
+        else:
+            t_learn = max(seconds_per_update - t_act, 1e-9)
+        out["time/learner_sps"] = samples / t_learn
+        return out
+
+
+class FusedRunner(Runner):
+    """Actor and learner in one compiled program on one device."""
+
+    def update_step(self, state: TrainState, _: Any = None) -> tuple[TrainState, Metrics]:
+        """Re-quantise, roll out, learn (a scan body)."""
+        key, key_rollout, key_update = jax.random.split(state.key, 3)
+        actor_params = self.agent.actor_params(state.agent, self.precision)
+        rollout, transitions, episodes = self.act_phase(actor_params, state.rollout, key_rollout)
+        return self.learn_phase(state.replace(rollout=rollout, key=key), actor_params, transitions, episodes, key_update)
 
     def train_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
         """``num_updates`` updates; metrics stacked ``[num_updates]``. Pure: jit/vmap it."""
@@ -114,7 +256,43 @@ class FusedRunner:
         """A whole run as one pure function (``jax.jit(jax.vmap(...))`` it for many seeds)."""
         return self.train_chunk(self.init(key), num_updates)
 
-    @functools.cached_property
-    def jit_train_chunk(self) -> Any:
-        """``train_chunk`` compiled once per chunk length; the state buffer is donated."""
-        return jax.jit(self.train_chunk, static_argnums=1, donate_argnums=0)
+    def compile(self, state: TrainState, num_updates: int) -> Any:
+        """``state -> (state, metrics)`` for a chunk, compiled ahead of time; donates ``state``."""
+        return jax.jit(self.train_chunk, static_argnums=1, donate_argnums=0).lower(state, num_updates).compile()
+
+
+class SplitRunner(Runner):
+    """Rollouts on the actor device, updates on the learner device, parameters in between.
+
+    Each update: quantise on the learner -> ``device_put`` to the actor -> rollout there ->
+    ``device_put`` the trajectories to the learner -> update there. Dispatch is asynchronous,
+    so the host loop only queues work; the chunk blocks once at its end.
+    """
+
+    learns_in_pieces = True
+
+    def compile(self, state: TrainState, num_updates: int) -> Any:
+        """Compile the pieces for their devices; returns the chunk function."""
+        self.pieces(state)
+        return functools.partial(self.run_chunk, num_updates=num_updates)
+
+    def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
+        """``num_updates`` updates driven from the host; metrics stacked ``[num_updates]``."""
+        pieces = self.pieces(state)
+        rows = []
+        for _ in range(num_updates):
+            key, key_rollout, key_update = jax.random.split(state.key, 3)
+            actor_params = pieces["actor_params"](state.agent)
+            on_actor = jax.device_put(actor_params, self.actor_device)
+            rollout, transitions, episodes = pieces["rollout"](on_actor, state.rollout, jax.device_put(key_rollout, self.actor_device))
+            transitions, episodes = jax.device_put((transitions, episodes), self.learner_device)
+            learner_state, metrics = pieces["learn"](state.replace(rollout=None, key=key), actor_params, transitions, episodes, key_update)
+            state = learner_state.replace(rollout=rollout)
+            rows.append(metrics)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
+
+
+def make_runner(agent: Agent, env: Any, num_envs: int, num_steps: int, placement: Any) -> Runner:
+    """The runner a resolved ``rlaccel.placement.Placement`` calls for."""
+    cls = FusedRunner if placement.fused else SplitRunner
+    return cls(agent, env, num_envs, num_steps, precision=placement.precision, learner_device=placement.learner, actor_device=placement.actor)

@@ -21,6 +21,7 @@ import optax
 from flax import struct
 
 from rlaccel import normalize as obs_norm_lib
+from rlaccel import quant
 from rlaccel.agent import Agent
 from rlaccel.agents.ppo import losses
 from rlaccel.agents.ppo import networks as nets_lib
@@ -37,11 +38,13 @@ class PPOState:
     params: Any  # {"policy", "value"[, "log_std"]}
     opt_state: Any
     obs_stats: obs_norm_lib.RunningStats
+    calib: quant.Calibration  # activation ranges for the int8 actors
     step: Array  # [] int32, learner updates done
 
 
 class ActorParams(NamedTuple):
-    """What an actor needs: the policy (fp32 here), its log-std and the normaliser."""
+    """What an actor needs: the policy (fp32 flax params or int8 ``QuantParams``), its log-std
+    and the normaliser."""
 
     policy: Any
     log_std: Array | None
@@ -84,18 +87,22 @@ def value_fn(nets: nets_lib.PPONetworks, value_params: Any, obs: Array) -> Array
     return nets.value.apply({"params": value_params}, obs)[..., 0]
 
 
-def act(
-    actor_params: ActorParams,
-    obs: Array,
-    key: Array,
-    *,
-    head_fn: Callable[[Any, Array], Array],
-    normalize: bool,
-) -> tuple[Array, ActorExtras]:
-    """Sample actions for ``obs [B, obs_dim]`` and record their behaviour log-probabilities."""
+def actor_head(actor_params: ActorParams, obs: Array, *, nets: nets_lib.PPONetworks, normalize: bool) -> Array:
+    """The actor's policy output for raw ``obs [B, obs_dim]``, in fp32 or int8 arithmetic."""
     if normalize:
         obs = obs_norm_lib.normalize(actor_params.obs_stats, obs)
-    head = head_fn(actor_params.policy, obs)
+    if isinstance(actor_params.policy, quant.QuantParams):
+        return quant.apply(actor_params.policy, obs)
+    return policy_head(nets, actor_params.policy, obs)
+
+
+def act(actor_params: ActorParams, obs: Array, key: Array, *, head_fn: Callable[[ActorParams, Array], Array]) -> tuple[Array, ActorExtras]:
+    """Sample actions for ``obs [B, obs_dim]`` and record their behaviour log-probabilities.
+
+    The log-probability is the one of the policy that sampled (int8 when the actors are
+    quantised); ``losses.ppo_loss`` explains why the learner must use it.
+    """
+    head = head_fn(actor_params, obs)
     action = nets_lib.sample(key, head, actor_params.log_std)
     return action, ActorExtras(log_prob=nets_lib.log_prob(head, actor_params.log_std, action))
 
@@ -155,12 +162,15 @@ def learner_update(
     cfg: PPOConfig,
     optimizer: optax.GradientTransformation,
     lr_schedule: optax.Schedule,
+    calibrate: bool,
 ) -> tuple[PPOState, dict[str, Array]]:
-    """GAE on the rollout, ``n_epochs`` of minibatch steps, then the normaliser update.
+    """GAE on the rollout, ``n_epochs`` of minibatch steps, then normaliser and calibration.
 
     Values are computed here, in two batched forwards over ``[T, B]``, instead of once per
     acting step: the actor only needs the policy, and a few large ops beat many small ones.
     The batch is normalised with the statistics the actor used; they are updated afterwards.
+    With int8 actors (``calibrate``), activation ranges are re-measured on this rollout's
+    observations as the next actors will see them (new statistics, new parameters).
     """
     obs, next_obs = traj.obs, traj.next_obs
     if cfg.normalize:
@@ -185,40 +195,61 @@ def learner_update(
     (params, opt_state), infos = jax.lax.scan(epoch_step, (state.params, state.opt_state), jax.random.split(key, cfg.n_epochs))
 
     obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if cfg.normalize else state.obs_stats
+    calib = state.calib
+    if calibrate:
+        seen = flat(traj.obs)
+        if cfg.normalize:
+            seen = obs_norm_lib.normalize(obs_stats, seen)
+        calib = quant.update(calib, quant.dense_layers(params["policy"]), seen, cfg.policy_kwargs.activation)
     metrics = {f"train/{name}": jnp.mean(value) for name, value in infos._asdict().items()}
     metrics["train/loss"] = metrics["train/policy_gradient_loss"] + cfg.vf_coef * metrics["train/value_loss"] + cfg.ent_coef * metrics["train/entropy_loss"]
     metrics["train/explained_variance"] = explained_variance(values, returns)
     metrics["train/learning_rate"] = lr_schedule(state.step * cfg.n_epochs * cfg.num_minibatches)
     if "log_std" in params:
         metrics["train/std"] = jnp.mean(jnp.exp(params["log_std"]))
-    new_state = PPOState(params=params, opt_state=opt_state, obs_stats=obs_stats, step=state.step + 1)
+    new_state = PPOState(params=params, opt_state=opt_state, obs_stats=obs_stats, calib=calib, step=state.step + 1)
     return new_state, metrics
 
 
-def make_agent(cfg: PPOConfig, env: Any, num_updates: int) -> Agent:
+def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = True) -> Agent:
     """PPO's pure functions for ``env`` (its spaces decide discrete vs Gaussian).
 
     Args:
       cfg: the ``ppo:`` section.
       env: a JAX env (for its spaces).
       num_updates: total learner updates, for the learning-rate schedule.
+      calibrate: measure activation ranges for int8 actors after each update (skip it when
+        every actor is fp32).
     """
     obs_dim = int(env.observation_space.shape[0])
     nets = nets_lib.make_networks(env.observation_space, env.action_space, cfg.policy_kwargs)
     optimizer, lr_schedule = make_optimizer(cfg, num_updates)
+    activation = cfg.policy_kwargs.activation
 
     def init(key: Array) -> PPOState:
         params = nets_lib.init_params(nets, key, obs_dim, cfg.policy_kwargs.log_std_init)
-        return PPOState(params=params, opt_state=optimizer.init(params), obs_stats=obs_norm_lib.init((obs_dim,)), step=jnp.zeros((), jnp.int32))
+        return PPOState(
+            params=params,
+            opt_state=optimizer.init(params),
+            obs_stats=obs_norm_lib.init((obs_dim,)),
+            calib=quant.init(obs_dim, len(cfg.policy_kwargs.net_arch) + 1),
+            step=jnp.zeros((), jnp.int32),
+        )
 
-    def actor_params(state: PPOState) -> ActorParams:
-        return ActorParams(policy=state.params["policy"], log_std=state.params.get("log_std"), obs_stats=state.obs_stats)
+    def actor_params(state: PPOState, precision: str) -> ActorParams:
+        policy = state.params["policy"]
+        if precision == "int8":
+            policy = quant.quantize(quant.dense_layers(policy), state.calib, activation)
+        return ActorParams(policy=policy, log_std=state.params.get("log_std"), obs_stats=state.obs_stats)
 
+    head = functools.partial(actor_head, nets=nets, normalize=cfg.normalize)
     return Agent(
         init=init,
         actor_params=actor_params,
-        act=functools.partial(act, head_fn=functools.partial(policy_head, nets), normalize=cfg.normalize),
-        update=functools.partial(learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule),
+        act=functools.partial(act, head_fn=head),
+        head=head,
+        update=functools.partial(learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule, calibrate=calibrate),
+        discrete=nets.discrete,
     )
 
 
@@ -231,6 +262,7 @@ def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
     """``train(key) -> (final TrainState, metrics [num_updates])``: a whole fused run, pure.
 
     ``jax.jit(jax.vmap(make_train(config)))(keys)`` trains one agent per key in one compile.
+    Acting precision comes from ``config.placement.actor.precision``.
     """
     from rlaccel import envs
     from rlaccel.runners import FusedRunner
@@ -238,5 +270,7 @@ def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
     cfg: PPOConfig = config.ppo
     env = envs.make(config.env, auto_reset=True)
     n = num_updates(cfg, config.total_timesteps)
-    runner = FusedRunner(make_agent(cfg, env, n), env, cfg.n_envs, cfg.n_steps)
+    precision = config.placement.actor.precision
+    agent = make_agent(cfg, env, n, calibrate=precision == "int8")
+    runner = FusedRunner(agent, env, cfg.n_envs, cfg.n_steps, precision=precision)
     return functools.partial(runner.train, num_updates=n)

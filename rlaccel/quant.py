@@ -1,0 +1,190 @@
+"""Int8 post-training quantisation of an MLP policy: the integer path an NPU executes.
+
+The actors act with an int8 copy of the learner's fp32 policy, re-quantised after every
+learner update (ActorQ, Krishnan et al., https://arxiv.org/abs/1910.01055). The arithmetic is
+what an NPU's integer pipeline does:
+
+* **Weights**: symmetric, per output channel: ``w_q = round(w / s_w)``, ``s_w = max|w[:, j]| / 127``
+  (an all-zero channel gets ``s_w = 1``, so nothing divides by zero).
+* **Activations**: int8 with calibrated scales, from what the actors actually saw: the
+  running observation normaliser is applied first, then the input is quantised per feature
+  with ``s_in[i] = max|x[:, i]| / 127`` over the last rollout. The per-feature input scale
+  is folded into the first layer's weights before they are quantised (input-channel
+  equalisation, which NPU compilers do for free), so every feature gets the full int8
+  range; hidden activations have one scale per tensor (``max|h| / 127``; tanh outputs are
+  bounded by 1).
+* **Products**: int8 x int8 accumulated in int32 (``lax.dot_general(...,
+  preferred_element_type=jnp.int32)``), plus an int32 bias ``round(b / (s_x * s_w))``.
+* **Rescaling to float** happens only where an NPU would: before a nonlinearity it cannot
+  compute in integers (tanh, elu) and at the output. ReLU stays in integers (requantise
+  with the fused multiplier and clip at 0).
+
+Overflow bound: ``|x_q|, |w_q| <= 127`` so one product is at most 16,129 in magnitude and a
+dot product over ``K`` inputs at most ``16,129 K``. The bias is clipped to ``|b_q| <= 2**30``,
+so the int32 accumulator (max ``2**31 - 1``) cannot overflow while
+``16,129 K + 2**30 < 2**31``, i.e. ``K <= 66,572``. ``MAX_FAN_IN`` enforces a margin below that;
+config limits hidden widths to 4,096 (tested at the limit in ``tests/test_quant.py``).
+
+The state of the quantiser is Optax-style: ``init`` / ``update`` on an explicit
+:class:`Calibration`, and ``quantize`` / ``apply`` as pure functions, so it runs inside
+the compiled training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+QMAX = 127
+MAX_FAN_IN = 65_536
+BIAS_LIMIT = 2**30
+
+
+class Calibration(NamedTuple):
+    """Activation ranges seen by the actors.
+
+    Attributes:
+      input_absmax: ``[in_dim]`` per-feature max |x| of the (normalised) observations.
+      hidden_absmax: ``[num_layers - 1]`` per-tensor max |h| of each hidden activation.
+    """
+
+    input_absmax: Array
+    hidden_absmax: Array
+
+
+@struct.dataclass
+class QuantLayer:
+    """One int8 dense layer: ``y = (x_q @ w_q + b_q) * out_scale``."""
+
+    w_q: Array  # [in, out] int8
+    b_q: Array  # [out] int32
+    out_scale: Array  # [out] float32 = s_x * s_w (dequantises the int32 accumulator)
+
+
+@struct.dataclass
+class QuantParams:
+    """An int8 policy: input quantisation, layers, and the activation between them."""
+
+    input_mult: Array  # [in_dim] float32: x_q = round(x_norm * input_mult), 1 / s_in per feature
+    layers: tuple[QuantLayer, ...]
+    act_scales: Array  # [num_layers - 1] per-tensor scales of the hidden activations
+    activation: str = struct.field(pytree_node=False, default="tanh")
+
+
+def dense_layers(params: Any) -> list[tuple[Array, Array]]:
+    """``[(kernel [in, out], bias [out]), ...]`` of a flax MLP's ``Dense_0 .. Dense_L``."""
+    return [(params[f"Dense_{i}"]["kernel"], params[f"Dense_{i}"]["bias"]) for i in range(len(params))]
+
+
+def init(in_dim: int, num_layers: int, input_absmax: float = 10.0) -> Calibration:
+    """Ranges used before any rollout was seen (only the first rollout acts with them)."""
+    return Calibration(
+        input_absmax=jnp.full((in_dim,), input_absmax, jnp.float32),
+        hidden_absmax=jnp.ones((num_layers - 1,), jnp.float32),
+    )
+
+
+def _activate(name: str, x: Array) -> Array:
+    return {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu}[name](x)
+
+
+def update(calib: Calibration, layers: Sequence[tuple[Array, Array]], x: Array, activation: str) -> Calibration:
+    """Calibrate from a batch of actor inputs ``x [N, in_dim]`` (normalised observations).
+
+    Ranges are the max over this batch (the last rollout), so they follow the state
+    distribution as the policy improves. Hidden ranges come from the fp32 forward pass.
+    """
+    del calib  # ranges are those of the last rollout, not a running max over history
+    input_absmax = jnp.max(jnp.abs(x), axis=0)
+    hidden = []
+    h = x
+    for w, b in layers[:-1]:
+        h = _activate(activation, h @ w + b)
+        hidden.append(jnp.max(jnp.abs(h)))
+    return Calibration(input_absmax=input_absmax, hidden_absmax=jnp.stack(hidden))
+
+
+def quantize_weight(w: Array) -> tuple[Array, Array]:
+    """Per-output-channel symmetric int8: ``w [in, out] -> (w_q int8 [in, out], scale [out])``."""
+    absmax = jnp.max(jnp.abs(w), axis=0)
+    scale = jnp.where(absmax > 0, absmax / QMAX, 1.0)
+    return jnp.clip(jnp.round(w / scale), -QMAX, QMAX).astype(jnp.int8), scale
+
+
+def _safe_scale(absmax: Array) -> Array:
+    return jnp.where(absmax > 0, absmax / QMAX, 1.0)
+
+
+def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activation: str) -> QuantParams:
+    """fp32 layers + calibration -> :class:`QuantParams` (run after every learner update)."""
+    if max(w.shape[0] for w, _ in layers) > MAX_FAN_IN:
+        raise ValueError(f"int8 layers support fan-in up to {MAX_FAN_IN} (int32 accumulator bound)")
+    in_scale = _safe_scale(calib.input_absmax)  # [in_dim]
+    act_scales = _safe_scale(calib.hidden_absmax)  # [L-1]
+    q_layers = []
+    for i, (w, b) in enumerate(layers):
+        if i == 0:
+            w = w * in_scale[:, None]  # equalisation: x = x_q * s_in  =>  x @ w = x_q @ (s_in * w)
+            s_x = jnp.ones((), jnp.float32)
+        else:
+            s_x = act_scales[i - 1]
+        w_q, s_w = quantize_weight(w)
+        out_scale = s_x * s_w
+        b_q = jnp.clip(jnp.round(b / out_scale), -BIAS_LIMIT, BIAS_LIMIT).astype(jnp.int32)
+        q_layers.append(QuantLayer(w_q=w_q, b_q=b_q, out_scale=out_scale.astype(jnp.float32)))
+    return QuantParams(input_mult=1.0 / in_scale, layers=tuple(q_layers), act_scales=act_scales, activation=activation)
+
+
+def quantize_input(x: Array, mult: Array) -> Array:
+    """``float [..., in] -> int8``: ``clip(round(x * mult), -127, 127)``."""
+    return jnp.clip(jnp.round(x * mult), -QMAX, QMAX).astype(jnp.int8)
+
+
+def int8_dense(x_q: Array, layer: QuantLayer) -> Array:
+    """``int8 [N, in] x int8 [in, out] -> int32 [N, out]``, plus the int32 bias."""
+    acc = jax.lax.dot_general(x_q, layer.w_q, (((x_q.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+    return acc + layer.b_q
+
+
+def apply(qp: QuantParams, x: Array) -> Array:
+    """The int8 forward pass: normalised observations ``[..., in]`` -> float head ``[..., out]``."""
+    h_q = quantize_input(x, qp.input_mult)
+    last = len(qp.layers) - 1
+    for i, layer in enumerate(qp.layers):
+        acc = int8_dense(h_q, layer)
+        if i == last:
+            return acc.astype(jnp.float32) * layer.out_scale
+        s_next = qp.act_scales[i]
+        if qp.activation == "relu":
+            # Integer-only requantisation, as an NPU does: fused multiplier, clip at 0.
+            h_q = jnp.clip(jnp.round(acc.astype(jnp.float32) * (layer.out_scale / s_next)), 0, QMAX).astype(jnp.int8)
+        else:
+            h = _activate(qp.activation, acc.astype(jnp.float32) * layer.out_scale)
+            h_q = quantize_input(h, 1.0 / s_next)
+    raise AssertionError("unreachable")
+
+
+def dequantized_layers(qp: QuantParams) -> list[tuple[Array, Array]]:
+    """The fp32 weights the int8 layers stand for (first layer in equalised input units)."""
+    out = []
+    for i, layer in enumerate(qp.layers):
+        s_x = 1.0 if i == 0 else qp.act_scales[i - 1]
+        s_w = layer.out_scale / s_x
+        out.append((layer.w_q.astype(jnp.float32) * s_w, layer.b_q.astype(jnp.float32) * layer.out_scale))
+    return out
+
+
+def weight_rel_error(layers: Sequence[tuple[Array, Array]], qp: QuantParams) -> Array:
+    """Mean over layers of ``||W_deq - W|| / ||W||`` (first layer compared in equalised units)."""
+    in_scale = 1.0 / qp.input_mult
+    errors = []
+    for i, ((w, _), (w_deq, _)) in enumerate(zip(layers, dequantized_layers(qp))):
+        if i == 0:
+            w = w * in_scale[:, None]
+        errors.append(jnp.linalg.norm(w_deq - w) / jnp.maximum(jnp.linalg.norm(w), 1e-12))
+    return jnp.mean(jnp.stack(errors))

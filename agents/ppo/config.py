@@ -42,6 +42,20 @@ class PolicyKwargs:
 
 
 @dataclasses.dataclass(frozen=True)
+class NormalizeConfig:
+    """Running normalisation (SB3's ``VecNormalize`` options)."""
+
+    norm_obs: bool = True
+    """Normalise observations by running mean/std; the statistics are agent state."""
+    norm_reward: bool = True
+    """Scale rewards by the running std of the discounted return (learner side only)."""
+    clip_obs: float = 10.0
+    """Clip normalised observations to +-clip_obs."""
+    clip_reward: float = 10.0
+    """Clip scaled rewards to +-clip_reward."""
+
+
+@dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """Proximal Policy Optimisation (Schulman et al. 2017, https://arxiv.org/abs/1707.06347)."""
 
@@ -73,8 +87,8 @@ class PPOConfig:
     """Global gradient-norm clip."""
     normalize_advantage: bool = True
     """Normalise advantages per minibatch."""
-    normalize: bool = False
-    """Running observation normalisation; its statistics are part of the agent state."""
+    normalize: Union[bool, NormalizeConfig] = False
+    """``true`` = observations and rewards, as RL Zoo; or ``{norm_obs: .., norm_reward: ..}``."""
     adam_eps: float = 1e-5
     """Adam epsilon (CleanRL/PureJaxRL use 1e-5; SB3 1e-8)."""
     policy_kwargs: PolicyKwargs = PolicyKwargs()
@@ -108,6 +122,13 @@ class PPOConfig:
         _check(self.vf_coef >= 0, "vf_coef", "must be >= 0")
         _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         _check(self.adam_eps > 0, "adam_eps", "must be > 0")
+
+    @property
+    def normalization(self) -> NormalizeConfig:
+        """The normalisation settings (``normalize: true`` means both)."""
+        if isinstance(self.normalize, NormalizeConfig):
+            return self.normalize
+        return NormalizeConfig(norm_obs=self.normalize, norm_reward=self.normalize)
 
     @property
     def rollout_size(self) -> int:

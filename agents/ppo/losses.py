@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rlaccel.returns import linear_recurrence
+
 Array = jax.Array
 
 
@@ -29,8 +31,8 @@ def compute_gae(
         delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)
         A_t     = delta_t + gamma * lambda * (1 - (terminated_t | truncated_t)) * A_{t+1}
 
-    The recursion is linear, so it runs as a reverse ``associative_scan`` (log T depth, a few
-    large ops) rather than T sequential tiny ones.
+    The recursion is linear, so it runs as a reverse parallel scan
+    (``rlaccel.returns.linear_recurrence``) rather than T sequential tiny steps.
 
     Args:
       rewards: ``[T, B]``.
@@ -48,15 +50,7 @@ def compute_gae(
     not_term = 1.0 - terminated.astype(values.dtype)
     not_done = 1.0 - jnp.logical_or(terminated, truncated).astype(values.dtype)
     deltas = rewards + gamma * not_term * next_values - values
-    decay = gamma * gae_lambda * not_done
-
-    # Elements (a, b) represent the map x -> b + a * x; composing A_t = b_t + a_t * A_{t+1}.
-    def compose(later: tuple[Array, Array], earlier: tuple[Array, Array]) -> tuple[Array, Array]:
-        a_later, b_later = later
-        a_earlier, b_earlier = earlier
-        return a_earlier * a_later, b_earlier + a_earlier * b_later
-
-    _, advantages = jax.lax.associative_scan(compose, (decay, deltas), reverse=True, axis=0)
+    advantages = linear_recurrence(gamma * gae_lambda * not_done, deltas, reverse=True)
     return advantages, advantages + values
 
 

@@ -22,6 +22,7 @@ from flax import struct
 
 from rlaccel import normalize as obs_norm_lib
 from rlaccel import quant
+from rlaccel import returns as returns_lib
 from rlaccel.agent import Agent
 from rlaccel.agents.ppo import losses
 from rlaccel.agents.ppo import networks as nets_lib
@@ -38,6 +39,8 @@ class PPOState:
     params: Any  # {"policy", "value"[, "log_std"]}
     opt_state: Any
     obs_stats: obs_norm_lib.RunningStats
+    return_stats: obs_norm_lib.RunningStats  # of the discounted return, [1], for reward scaling
+    running_return: Array  # [n_envs] discounted return of each env's current episode
     calib: quant.Calibration  # activation ranges for the int8 actors
     step: Array  # [] int32, learner updates done
 
@@ -87,10 +90,15 @@ def value_fn(nets: nets_lib.PPONetworks, value_params: Any, obs: Array) -> Array
     return nets.value.apply({"params": value_params}, obs)[..., 0]
 
 
-def actor_head(actor_params: ActorParams, obs: Array, *, nets: nets_lib.PPONetworks, normalize: bool) -> Array:
+def normalize_obs(cfg: PPOConfig, stats: obs_norm_lib.RunningStats, obs: Array) -> Array:
+    """Observations as the networks see them (identity unless ``normalize`` asks for it)."""
+    norm = cfg.normalization
+    return obs_norm_lib.normalize(stats, obs, clip=norm.clip_obs) if norm.norm_obs else obs
+
+
+def actor_head(actor_params: ActorParams, obs: Array, *, nets: nets_lib.PPONetworks, cfg: PPOConfig) -> Array:
     """The actor's policy output for raw ``obs [B, obs_dim]``, in fp32 or int8 arithmetic."""
-    if normalize:
-        obs = obs_norm_lib.normalize(actor_params.obs_stats, obs)
+    obs = normalize_obs(cfg, actor_params.obs_stats, obs)
     if isinstance(actor_params.policy, quant.QuantParams):
         return quant.apply(actor_params.policy, obs)
     return policy_head(nets, actor_params.policy, obs)
@@ -164,23 +172,28 @@ def learner_update(
     lr_schedule: optax.Schedule,
     calibrate: bool,
 ) -> tuple[PPOState, dict[str, Array]]:
-    """GAE on the rollout, ``n_epochs`` of minibatch steps, then normaliser and calibration.
+    """GAE on the rollout, ``n_epochs`` of minibatch steps, then normalisers and calibration.
 
     Values are computed here, in two batched forwards over ``[T, B]``, instead of once per
     acting step: the actor only needs the policy, and a few large ops beat many small ones.
     The batch is normalised with the statistics the actor used; they are updated afterwards.
+    Reward scaling (``normalize``) divides rewards by the running std of the discounted
+    return, as SB3's ``VecNormalize``; it only concerns the learner.
     With int8 actors (``calibrate``), activation ranges are re-measured on this rollout's
     observations as the next actors will see them (new statistics, new parameters).
     """
-    obs, next_obs = traj.obs, traj.next_obs
-    if cfg.normalize:
-        obs = obs_norm_lib.normalize(state.obs_stats, obs)
-        next_obs = obs_norm_lib.normalize(state.obs_stats, next_obs)
+    norm = cfg.normalization
+    obs = normalize_obs(cfg, state.obs_stats, traj.obs)
+    next_obs = normalize_obs(cfg, state.obs_stats, traj.next_obs)
+    rewards, return_stats, running_return = traj.reward, state.return_stats, state.running_return
+    if norm.norm_reward:
+        done = jnp.logical_or(traj.terminated, traj.truncated)
+        disc_returns, running_return = returns_lib.discounted_returns(running_return, rewards, done, cfg.gamma)
+        return_stats = obs_norm_lib.update(return_stats, disc_returns[..., None])
+        rewards = jnp.clip(rewards / jnp.sqrt(return_stats.var[0] + 1e-8), -norm.clip_reward, norm.clip_reward)
     values = value_fn(nets, state.params["value"], obs)
     next_values = value_fn(nets, state.params["value"], next_obs)
-    advantages, returns = losses.compute_gae(
-        traj.reward, values, next_values, traj.terminated, traj.truncated, cfg.gamma, cfg.gae_lambda
-    )
+    advantages, returns = losses.compute_gae(rewards, values, next_values, traj.terminated, traj.truncated, cfg.gamma, cfg.gae_lambda)
     flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])  # noqa: E731
     data = Minibatch(
         obs=flat(obs),
@@ -194,12 +207,10 @@ def learner_update(
     epoch_step = functools.partial(epoch_update, data=data, cfg=cfg, minibatch_step=minibatch_step)
     (params, opt_state), infos = jax.lax.scan(epoch_step, (state.params, state.opt_state), jax.random.split(key, cfg.n_epochs))
 
-    obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if cfg.normalize else state.obs_stats
+    obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if norm.norm_obs else state.obs_stats
     calib = state.calib
     if calibrate:
-        seen = flat(traj.obs)
-        if cfg.normalize:
-            seen = obs_norm_lib.normalize(obs_stats, seen)
+        seen = normalize_obs(cfg, obs_stats, flat(traj.obs))
         calib = quant.update(calib, quant.dense_layers(params["policy"]), seen, cfg.policy_kwargs.activation)
     metrics = {f"train/{name}": jnp.mean(value) for name, value in infos._asdict().items()}
     metrics["train/loss"] = metrics["train/policy_gradient_loss"] + cfg.vf_coef * metrics["train/value_loss"] + cfg.ent_coef * metrics["train/entropy_loss"]
@@ -207,7 +218,15 @@ def learner_update(
     metrics["train/learning_rate"] = lr_schedule(state.step * cfg.n_epochs * cfg.num_minibatches)
     if "log_std" in params:
         metrics["train/std"] = jnp.mean(jnp.exp(params["log_std"]))
-    new_state = PPOState(params=params, opt_state=opt_state, obs_stats=obs_stats, calib=calib, step=state.step + 1)
+    new_state = PPOState(
+        params=params,
+        opt_state=opt_state,
+        obs_stats=obs_stats,
+        return_stats=return_stats,
+        running_return=running_return,
+        calib=calib,
+        step=state.step + 1,
+    )
     return new_state, metrics
 
 
@@ -232,6 +251,8 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
             params=params,
             opt_state=optimizer.init(params),
             obs_stats=obs_norm_lib.init((obs_dim,)),
+            return_stats=obs_norm_lib.init((1,)),
+            running_return=jnp.zeros((cfg.n_envs,), jnp.float32),
             calib=quant.init(obs_dim, len(cfg.policy_kwargs.net_arch) + 1),
             step=jnp.zeros((), jnp.int32),
         )
@@ -242,7 +263,7 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
             policy = quant.quantize(quant.dense_layers(policy), state.calib, activation)
         return ActorParams(policy=policy, log_std=state.params.get("log_std"), obs_stats=state.obs_stats)
 
-    head = functools.partial(actor_head, nets=nets, normalize=cfg.normalize)
+    head = functools.partial(actor_head, nets=nets, cfg=cfg)
     return Agent(
         init=init,
         actor_params=actor_params,

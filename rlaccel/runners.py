@@ -67,12 +67,13 @@ def episode_means(state: TrainState) -> tuple[Array, Array]:
 
 
 def quant_metrics(agent: Agent, agent_state: Any, actor_params: Any, obs: Array) -> Metrics:
-    """int8 actor vs its fp32 source on the observations ``obs [N, obs_dim]`` the actors saw.
+    """int8 actor vs its fp32 source on the observations ``obs [..., obs_dim]`` the actors saw.
 
     ``quant/action_agreement`` is the fraction of equal greedy actions (discrete) or the mean
     absolute difference of the deterministic actions (continuous).
     """
     fp32 = agent.actor_params(agent_state, "fp32")
+    obs = obs.reshape(-1, obs.shape[-1])
     head_q, head_f = agent.head(actor_params, obs), agent.head(fp32, obs)
     if agent.discrete:
         agreement = jnp.mean((jnp.argmax(head_q, -1) == jnp.argmax(head_f, -1)).astype(jnp.float32))
@@ -149,12 +150,10 @@ class Runner:
         return rollout_lib.collect_rollout(rollout, actor_params, key, env=self.env, act=self.agent.act, num_steps=self.num_steps)
 
     def learn_phase(self, state: TrainState, actor_params: Any, transitions: Any, episodes: Any, key: Array) -> tuple[TrainState, Metrics]:
-        """The learner update on a rollout, episode bookkeeping and (int8) quantisation metrics."""
+        """The learner update on a rollout, and episode bookkeeping."""
+        del actor_params  # the learner only needs what the actors recorded
         agent_state, metrics = self.agent.update(state.agent, transitions, key)
         metrics = dict(metrics)
-        if self.precision == "int8":
-            obs = transitions.obs.reshape(-1, transitions.obs.shape[-1])
-            metrics.update(quant_metrics(self.agent, state.agent, actor_params, obs))
         state = record_episodes(state.replace(agent=agent_state, update=state.update + 1), episodes)
         metrics["rollout/ep_rew_mean"], metrics["rollout/ep_len_mean"] = episode_means(state)
         return state, metrics
@@ -182,6 +181,12 @@ class Runner:
             act_exec = jax.jit(self.agent.act).lower(actor_params, state.rollout.obs, key).compile()
             rollout_exec = jax.jit(self.act_phase).lower(actor_params, state.rollout, key).compile()
             self._pieces = {"actor_params": params_exec, "act": act_exec, "rollout": rollout_exec}
+            if self.precision == "int8":
+                _, transitions, _ = jax.eval_shape(self.act_phase, actor_params, state.rollout, key)
+                obs = jax.ShapeDtypeStruct(transitions.obs.shape, transitions.obs.dtype, sharding=jax.sharding.SingleDeviceSharding(self.learner_device))
+                learner_params = jax.device_put(actor_params, self.learner_device)
+                metrics_fn = functools.partial(quant_metrics, self.agent)
+                self._pieces["quant_metrics"] = jax.jit(metrics_fn).lower(state.agent, learner_params, obs).compile()
             if self.learns_in_pieces:
                 _, transitions, episodes = jax.eval_shape(self.act_phase, actor_params, state.rollout, key)
                 on_learner = jax.sharding.SingleDeviceSharding(self.learner_device)
@@ -208,7 +213,8 @@ class Runner:
           ``actor/decision_latency_us_*``: one blocking ``act`` over all envs, ``num_calls``
           times. ``time/actor_sps``: one blocking rollout. ``time/learner_sps``: one blocking
           learner update where the runner has that piece (split); in a fused chunk the
-          learner's share is the update's time minus the rollout's.
+          learner's share is the update's time minus the rollout's. With int8 actors,
+          ``quant/*``: the int8 policy against its fp32 source on that rollout's observations.
         """
         pieces = self.pieces(state)
         actor_params = jax.device_put(pieces["actor_params"](state.agent), self.actor_device)
@@ -227,8 +233,10 @@ class Runner:
         _, transitions, episodes = jax.block_until_ready(pieces["rollout"](actor_params, state.rollout, keys[0]))
         t_act = time.perf_counter() - start
         out["time/actor_sps"] = samples / t_act
+        transitions, episodes, learner_params = jax.device_put((transitions, episodes, actor_params), self.learner_device)
+        if "quant_metrics" in pieces:
+            out.update({k: float(v) for k, v in pieces["quant_metrics"](state.agent, learner_params, transitions.obs).items()})
         if "learn" in pieces:
-            transitions, episodes, learner_params = jax.device_put((transitions, episodes, actor_params), self.learner_device)
             start = time.perf_counter()
             jax.block_until_ready(pieces["learn"](state.replace(rollout=None), learner_params, transitions, episodes, state.key))
             t_learn = time.perf_counter() - start

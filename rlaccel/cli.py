@@ -76,12 +76,14 @@ def resolve(args: argparse.Namespace) -> tuple[config_lib.Config, Path, bool]:
 
 
 def _check_env(config: config_lib.Config) -> None:
-    from rlaccel import envs
+    """Env id and devices exist (both raise ConfigError), checked before anything is written."""
+    from rlaccel import envs, placement
 
     try:
         envs.make(config.env)
     except envs.UnknownEnvError as e:
         raise config_lib.ConfigError(f"env: {e}") from None
+    placement.resolve(config.placement)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -171,10 +171,29 @@ class AutoReset(Wrapper):
             # The inner step ignores its key, so the reset may have it unshared; this saves
             # a split per step (about 10% of a CartPole step on CPU).
             key_step = key_reset = key
-        state_next, obs_next, reward, terminated, truncated, info = self.env.step(
-            key_step, state, action
-        )
         state_reset, obs_reset = self.env.reset(key_reset)
+        return self.step_or_reset(key_step, state, action, state_reset, obs_reset)
+
+    def step_or_reset(
+        self,
+        key: PRNGKey,
+        state: EnvState,
+        action: jax.Array,
+        state_reset: EnvState,
+        obs_reset: jax.Array,
+    ) -> tuple[EnvState, jax.Array, jax.Array, jax.Array, jax.Array, Info]:
+        """`step`, with the fresh episode given rather than drawn.
+
+        Rollouts draw the reset states of all ``T x B`` steps in one batched op before their
+        scan (``rlaccel.rollout``): a PRNG draw inside the scan body costs more than the
+        CartPole physics.
+
+        Args:
+            key: key for the inner step.
+            state, action: as for `step`.
+            state_reset, obs_reset: the episode to continue with if this step ends one.
+        """
+        state_next, obs_next, reward, terminated, truncated, info = self.env.step(key, state, action)
         done = terminated | truncated
         state_out = _select(done, state_reset, state_next)
         obs_out = jnp.where(done, obs_reset, obs_next)

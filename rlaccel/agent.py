@@ -28,7 +28,10 @@ class Agent(NamedTuple):
         or ``"int8"`` (static); called after every learner update: the "re-quantise and
         broadcast" step. ``ActorParams.policy`` is the fp32 flax params or a
         ``rlaccel.quant.QuantParams``.
-      act: ``(ActorParams, obs [B, obs_dim], key) -> (action [B] or [B, A], ActorExtras)``.
+      act: ``(ActorParams, obs [B, obs_dim], noise) -> (action [B] or [B, A], ActorExtras)``;
+        deterministic given ``noise``.
+      noise: ``(key, num_envs) -> noise`` for one step of ``act``. Rollouts draw it for every
+        step before their scan, so no PRNG hash sits on the acting critical path.
       head: ``(ActorParams, obs [B, obs_dim]) -> [B, out]``, the policy's output before
         sampling (logits, Gaussian mean or Q-values); used to compare int8 with fp32.
       update: ``(AgentState, Transition [T, B], key) -> (AgentState, Metrics)``; the learner step.
@@ -37,7 +40,8 @@ class Agent(NamedTuple):
 
     init: Callable[[Array], AgentState]
     actor_params: Callable[[AgentState, str], ActorParams]
-    act: Callable[[ActorParams, Array, Array], tuple[Array, ActorExtras]]
+    act: Callable[[ActorParams, Array, Any], tuple[Array, ActorExtras]]
+    noise: Callable[[Array, int], Any]
     head: Callable[[ActorParams, Array], Array]
     update: Callable[[AgentState, Any, Array], tuple[AgentState, Metrics]]
     discrete: bool

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,28 +61,54 @@ def reset(env: Any, key: Array, num_envs: int) -> RolloutState:
     )
 
 
+class StepNoise(NamedTuple):
+    """Randomness of one step, drawn for the whole rollout before its scan."""
+
+    act: Any  # the agent's acting noise for this step (``Agent.noise``)
+    key_env: Array  # [B, 2] env step keys
+    state_reset: Any  # env state pytree [B, ...]: the episode that follows one ending here
+    obs_reset: Array  # [B, obs_dim]
+
+
+def draw_noise(env: Any, agent_noise: Callable[[Array, int], Any], key: Array, num_steps: int, num_envs: int) -> StepNoise:
+    """All randomness of a ``[T, B]`` rollout (acting noise, env keys, reset states), in a few
+    large ops: drawing inside the scan body would put a PRNG hash on every step's critical path.
+    """
+    key_act, key_env, key_reset = jax.random.split(key, 3)
+    reset_keys = jax.random.split(key_reset, num_steps * num_envs)
+    state_reset, obs_reset = jax.vmap(env.reset)(reset_keys)
+    return StepNoise(
+        act=jax.vmap(agent_noise, in_axes=(0, None))(jax.random.split(key_act, num_steps), num_envs),
+        key_env=jax.random.split(key_env, num_steps * num_envs).reshape(num_steps, num_envs, -1),
+        state_reset=jax.tree.map(lambda x: x.reshape(num_steps, num_envs, *x.shape[1:]), state_reset),
+        obs_reset=obs_reset.reshape(num_steps, num_envs, -1),
+    )
+
+
 def env_step(
     state: RolloutState,
-    keys: Array,
+    noise: StepNoise,
     *,
     env: Any,
-    act: Callable[[Any, Array, Array], tuple[Array, Any]],
+    act: Callable[[Any, Array, Any], tuple[Array, Any]],
     actor_params: Any,
 ) -> tuple[RolloutState, tuple[Transition, EpisodeInfo]]:
     """One actor decision and one step of every env (a ``lax.scan`` body).
 
     Args:
       state: the envs, ``B`` of them.
-      keys: ``[B + 1, 2]``: one key for the actor, one per env.
+      noise: this step's keys and reset states (:func:`draw_noise`).
       env: an auto-reset env (``envs.core.AutoReset``).
       act: the agent's ``act``.
       actor_params: fp32 or int8 actor parameters.
     """
-    action, extras = act(actor_params, state.obs, keys[0])
+    action, extras = act(actor_params, state.obs, noise.act)
     env_action = action
     if isinstance(env.action_space, spaces.Box):
         env_action = jnp.clip(action, env.action_space.low, env.action_space.high)
-    env_state, obs, reward, terminated, truncated, info = jax.vmap(env.step)(keys[1:], state.env_state, env_action)
+    env_state, obs, reward, terminated, truncated, info = jax.vmap(env.step_or_reset)(
+        noise.key_env, state.env_state, env_action, noise.state_reset, noise.obs_reset
+    )
     done = jnp.logical_or(terminated, truncated)
     episode_return = state.episode_return + reward
     episode_length = state.episode_length + 1
@@ -111,19 +137,25 @@ def collect_rollout(
     key: Array,
     *,
     env: Any,
-    act: Callable[[Any, Array, Array], tuple[Array, Any]],
+    agent: Any,
     num_steps: int,
     unroll: int = 1,
 ) -> tuple[RolloutState, Transition, EpisodeInfo]:
     """``num_steps`` steps of every env with fixed actor parameters.
 
-    All keys are split up front in one op, so the scan body does no key arithmetic.
+    Args:
+      state: the envs.
+      actor_params: from ``agent.actor_params``.
+      key: randomness of the whole rollout.
+      env: an auto-reset env.
+      agent: provides ``act`` and ``noise``.
+      num_steps: ``T``.
+      unroll: ``lax.scan`` unroll factor.
 
     Returns:
       ``(state, transitions [T, B, ...], episode info [T, B])``.
     """
-    num_envs = state.obs.shape[0]
-    keys = jax.random.split(key, num_steps * (num_envs + 1)).reshape(num_steps, num_envs + 1, -1)
-    body = functools.partial(env_step, env=env, act=act, actor_params=actor_params)
-    state, (transitions, episodes) = jax.lax.scan(body, state, keys, unroll=unroll)
+    noise = draw_noise(env, agent.noise, key, num_steps, state.obs.shape[0])
+    body = functools.partial(env_step, env=env, act=agent.act, actor_params=actor_params)
+    state, (transitions, episodes) = jax.lax.scan(body, state, noise, unroll=unroll)
     return state, transitions, episodes

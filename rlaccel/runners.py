@@ -147,7 +147,7 @@ class Runner:
 
     def act_phase(self, actor_params: Any, rollout: rollout_lib.RolloutState, key: Array) -> tuple[Any, Any, Any]:
         """``T`` steps of acting: ``(rollout state, transitions [T, B], episode info [T, B])``."""
-        return rollout_lib.collect_rollout(rollout, actor_params, key, env=self.env, act=self.agent.act, num_steps=self.num_steps)
+        return rollout_lib.collect_rollout(rollout, actor_params, key, env=self.env, agent=self.agent, num_steps=self.num_steps)
 
     def learn_phase(self, state: TrainState, actor_params: Any, transitions: Any, episodes: Any, key: Array) -> tuple[TrainState, Metrics]:
         """The learner update on a rollout, and episode bookkeeping."""
@@ -178,7 +178,8 @@ class Runner:
             params_exec = jax.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
             actor_params = jax.device_put(params_exec(state.agent), self.actor_device)
             key = jax.device_put(state.key, self.actor_device)
-            act_exec = jax.jit(self.agent.act).lower(actor_params, state.rollout.obs, key).compile()
+            noise = jax.device_put(self.agent.noise(state.key, self.num_envs), self.actor_device)
+            act_exec = jax.jit(self.agent.act).lower(actor_params, state.rollout.obs, noise).compile()
             rollout_exec = jax.jit(self.act_phase).lower(actor_params, state.rollout, key).compile()
             self._pieces = {"actor_params": params_exec, "act": act_exec, "rollout": rollout_exec}
             if self.precision == "int8":
@@ -219,18 +220,20 @@ class Runner:
         pieces = self.pieces(state)
         actor_params = jax.device_put(pieces["actor_params"](state.agent), self.actor_device)
         obs = state.rollout.obs
-        keys = jax.device_put(jax.random.split(jax.random.PRNGKey(0), num_calls + 1), self.actor_device)
-        jax.block_until_ready(pieces["act"](actor_params, obs, keys[0]))  # warm caches before timing
+        key = jax.device_put(jax.random.PRNGKey(0), self.actor_device)
+        noise = jax.device_put(jax.vmap(self.agent.noise, in_axes=(0, None))(jax.random.split(key, num_calls + 1), self.num_envs), self.actor_device)
+        step_noise = [jax.tree.map(lambda x, i=i: x[i], noise) for i in range(num_calls + 1)]
+        jax.block_until_ready(pieces["act"](actor_params, obs, step_noise[0]))  # warm caches before timing
         times = []
         for i in range(num_calls):
             start = time.perf_counter()
-            jax.block_until_ready(pieces["act"](actor_params, obs, keys[i + 1]))
+            jax.block_until_ready(pieces["act"](actor_params, obs, step_noise[i + 1]))
             times.append(time.perf_counter() - start)
         out = latency_percentiles(times, self.num_envs)
 
         samples = self.num_envs * self.num_steps
         start = time.perf_counter()
-        _, transitions, episodes = jax.block_until_ready(pieces["rollout"](actor_params, state.rollout, keys[0]))
+        _, transitions, episodes = jax.block_until_ready(pieces["rollout"](actor_params, state.rollout, key))
         t_act = time.perf_counter() - start
         out["time/actor_sps"] = samples / t_act
         transitions, episodes, learner_params = jax.device_put((transitions, episodes, actor_params), self.learner_device)

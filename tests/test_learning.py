@@ -42,7 +42,7 @@ def test_ppo_cartpole_learns(precision: str) -> None:
         state = jax.tree.map(lambda x: x[0], states)
         params = runner.agent.actor_params(state.agent, "int8")
         _, transitions, _ = rollout.collect_rollout(
-            state.rollout, params, jax.random.PRNGKey(7), env=runner.env, act=runner.agent.act, num_steps=1000
+            state.rollout, params, jax.random.PRNGKey(7), env=runner.env, agent=runner.agent, num_steps=1000
         )
         metrics = quant_metrics(runner.agent, state.agent, params, transitions.obs)
         assert float(metrics["quant/action_agreement"]) >= 0.99, metrics

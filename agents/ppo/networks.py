@@ -10,43 +10,15 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from gymnasium import spaces
 
 from rlaccel.agents.ppo.config import PolicyKwargs
+from rlaccel.networks import MLP
 
 Array = jax.Array
 Params = Any
-
-ACTIVATION_FNS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu}
-
-
-class MLP(nn.Module):
-    """``Dense -> act -> ... -> Dense`` with orthogonal init (gain sqrt(2) hidden, ``out_gain`` head).
-
-    Parameters are ``{"Dense_0": {"kernel": [in, h0], "bias": [h0]}, ..., "Dense_L": ...}``.
-    """
-
-    hidden: Sequence[int]
-    out_dim: int
-    activation: str = "tanh"
-    out_gain: float = 1.0
-    ortho_init: bool = True
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        """``[..., in] -> [..., out_dim]``."""
-        act = ACTIVATION_FNS[self.activation]
-
-        def init(gain: float) -> Any:
-            return nn.initializers.orthogonal(gain) if self.ortho_init else nn.initializers.lecun_normal()
-
-        for width in self.hidden:
-            x = act(nn.Dense(width, kernel_init=init(math.sqrt(2.0)), bias_init=nn.initializers.zeros)(x))
-        return nn.Dense(self.out_dim, kernel_init=init(self.out_gain), bias_init=nn.initializers.zeros)(x)
-
 
 class PPONetworks(NamedTuple):
     """The two modules and what the policy head means."""
@@ -87,22 +59,34 @@ def init_params(nets: PPONetworks, key: Array, obs_dim: int, log_std_init: float
 # serves the fp32 learner and the int8 actor, which only differ in how the head is computed.
 
 
-def sample(key: Array, head: Array, log_std: Array | None) -> Array:
+def noise(key: Array, num_envs: int, action_dim: int, discrete: bool) -> Array:
+    """Sampling noise for one step of ``num_envs`` actors, ``[num_envs, action_dim]``.
+
+    Gumbel noise (discrete: ``argmax(logits + g)`` samples the categorical) or standard
+    normal noise (Gaussian). Rollouts draw it for all steps at once, outside their scan.
+    """
+    shape = (num_envs, action_dim)
+    return jax.random.gumbel(key, shape) if discrete else jax.random.normal(key, shape)
+
+
+def sample(head: Array, log_std: Array | None, noise: Array) -> Array:
     """Sample actions. ``head``: logits ``[B, A]`` (discrete) or mean ``[B, A]`` (Gaussian).
 
     Returns ``[B]`` int32 (discrete) or ``[B, A]`` float32, unclipped (clipping to the action
     bounds happens at the env boundary so the stored action keeps its exact log-probability).
     """
     if log_std is None:
-        return jax.random.categorical(key, head, axis=-1).astype(jnp.int32)
-    return head + jnp.exp(log_std) * jax.random.normal(key, head.shape, head.dtype)
+        return jnp.argmax(head + noise, axis=-1).astype(jnp.int32)
+    return head + jnp.exp(log_std) * noise
 
 
 def log_prob(head: Array, log_std: Array | None, action: Array) -> Array:
     """Log-probability ``[B]`` of ``action`` under the distribution of ``head``."""
     if log_std is None:
+        # A one-hot product rather than a gather: it fuses with log_softmax, and its gradient
+        # is elementwise instead of a scatter (both matter for small minibatches on a CPU).
         logp = jax.nn.log_softmax(head, axis=-1)
-        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return jnp.sum(logp * jax.nn.one_hot(action, head.shape[-1], dtype=logp.dtype), axis=-1)
     z = (action - head) * jnp.exp(-log_std)
     return jnp.sum(-0.5 * jnp.square(z) - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
 

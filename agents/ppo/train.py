@@ -77,7 +77,7 @@ def make_optimizer(cfg: PPOConfig, num_updates: int) -> tuple[optax.GradientTran
         lr = optax.linear_schedule(cfg.learning_rate, 0.0, transition_steps=num_updates * cfg.n_epochs * cfg.num_minibatches)
     else:
         lr = optax.constant_schedule(cfg.learning_rate)
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=cfg.adam_eps)), lr
+    return optax.flatten(optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=cfg.adam_eps))), lr
 
 
 def policy_head(nets: nets_lib.PPONetworks, policy_params: Any, obs: Array) -> Array:
@@ -104,14 +104,15 @@ def actor_head(actor_params: ActorParams, obs: Array, *, nets: nets_lib.PPONetwo
     return policy_head(nets, actor_params.policy, obs)
 
 
-def act(actor_params: ActorParams, obs: Array, key: Array, *, head_fn: Callable[[ActorParams, Array], Array]) -> tuple[Array, ActorExtras]:
+def act(actor_params: ActorParams, obs: Array, noise: Array, *, head_fn: Callable[[ActorParams, Array], Array]) -> tuple[Array, ActorExtras]:
     """Sample actions for ``obs [B, obs_dim]`` and record their behaviour log-probabilities.
 
-    The log-probability is the one of the policy that sampled (int8 when the actors are
-    quantised); ``losses.ppo_loss`` explains why the learner must use it.
+    ``noise`` is ``networks.noise(...)`` for this step. The log-probability is the one of the
+    policy that sampled (int8 when the actors are quantised); ``losses.ppo_loss`` explains
+    why the learner must use it.
     """
     head = head_fn(actor_params, obs)
-    action = nets_lib.sample(key, head, actor_params.log_std)
+    action = nets_lib.sample(head, actor_params.log_std, noise)
     return action, ActorExtras(log_prob=nets_lib.log_prob(head, actor_params.log_std, action))
 
 
@@ -268,6 +269,7 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
         init=init,
         actor_params=actor_params,
         act=functools.partial(act, head_fn=head),
+        noise=functools.partial(nets_lib.noise, action_dim=nets.action_dim, discrete=nets.discrete),
         head=head,
         update=functools.partial(learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule, calibrate=calibrate),
         discrete=nets.discrete,

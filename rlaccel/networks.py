@@ -1,0 +1,60 @@
+"""Network building blocks shared by the agents.
+
+Policies are plain stacks of ``Dense`` layers (``Dense_0 .. Dense_L``) so that
+``rlaccel.quant`` can run them in int8 layer by layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+ACTIVATION_FNS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu}
+
+
+def orthogonal(gain: float) -> Callable[..., Array]:
+    """``nn.initializers.orthogonal(gain)`` that is safe under ``jax.vmap`` on multi-core CPUs.
+
+    Values are exactly flax's. Under ``vmap`` (many seeds in one program) the per-seed QR
+    decompositions run one after another: jaxlib 0.10's CPU runtime fans a batched LAPACK
+    QR out over the intra-op thread pool and blocks on it, so two independent batched QRs
+    (policy and value layers) can occupy every pool thread and deadlock a 2-core machine.
+    Initialisation runs once, so this costs nothing in training.
+    """
+    base = nn.initializers.orthogonal(gain)
+
+    def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        return jax.custom_batching.sequential_vmap(lambda k: base(k, shape, dtype))(key)
+
+    return init
+
+
+class MLP(nn.Module):
+    """``Dense -> act -> ... -> Dense`` with orthogonal init (gain sqrt(2) hidden, ``out_gain`` head).
+
+    Parameters are ``{"Dense_0": {"kernel": [in, h0], "bias": [h0]}, ..., "Dense_L": ...}``.
+    """
+
+    hidden: Sequence[int]
+    out_dim: int
+    activation: str = "tanh"
+    out_gain: float = 1.0
+    ortho_init: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """``[..., in] -> [..., out_dim]``."""
+        act = ACTIVATION_FNS[self.activation]
+
+        def init(gain: float) -> Any:
+            return orthogonal(gain) if self.ortho_init else nn.initializers.lecun_normal()
+
+        for width in self.hidden:
+            x = act(nn.Dense(width, kernel_init=init(math.sqrt(2.0)), bias_init=nn.initializers.zeros)(x))
+        return nn.Dense(self.out_dim, kernel_init=init(self.out_gain), bias_init=nn.initializers.zeros)(x)

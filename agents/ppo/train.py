@@ -3,8 +3,8 @@
 The learner step is built from named pieces, each a plain function with its static
 arguments bound by ``functools.partial``:
 
-``learner_update`` (one rollout) -> ``epoch_update`` (shuffle, scan over minibatches)
--> ``minibatch_update`` (grad of ``ppo_loss``, clip, Adam).
+``learner_update`` (one rollout: values, GAE) -> ``shuffle_minibatches`` (every epoch's
+minibatches) -> a scan of ``minibatch_update`` (grad of ``ppo_loss``, clip, Adam).
 
 ``make_train(config)`` returns ``train(key)``, a whole run as one pure function, for tests
 and vmapped seeds; the driver (``rlaccel.driver``) calls the runner's chunks instead.
@@ -147,13 +147,14 @@ def minibatch_update(
     return (optax.apply_updates(params, updates), opt_state), info
 
 
-def epoch_update(
-    carry: tuple[Any, Any], key: Array, *, data: Minibatch, cfg: PPOConfig, minibatch_step: Callable
-) -> tuple[tuple[Any, Any], losses.LossInfo]:
-    """Shuffle the rollout and take one gradient step per minibatch (a scan body over epochs)."""
-    perm = jax.random.permutation(key, cfg.rollout_size)
-    shuffled = jax.tree.map(lambda x: x[perm].reshape(cfg.num_minibatches, cfg.batch_size, *x.shape[1:]), data)
-    return jax.lax.scan(minibatch_step, carry, shuffled)
+def shuffle_minibatches(data: Minibatch, key: Array, cfg: PPOConfig) -> Minibatch:
+    """Every epoch's shuffled minibatches at once: ``[N, ...] -> [n_epochs * n_minibatches, batch_size, ...]``.
+
+    One batched permutation and one gather per field for the whole update, instead of one
+    per epoch: on a CPU the per-op overhead of small gathers is what costs.
+    """
+    perms = jax.vmap(lambda k: jax.random.permutation(k, cfg.rollout_size))(jax.random.split(key, cfg.n_epochs))
+    return jax.tree.map(lambda x: x[perms].reshape(cfg.n_epochs * cfg.num_minibatches, cfg.batch_size, *x.shape[1:]), data)
 
 
 def explained_variance(pred: Array, target: Array) -> Array:
@@ -205,8 +206,8 @@ def learner_update(
         ret=flat(returns),
     )
     minibatch_step = functools.partial(minibatch_update, nets=nets, cfg=cfg, optimizer=optimizer)
-    epoch_step = functools.partial(epoch_update, data=data, cfg=cfg, minibatch_step=minibatch_step)
-    (params, opt_state), infos = jax.lax.scan(epoch_step, (state.params, state.opt_state), jax.random.split(key, cfg.n_epochs))
+    minibatches = shuffle_minibatches(data, key, cfg)
+    (params, opt_state), infos = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
 
     obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if norm.norm_obs else state.obs_stats
     calib = state.calib

@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from rlaccel import config as config_lib
 
 EXIT_USAGE = 2
@@ -69,6 +67,8 @@ def resolve(args: argparse.Namespace) -> tuple[config_lib.Config, Path, bool]:
     else:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{config.algo}_{config.env}_s{config.seed}_{stamp}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} exists and is not a directory")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not args.overwrite:
             raise UsageError(f"run directory {run_dir} exists; pass --resume {run_dir} to continue it or --overwrite to replace it")
@@ -99,8 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not resume and run_dir.exists() and args.overwrite:
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     try:
         summary = driver.train(config, run_dir, resume=resume)
     except checkpoint.CheckpointError as e:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -32,6 +33,26 @@ from rlaccel.agents.ppo.config import PPOConfig
 
 class ConfigError(ValueError):
     """A configuration problem; the message is one line and names the offending key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``3e-4`` and ``1e6`` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text (YAML 1.2 number rules)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _check(ok: bool, key: str, why: str) -> None:
@@ -173,6 +194,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:  # Optional[X]: X's own message is the useful one
             return _coerce(value, options[0], key)
+        if isinstance(value, dict):  # a mapping can only mean the dataclass option: its message
+            for arg in options:
+                if dataclasses.is_dataclass(arg):
+                    return _coerce(value, arg, key)
         for arg in options:
             try:
                 return _coerce(value, arg, key)
@@ -242,7 +267,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def _parse_scalar(text: str) -> Any:
     """A ``--set`` value is parsed as YAML, so ``3e-4``, ``true``, ``[64, 64]`` work."""
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError:
         return text
 
@@ -309,7 +334,7 @@ def load_data(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

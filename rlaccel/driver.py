@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import yaml
 from rich.console import Console
 
 from rlaccel import agents, checkpoint, envs
@@ -42,7 +43,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
 
     Args:
       config: a validated config.
-      run_dir: the run directory (exists; ``config.yaml`` already written by the caller).
+      run_dir: the run directory; created, with ``config.yaml``, once the state is ready.
       resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
       console: where the progress bar and notices go.
 
@@ -52,7 +53,6 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     where = placement_lib.resolve(config.placement)
-    console.print(f"placement: {where.describe()}")
     env = envs.make(config.env, auto_reset=True)
     spec = agents.make(config, env)
     runner = make_runner(spec.agent, env, spec.num_envs, spec.num_steps, where)
@@ -65,6 +65,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
         if path is None:
             raise checkpoint.CheckpointError(f"{ckpt_dir}: no checkpoint to resume from")
         state, _ = checkpoint.restore(path, state)
+    # Only now, with the checkpoint accepted, does the run directory change.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    console.print(f"placement: {where.describe()}")
+    if resume:
         console.print(f"resumed from {path} (update {int(state.update)})")
     state = runner.place(state)
     start_update = int(state.update)
@@ -131,7 +136,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
         "episodes": int(state.episodes),
         "placement": where.describe(),
         "probe_compile_s": runner.pieces_compile_s,
-        **{k: float(np.median([p[k] for p in probes])) for k in (probes[0] if probes else {})},
+        **{k: _finite_median([p[k] for p in probes]) for k in (probes[0] if probes else {})},
         "run_dir": str(run_dir),
         "config": config.to_dict(),
     }
@@ -139,6 +144,12 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
     logger.close()
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _finite_median(values: list[float]) -> float | None:
+    """Median of the finite values; ``None`` (JSON null) when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else None
 
 
 def _flat_hparams(config: Config) -> dict[str, Any]:

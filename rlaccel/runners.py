@@ -243,9 +243,11 @@ class Runner:
             start = time.perf_counter()
             jax.block_until_ready(pieces["learn"](state.replace(rollout=None), learner_params, transitions, episodes, state.key))
             t_learn = time.perf_counter() - start
-        else:
-            t_learn = max(seconds_per_update - t_act, 1e-9)
-        out["time/learner_sps"] = samples / t_learn
+            out["time/learner_sps"] = samples / t_learn
+        elif seconds_per_update > t_act:
+            out["time/learner_sps"] = samples / (seconds_per_update - t_act)
+        else:  # the standalone rollout took longer than a whole fused update: no estimate
+            out["time/learner_sps"] = float("nan")
         return out
 
 

@@ -54,6 +54,10 @@ class NormalizeConfig:
     clip_reward: float = 10.0
     """Clip scaled rewards to +-clip_reward."""
 
+    def __post_init__(self) -> None:
+        _check(self.clip_obs > 0, "clip_obs", "must be > 0")
+        _check(self.clip_reward > 0, "clip_reward", "must be > 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:

@@ -1,0 +1,191 @@
+"""Tests for ``rlaccel.placement`` and the split runner, on the two CPU devices that
+``tests/conftest.py`` asks XLA for (``cpu:0`` learns, ``cpu:1`` acts)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlaccel import agents, envs, placement, quant
+from rlaccel import config as config_lib
+from rlaccel.config import ConfigError, PlacementConfig
+from rlaccel.placement import PlacementError
+from rlaccel.runners import FusedRunner, SplitRunner, make_runner
+
+
+@pytest.fixture(scope="module")
+def cpus():
+    devices = jax.devices("cpu")
+    assert len(devices) >= 2, "tests/conftest.py sets XLA_FLAGS=--xla_force_host_platform_device_count=2 before JAX starts"
+    return devices[0], devices[1]
+
+
+def placement_config(learner="auto", actor="learner", precision="int8"):
+    return config_lib.from_dict(PlacementConfig, {"learner": {"device": learner}, "actor": {"device": actor, "precision": precision}})
+
+
+# --------------------------------------------------------------------------------------------
+# resolve()
+
+
+def test_available_lists_both_cpus():
+    assert placement.available()[:2] == ["cpu:0", "cpu:1"]
+
+
+@pytest.mark.parametrize(
+    "learner, actor, want_learner, want_actor",
+    [
+        ("auto", "learner", 0, 0),  # no GPU here: auto is the first CPU
+        ("cpu", "learner", 0, 0),
+        ("auto", "auto", 0, 0),
+        ("cpu:0", "cpu:1", 0, 1),
+        ("auto", "cpu:1", 0, 1),
+        ("cpu:1", "learner", 1, 1),
+        ("cpu:1", "cpu:0", 1, 0),
+        (" CPU:1 ", " Learner ", 1, 1),  # case and spaces do not matter
+    ],
+)
+def test_resolve(cpus, learner, actor, want_learner, want_actor):
+    where = placement.resolve(placement_config(learner, actor))
+    assert where.learner == cpus[want_learner] and where.actor == cpus[want_actor]
+    assert where.fused == (want_learner == want_actor)
+    assert where.precision == "int8"
+
+
+def test_describe():
+    assert placement.resolve(placement_config("cpu", "cpu:1", "fp32")).describe() == "learner cpu:0 fp32, actors cpu:1 fp32 (split)"
+    assert placement.resolve(placement_config()).describe() == "learner cpu:0 fp32, actors cpu:0 int8 (fused)"
+
+
+@pytest.mark.parametrize(
+    "learner, actor, key, words",
+    [
+        ("gpu", "learner", "placement.learner.device", "JAX sees no GPU"),
+        ("cuda", "learner", "placement.learner.device", "JAX sees no GPU"),
+        ("gpu:0", "learner", "placement.learner.device", "JAX sees no GPU"),
+        ("auto", "gpu", "placement.actor.device", "JAX sees no GPU"),
+        ("cpu:7", "learner", "placement.learner.device", "no device 'cpu:7'"),
+        ("auto", "cpu:2", "placement.actor.device", "no device 'cpu:2'"),
+        ("cpu:x", "learner", "placement.learner.device", "no device 'cpu:x'"),
+        ("npu", "learner", "placement.learner.device", "unknown device 'npu'"),
+        ("auto", "", "placement.actor.device", "unknown device"),
+    ],
+)
+def test_missing_devices_raise_a_one_line_config_error(learner, actor, key, words):
+    with pytest.raises(PlacementError) as info:
+        placement.resolve(placement_config(learner, actor))
+    assert isinstance(info.value, ConfigError)  # the CLI's exit-2 family
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{key}: ") and words in msg, msg
+    if "no device" in words or "no GPU" in words:
+        assert "cpu:0, cpu:1" in msg  # says what exists
+
+
+# --------------------------------------------------------------------------------------------
+# Runners on two devices.
+
+TINY = ("total_timesteps=512", "ppo.n_steps=64", "ppo.batch_size=64", "ppo.n_epochs=1")
+
+
+def run_two_updates(cartpole_yaml, precision, actor):
+    """Build the runner the driver would, init, place and run one chunk of 2 updates."""
+    config = config_lib.load(cartpole_yaml, [*TINY, f"placement.actor.precision={precision}", f"placement.actor.device={actor}"])
+    env = envs.make(config.env, auto_reset=True)
+    spec = agents.make(config, env)
+    where = placement.resolve(config.placement)
+    runner = make_runner(spec.agent, env, spec.num_envs, spec.num_steps, where)
+    state = runner.place(jax.jit(runner.init)(jax.random.PRNGKey(config.seed)))
+    initial_params = jax.device_get(state.agent.params)  # the fused chunk donates its input
+    chunk = runner.compile(state, 2)
+    final, metrics = chunk(state)
+    return runner, jax.block_until_ready(final), metrics, initial_params
+
+
+@pytest.fixture(scope="module")
+def runs(cartpole_yaml):
+    return {
+        ("split", "fp32"): run_two_updates(cartpole_yaml, "fp32", "cpu:1"),
+        ("split", "int8"): run_two_updates(cartpole_yaml, "int8", "cpu:1"),
+        ("fused", "int8"): run_two_updates(cartpole_yaml, "int8", "learner"),
+    }
+
+
+def devices_of(tree):
+    return {d for leaf in jax.tree.leaves(tree) for d in leaf.devices()}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_split_runner_keeps_learner_and_actor_state_apart(runs, cpus, precision):
+    learner, actor = cpus
+    runner, state, metrics, _ = runs["split", precision]
+    assert isinstance(runner, SplitRunner)
+    assert runner.learner_device == learner and runner.actor_device == actor
+    assert int(state.update) == 2
+    assert devices_of(state.agent.params) == {learner}
+    assert devices_of(state.agent) == {learner}  # optimiser state, normaliser, calibration too
+    assert devices_of(state.rollout.env_state) == {actor}
+    assert state.rollout.obs.devices() == {actor}
+    assert devices_of(metrics) == {learner}
+    assert metrics["train/value_loss"].shape == (2,)
+
+    pieces = runner.pieces(state)
+    # The compiled pieces take their inputs where they run: the rollout on the actor...
+    assert {s.device_set.pop() for s in jax.tree.leaves(pieces["rollout"].input_shardings)} == {actor}
+    assert {s.device_set.pop() for s in jax.tree.leaves(pieces["act"].input_shardings)} == {actor}
+    # ...the update on the learner.
+    assert {s.device_set.pop() for s in jax.tree.leaves(pieces["learn"].input_shardings)} == {learner}
+
+    # Actor parameters are made on the learner, then moved; the rollout's outputs stay on the actor.
+    actor_params = pieces["actor_params"](state.agent)
+    assert devices_of(actor_params) == {learner}
+    on_actor = jax.device_put(actor_params, actor)
+    rollout, transitions, episodes = pieces["rollout"](on_actor, state.rollout, jax.device_put(state.key, actor))
+    assert devices_of((rollout, transitions, episodes)) == {actor}
+    assert transitions.obs.shape == (64, 4, 4)  # [T, B, obs_dim]
+
+    policy = on_actor.policy
+    if precision == "int8":
+        assert isinstance(policy, quant.QuantParams)
+        assert [layer.w_q.dtype for layer in policy.layers] == [jnp.int8] * 3
+        assert [layer.b_q.dtype for layer in policy.layers] == [jnp.int32] * 3
+        assert devices_of(policy) == {actor}
+    else:
+        assert not isinstance(policy, quant.QuantParams)
+        assert {x.dtype for x in jax.tree.leaves(policy)} == {jnp.dtype(jnp.float32)}
+        # fp32 actors act with exactly the learner's policy weights.
+        for x, y in zip(jax.tree.leaves(policy), jax.tree.leaves(state.agent.params["policy"])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_same_device_gives_the_fused_runner(runs, cpus):
+    runner, state, _, _ = runs["fused", "int8"]
+    assert isinstance(runner, FusedRunner)
+    assert devices_of(state) == {cpus[0]}
+
+
+def test_split_and_fused_runners_compute_the_same_run(runs):
+    """Same seed, same maths, two devices vs one program: the same episodes and parameters."""
+    _, split, split_metrics, initial_params = runs["split", "int8"]
+    _, fused, fused_metrics, _ = runs["fused", "int8"]
+    assert int(split.episodes) == int(fused.episodes) > 0
+    np.testing.assert_array_equal(np.asarray(split.recent_returns), np.asarray(fused.recent_returns))
+    np.testing.assert_array_equal(np.asarray(split.rollout.obs), np.asarray(fused.rollout.obs))
+    for x, y in zip(jax.tree.leaves(split.agent), jax.tree.leaves(fused.agent)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    assert set(split_metrics) == set(fused_metrics)
+    for name in split_metrics:
+        np.testing.assert_allclose(np.asarray(split_metrics[name]), np.asarray(fused_metrics[name]), rtol=1e-4, atol=1e-6, err_msg=name)
+    # Not vacuous: both did two updates, and the updates moved the parameters.
+    assert int(split.agent.step) == int(fused.agent.step) == 2
+    moved = [np.max(np.abs(np.asarray(x) - y)) for x, y in zip(jax.tree.leaves(split.agent.params), jax.tree.leaves(initial_params))]
+    assert min(moved) > 1e-6
+
+
+def test_fused_probe_never_reports_an_impossible_learner_speed(runs):
+    runner, state, _, _ = runs["fused", "int8"]
+    # The last chunk took less time per update than one rollout alone takes in the probe.
+    out = runner.probe(state, seconds_per_update=0.0, num_calls=2)
+    speed = out["time/learner_sps"]
+    assert not (np.isfinite(speed) and speed > 1e9), f"time/learner_sps = {speed:.3g} samples/s"

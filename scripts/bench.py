@@ -181,7 +181,7 @@ def print_table(results: dict[str, dict]) -> None:
             name, fmt(r["sps"]), ratio, fmt(r["compile_s"], ".1f"), ret, fmt(r.get("actor_sps")), fmt(r.get("learner_sps")),
             fmt(r.get("latency_us_p50"), ".0f"), fmt(r.get("latency_us_p99"), ".0f"), fmt(r.get("peak_rss_mib"), ".0f"),
         )
-    Console().print(table)
+    Console(width=max(Console().width, 170)).print(table)
     fp, q = results.get("fused_fp32", {}), results.get("fused_int8", {})
     if fp.get("sps") and q.get("sps"):
         print(f"fused int8 actors vs fused fp32 actors: {100 * (q['sps'] / fp['sps'] - 1):+.1f} % env steps/s")

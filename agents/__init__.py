@@ -32,4 +32,11 @@ def make(config: Any, env: Any) -> AgentSpec:
         n = ppo.num_updates(cfg, config.total_timesteps)
         calibrate = config.placement.actor.precision == "int8"
         return AgentSpec(ppo.make_agent(cfg, env, n, calibrate=calibrate), cfg.n_envs, cfg.n_steps, n)
+    if config.algo == "dqn":
+        from rlaccel.agents.dqn import train as dqn
+
+        cfg = config.dqn
+        n = dqn.num_updates(cfg, config.total_timesteps)
+        calibrate = config.placement.actor.precision == "int8"
+        return AgentSpec(dqn.make_agent(cfg, env, config.total_timesteps, n, calibrate=calibrate), cfg.n_envs, cfg.train_freq, n)
     raise ValueError(f"unknown algo {config.algo!r}")

@@ -80,9 +80,11 @@ def _check_env(config: config_lib.Config) -> None:
     from rlaccel import envs, placement
 
     try:
-        envs.make(config.env)
+        env = envs.make(config.env)
     except envs.UnknownEnvError as e:
         raise config_lib.ConfigError(f"env: {e}") from None
+    if config.algo == "dqn" and not env.is_discrete:
+        raise config_lib.ConfigError(f"algo: dqn needs a discrete action space; {config.env} has continuous actions {env.action_space} (use ppo)")
     placement.resolve(config.placement)
 
 

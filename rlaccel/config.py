@@ -28,11 +28,9 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from rlaccel.agents.dqn.config import DQNConfig
 from rlaccel.agents.ppo.config import PPOConfig
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message is one line and names the offending key."""
+from rlaccel.schema import ConfigError, check
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,9 +53,7 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _check(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {why}")
+_check = check
 
 
 
@@ -121,7 +117,7 @@ class Config:
 
     env: str = "CartPole-v1"
     """Environment id, e.g. ``CartPole-v1`` (JAX-native)."""
-    algo: Literal["ppo"] = "ppo"
+    algo: Literal["ppo", "dqn"] = "ppo"
     """Learning algorithm; its section holds the hyperparameters."""
     total_timesteps: int = 500_000
     """Environment steps to train for (rounded down to whole updates)."""
@@ -131,13 +127,17 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     ppo: Optional[PPOConfig] = None
     """PPO hyperparameters (SB3 / RL Zoo names); filled with defaults when ``algo: ppo``."""
+    dqn: Optional[DQNConfig] = None
+    """DQN hyperparameters (SB3 / RL Zoo names); filled with defaults when ``algo: dqn``."""
 
     def __post_init__(self) -> None:
         _check(self.total_timesteps >= 1, "total_timesteps", "must be >= 1")
         if self.algo == "ppo" and self.ppo is None:
             object.__setattr__(self, "ppo", PPOConfig())
+        if self.algo == "dqn" and self.dqn is None:
+            object.__setattr__(self, "dqn", DQNConfig())
         per_update = self.agent.rollout_size
-        _check(self.total_timesteps >= per_update, "total_timesteps", f"must be at least one update ({self.algo}.n_envs * n_steps = {per_update})")
+        _check(self.total_timesteps >= per_update, "total_timesteps", f"must be at least one update ({per_update} env steps for this {self.algo} section)")
 
     @property
     def agent(self) -> Any:
@@ -153,7 +153,7 @@ class Config:
         return out
 
 
-ALGO_SECTIONS = ("ppo",)
+ALGO_SECTIONS = ("ppo", "dqn")
 
 
 # --------------------------------------------------------------------------------------------

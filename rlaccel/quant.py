@@ -43,7 +43,8 @@ Array = jax.Array
 QMAX = 127
 MAX_FAN_IN = 65_536
 BIAS_LIMIT = 2**30
-DECAY = 0.99  # per rollout: ranges forget a state-space corner after a few hundred rollouts
+DECAY = 0.99  # per DECAY_SAMPLES observations (a PPO CartPole rollout): ranges forget
+DECAY_SAMPLES = 512  # a state-space corner after a few hundred rollouts
 
 
 class Calibration(NamedTuple):
@@ -97,11 +98,12 @@ def _activate(name: str, x: Array) -> Array:
     return {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu}[name](x)
 
 
-def update(calib: Calibration, layers: Sequence[tuple[Array, Array]], x: Array, activation: str, decay: float = DECAY) -> Calibration:
+def update(calib: Calibration, layers: Sequence[tuple[Array, Array]], x: Array, activation: str) -> Calibration:
     """Calibrate on a batch of actor inputs ``x [N, in_dim]`` (normalised observations).
 
-    Ranges are a decayed running max, ``max(decay * old, this rollout's max)`` (the first
-    rollout replaces ``init``'s guess). The max of the last rollout alone clips states the
+    Ranges are a decayed running max, ``max(decay * old, this batch's max)`` with
+    ``decay = 0.99 ** (N / 512)`` so forgetting goes by observations seen, not by calls (the
+    first batch replaces ``init``'s guess). The max of the last rollout alone clips states the
     policy visits rarely (a cart drifting further than it did in the last 512 steps: greedy
     agreement fell to 92 % on a trained CartPole policy); an undecayed max keeps the wide
     ranges of the first random episodes and wastes resolution (98 %); ``decay = 0.99``
@@ -114,6 +116,7 @@ def update(calib: Calibration, layers: Sequence[tuple[Array, Array]], x: Array, 
         h = _activate(activation, h @ w + b)
         hidden.append(jnp.max(jnp.abs(h)))
     hidden_absmax = jnp.stack(hidden)
+    decay = DECAY ** (x.shape[0] / DECAY_SAMPLES)
     first = calib.rollouts == 0
     return Calibration(
         input_absmax=jnp.where(first, input_absmax, jnp.maximum(decay * calib.input_absmax, input_absmax)),

@@ -193,20 +193,25 @@ def test_total_timesteps_smaller_than_one_update(cartpole_yaml):
 
 
 def test_unknown_section(cartpole_yaml):
+    msg = error_of(["sac.gamma=0.9"], cartpole_yaml)
+    assert_one_line(msg)
+    assert msg.startswith("unknown key 'sac'")
+
+
+def test_section_of_another_algo(cartpole_yaml):
     msg = error_of(["dqn.gamma=0.9"], cartpole_yaml)
     assert_one_line(msg)
-    assert msg.startswith("unknown key 'dqn'")
+    assert msg == "dqn: section given but algo is 'ppo'"
 
 
 def test_unknown_algo(cartpole_yaml):
-    # Without a ppo section, the algo key itself is rejected.
-    msg = error_of(["algo=dqn"], None)
+    msg = error_of(["algo=sac"], None)
     assert_one_line(msg)
-    assert msg.startswith("algo: ") and "'ppo'" in msg and "'dqn'" in msg
-    # With the file's ppo section, the message names the section and the algo.
+    assert msg.startswith("algo: ") and "'ppo'" in msg and "'dqn'" in msg and "'sac'" in msg
+    # Switching algo with the file's ppo section still there names the section and the algo.
     msg = error_of(["algo=dqn"], cartpole_yaml)
     assert_one_line(msg)
-    assert "ppo" in msg and "algo" in msg and "'dqn'" in msg
+    assert msg == "ppo: section given but algo is 'dqn'"
 
 
 def test_override_into_a_non_section(cartpole_yaml):

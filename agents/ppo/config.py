@@ -5,40 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Union
 
-
-def _check(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        # Imported lazily: rlaccel.config imports this module.
-        from rlaccel.config import ConfigError
-
-        raise ConfigError(f"{key}: {why}")
-
-
-ACTIVATIONS = {"tanh": "tanh", "nn.Tanh": "tanh", "relu": "relu", "nn.ReLU": "relu", "elu": "elu", "nn.ELU": "elu"}
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyKwargs:
-    """Network shape (SB3's ``policy_kwargs``)."""
-
-    net_arch: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes, used for both the policy and the value network (separate weights)."""
-    activation_fn: str = "tanh"
-    """``tanh`` / ``relu`` / ``elu`` (RL Zoo spellings ``nn.Tanh``, ``nn.ReLU``, ``nn.ELU`` work too)."""
-    ortho_init: bool = True
-    """Orthogonal initialisation (gains sqrt(2) hidden, 0.01 policy head, 1 value head), as SB3."""
-    log_std_init: float = 0.0
-    """Initial log standard deviation of the Gaussian policy (continuous actions)."""
-
-    def __post_init__(self) -> None:
-        _check(len(self.net_arch) >= 1 and all(n >= 1 for n in self.net_arch), "net_arch", "needs at least one positive layer size")
-        _check(max(self.net_arch) <= 4096, "net_arch", "layers wider than 4096 are not supported (int8 accumulation bound)")
-        _check(self.activation_fn in ACTIVATIONS, "activation_fn", f"expected one of {', '.join(ACTIVATIONS)}, got {self.activation_fn!r}")
-
-    @property
-    def activation(self) -> str:
-        """Canonical activation name (``tanh``, ``relu`` or ``elu``)."""
-        return ACTIVATIONS[self.activation_fn]
+from rlaccel.schema import PolicyKwargs, check as _check, parse_learning_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,16 +65,9 @@ class PPOConfig:
     policy_kwargs: PolicyKwargs = PolicyKwargs()
 
     def __post_init__(self) -> None:
-        lr = self.learning_rate
-        if isinstance(lr, str):
-            if not lr.startswith("lin_"):
-                _check(False, "learning_rate", f"expected a number or 'lin_<number>', got {lr!r}")
-            try:
-                value = float(lr[4:])
-            except ValueError:
-                _check(False, "learning_rate", f"expected a number or 'lin_<number>', got {lr!r}")
-            object.__setattr__(self, "learning_rate", value)
-            object.__setattr__(self, "lr_schedule", "linear")
+        lr, schedule = parse_learning_rate(self.learning_rate, self.lr_schedule)
+        object.__setattr__(self, "learning_rate", lr)
+        object.__setattr__(self, "lr_schedule", schedule)
         _check(self.n_envs >= 1, "n_envs", "must be >= 1")
         _check(self.n_steps >= 1, "n_steps", "must be >= 1")
         _check(self.n_epochs >= 1, "n_epochs", "must be >= 1")

@@ -1,0 +1,1 @@
+"""Deep Q-Networks: ``config`` (hyperparameters), ``networks``, ``losses``, ``train``."""

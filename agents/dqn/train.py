@@ -1,0 +1,229 @@
+"""DQN as the framework's pure functions: ``init``, ``actor_params``, ``act``, ``update``.
+
+It shares everything else with PPO: envs, the rollout, the runners (fused or split
+placement), int8 acting (``rlaccel.quant``), logging, checkpoints and the CLI. One update:
+
+``learner_update`` (add the rollout to the replay buffer; once ``learning_starts`` is
+reached, ``gradient_steps`` of ``grad_step``; target update every
+``target_update_interval`` transitions; int8 calibration).
+
+Acting is epsilon-greedy on the int8 Q-network by default; it is re-quantised before every
+rollout, i.e. after every online update the actors could see.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlaccel import quant, replay
+from rlaccel.agent import Agent
+from rlaccel.agents.dqn import losses
+from rlaccel.agents.dqn import networks as nets_lib
+from rlaccel.agents.dqn.config import DQNConfig
+from rlaccel.networks import MLP
+from rlaccel.rollout import Transition
+
+Array = jax.Array
+
+
+@struct.dataclass
+class DQNState:
+    """The learner's state."""
+
+    params: Any  # online Q-network
+    target_params: Any
+    opt_state: Any
+    buffer: replay.ReplayState
+    calib: quant.Calibration  # activation ranges for int8 actors
+    step: Array  # [] int32, learner updates done
+
+
+class ActorParams(NamedTuple):
+    """What an actor needs: the Q-network (fp32 flax params or int8 ``QuantParams``) and epsilon."""
+
+    policy: Any
+    epsilon: Array  # [] exploration rate for this rollout
+
+
+class Replayed(NamedTuple):
+    """One replay item (``[N, ...]`` in batches)."""
+
+    obs: Array
+    action: Array
+    reward: Array
+    next_obs: Array
+    terminated: Array
+
+
+def q_values(qnet: MLP, params: Any, obs: Array) -> Array:
+    """fp32 ``[..., obs_dim] -> [..., A]``."""
+    return qnet.apply({"params": params}, obs)
+
+
+def actor_head(actor_params: ActorParams, obs: Array, *, qnet: MLP) -> Array:
+    """The actor's Q-values for ``obs [B, obs_dim]``, in fp32 or int8 arithmetic."""
+    if isinstance(actor_params.policy, quant.QuantParams):
+        return quant.apply(actor_params.policy, obs)
+    return q_values(qnet, actor_params.policy, obs)
+
+
+def act(actor_params: ActorParams, obs: Array, noise: nets_lib.ExplorationNoise, *, head_fn: Callable) -> tuple[Array, tuple]:
+    """Epsilon-greedy actions ``[B]``; DQN's learner needs nothing recorded at acting time."""
+    return nets_lib.epsilon_greedy(head_fn(actor_params, obs), actor_params.epsilon, noise), ()
+
+
+def loss_fn(params: Any, target_params: Any, batch: Replayed, *, qnet: MLP, cfg: DQNConfig) -> tuple[Array, Array]:
+    """TD loss of ``Q(s, a)`` against (double-)DQN targets; returns ``(loss, mean Q(s, a))``."""
+    q = q_values(qnet, params, batch.obs)
+    q_taken = jnp.sum(q * jax.nn.one_hot(batch.action, q.shape[-1], dtype=q.dtype), axis=-1)
+    next_q_target = q_values(qnet, target_params, batch.next_obs)
+    next_q_online = q_values(qnet, params, batch.next_obs) if cfg.double_q else next_q_target
+    target = jax.lax.stop_gradient(losses.q_targets(batch.reward, batch.terminated, next_q_online, next_q_target, cfg.gamma, cfg.double_q))
+    return losses.td_loss(q_taken - target, cfg.loss), jnp.mean(q_taken)
+
+
+def grad_step(
+    carry: tuple[Any, Any], key: Array, *, target_params: Any, buffer: replay.ReplayState, qnet: MLP, cfg: DQNConfig, optimizer: optax.GradientTransformation
+) -> tuple[tuple[Any, Any], tuple[Array, Array]]:
+    """Sample a minibatch from replay and take one gradient step (a scan body)."""
+    params, opt_state = carry
+    batch = replay.sample(buffer, key, cfg.batch_size)
+    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch, qnet=qnet, cfg=cfg)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), (loss, q_mean)
+
+
+def learner_update(
+    state: DQNState,
+    traj: Transition,
+    key: Array,
+    *,
+    qnet: MLP,
+    cfg: DQNConfig,
+    optimizer: optax.GradientTransformation,
+    lr_schedule: optax.Schedule,
+    epsilon_schedule: optax.Schedule,
+    calibrate: bool,
+) -> tuple[DQNState, dict[str, Array]]:
+    """Store the rollout, learn from replay once ``learning_starts`` is reached, move the target."""
+    flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])  # noqa: E731
+    items = Replayed(obs=flat(traj.obs), action=flat(traj.action), reward=flat(traj.reward), next_obs=flat(traj.next_obs), terminated=flat(traj.terminated))
+    buffer = replay.add(state.buffer, items)
+    env_steps = (state.step + 1) * cfg.rollout_size
+
+    def learn(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array]:
+        step = functools.partial(grad_step, target_params=state.target_params, buffer=buffer, qnet=qnet, cfg=cfg, optimizer=optimizer)
+        carry, (loss, q_mean) = jax.lax.scan(step, carry, jax.random.split(key, cfg.gradient_steps))
+        return carry, jnp.mean(loss), jnp.mean(q_mean)
+
+    def wait(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array]:
+        return carry, jnp.float32(jnp.nan), jnp.float32(jnp.nan)
+
+    (params, opt_state), loss, q_mean = jax.lax.cond(env_steps >= cfg.learning_starts, learn, wait, (state.params, state.opt_state))
+    move_target = (state.step + 1) % cfg.target_update_every == 0
+    target_params = jax.tree.map(
+        lambda t, p: jnp.where(move_target, cfg.tau * p + (1.0 - cfg.tau) * t, t), state.target_params, params
+    )
+    calib = state.calib
+    if calibrate:
+        calib = quant.update(calib, quant.dense_layers(params), items.obs, cfg.policy_kwargs.activation)
+    metrics = {
+        "train/loss": loss,
+        "train/q_mean": q_mean,
+        "train/learning_rate": lr_schedule(jnp.maximum(env_steps - cfg.learning_starts, 0) // cfg.rollout_size * cfg.gradient_steps),
+        "rollout/exploration_rate": epsilon_schedule(state.step * cfg.rollout_size),
+    }
+    new_state = DQNState(params=params, target_params=target_params, opt_state=opt_state, buffer=buffer, calib=calib, step=state.step + 1)
+    return new_state, metrics
+
+
+def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int, calibrate: bool = True) -> Agent:
+    """DQN's pure functions for ``env``.
+
+    Args:
+      cfg: the ``dqn:`` section.
+      env: a JAX env with a discrete action space.
+      total_timesteps: for the exploration schedule.
+      num_updates: for the learning-rate schedule.
+      calibrate: measure activation ranges for int8 actors after each update.
+
+    Raises:
+      ValueError: a continuous action space.
+    """
+    if not getattr(env, "is_discrete", False):
+        raise ValueError(f"DQN needs a discrete action space; {env.id} has {env.action_space}")
+    obs_dim = int(env.observation_space.shape[0])
+    num_actions = int(env.action_space.n)
+    qnet = nets_lib.make_q_network(num_actions, cfg.policy_kwargs)
+    total_grad_steps = max(1, num_updates * cfg.gradient_steps)
+    lr = optax.linear_schedule(cfg.learning_rate, 0.0, total_grad_steps) if cfg.lr_schedule == "linear" else optax.constant_schedule(cfg.learning_rate)
+    optimizer = optax.flatten(optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=cfg.adam_eps)))
+    epsilon = optax.linear_schedule(
+        cfg.exploration_initial_eps, cfg.exploration_final_eps, max(1, int(cfg.exploration_fraction * total_timesteps))
+    )
+    activation = cfg.policy_kwargs.activation
+
+    def init(key: Array) -> DQNState:
+        params = qnet.init(key, jnp.zeros((1, obs_dim), jnp.float32))["params"]
+        example = Replayed(
+            obs=jnp.zeros((obs_dim,), jnp.float32),
+            action=jnp.zeros((), jnp.int32),
+            reward=jnp.zeros((), jnp.float32),
+            next_obs=jnp.zeros((obs_dim,), jnp.float32),
+            terminated=jnp.zeros((), bool),
+        )
+        return DQNState(
+            params=params,
+            target_params=params,
+            opt_state=optimizer.init(params),
+            buffer=replay.init(example, cfg.buffer_size),
+            calib=quant.init(obs_dim, len(cfg.policy_kwargs.net_arch) + 1),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def actor_params(state: DQNState, precision: str) -> ActorParams:
+        policy = state.params
+        if precision == "int8":
+            policy = quant.quantize(quant.dense_layers(policy), state.calib, activation)
+        return ActorParams(policy=policy, epsilon=epsilon(state.step * cfg.rollout_size))
+
+    head = functools.partial(actor_head, qnet=qnet)
+    return Agent(
+        init=init,
+        actor_params=actor_params,
+        act=functools.partial(act, head_fn=head),
+        noise=functools.partial(nets_lib.noise, num_actions=num_actions),
+        head=head,
+        update=functools.partial(
+            learner_update, qnet=qnet, cfg=cfg, optimizer=optimizer, lr_schedule=lr, epsilon_schedule=epsilon, calibrate=calibrate
+        ),
+        discrete=True,
+    )
+
+
+def num_updates(cfg: DQNConfig, total_timesteps: int) -> int:
+    """Learner updates in a run: ``total_timesteps // (n_envs * train_freq)``."""
+    return total_timesteps // cfg.rollout_size
+
+
+def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
+    """``train(key) -> (final TrainState, metrics [num_updates])``: a whole fused run, pure.
+
+    ``jax.jit(jax.vmap(make_train(config)))(keys)`` trains one agent per key in one compile.
+    """
+    from rlaccel import envs
+    from rlaccel.runners import FusedRunner
+
+    cfg: DQNConfig = config.dqn
+    env = envs.make(config.env, auto_reset=True)
+    n = num_updates(cfg, config.total_timesteps)
+    precision = config.placement.actor.precision
+    agent = make_agent(cfg, env, config.total_timesteps, n, calibrate=precision == "int8")
+    runner = FusedRunner(agent, env, cfg.n_envs, cfg.train_freq, precision=precision)
+    return functools.partial(runner.train, num_updates=n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -53,3 +54,34 @@ def test_ppo_cartpole_learns(precision: str) -> None:
 def test_ppo_pendulum_learns(precision: str) -> None:
     _, final, _ = train_seeds("configs/ppo_pendulum.yaml", precision)
     assert np.all(final >= -250), f"{precision}: final returns {final}"
+
+
+@pytest.mark.slow
+def test_dqn_cartpole_greedy_int8_policy_learns() -> None:
+    """DQN, PureJaxRL's configuration, 500k steps, 3 seeds vmapped, int8 actors.
+
+    Judged like RL Zoo's benchmark: the trained int8 Q-network acting greedily (epsilon 0)
+    on fresh episodes. (The training-time ``rollout/ep_rew_mean`` still includes 5 % random
+    actions and ends around 420-440.)
+    """
+    from rlaccel.agents.dqn import train as dqn_train
+
+    config = config_lib.load("configs/dqn_cartpole.yaml")
+    cfg = config.dqn
+    env = envs.make(config.env, auto_reset=True)
+    n = dqn_train.num_updates(cfg, config.total_timesteps)
+    agent = dqn_train.make_agent(cfg, env, config.total_timesteps, n, calibrate=True)
+    runner = FusedRunner(agent, env, cfg.n_envs, cfg.train_freq, precision="int8")
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), SEEDS)
+    states, _ = jax.jit(jax.vmap(functools.partial(runner.train, num_updates=n)))(keys)
+
+    def greedy_returns(agent_state: object, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        params = agent.actor_params(agent_state, "int8")._replace(epsilon=jnp.float32(0.0))
+        start = rollout.reset(env, key, cfg.n_envs)
+        _, _, episodes = rollout.collect_rollout(start, params, key, env=env, agent=agent, num_steps=1500)
+        return episodes.episode_return, episodes.done
+
+    returns, done = jax.jit(jax.vmap(greedy_returns))(states.agent, jax.random.split(jax.random.PRNGKey(123), SEEDS))
+    for seed in range(SEEDS):
+        finished = np.asarray(returns[seed])[np.asarray(done[seed])]
+        assert len(finished) >= 20 and finished.mean() >= 475, f"seed {seed}: greedy returns {finished}"

@@ -33,6 +33,7 @@ test: $(VENV)/.installed-dev
 ## Benchmarks (prints a table, writes benchmarks/*.json).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --no-deps gymnax flashbax
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 tensorboard: $(VENV)/.installed

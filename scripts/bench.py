@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks: PPO on CartPole-v1 against PureJaxRL, and what each placement costs.
+"""Benchmarks: PPO and DQN on CartPole-v1 against PureJaxRL, and what each placement costs.
 
     python scripts/bench.py                 # every row, prints a table, writes benchmarks/*.json
     python scripts/bench.py --rows fused_fp32,fused_int8
@@ -17,6 +17,9 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
   checkpoints, probes) with fp32 or int8 actors on one device.
 * ``split_fp32`` / ``split_int8``: learner on ``cpu:0``, actors on ``cpu:1``.
 * ``vmap16_int8`` / ``vmap16_fp32``: 16 seeds vmapped in one compile (``make_train``).
+* ``purejaxrl_dqn``: PureJaxRL's ``dqn.py`` (``benchmarks/baselines/purejaxrl_dqn.py``,
+  gymnax + flashbax); ``dqn_fused_fp32`` / ``dqn_fused_int8``: ``configs/dqn_cartpole.yaml``
+  (same configuration, plus double-DQN targets) through ``scripts/train.py``'s path.
 
 ``sps`` is env steps per second of training with compile time excluded (aggregate over
 seeds for the vmapped rows).
@@ -37,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "ppo_cartpole.yaml"
+DQN_CONFIG = ROOT / "configs" / "dqn_cartpole.yaml"
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 
 ROWS = {
@@ -49,8 +53,11 @@ ROWS = {
     "purejaxrl_16": ("purejaxrl", {"seeds": 16}),
     "vmap16_fp32": ("vmap", {"seeds": 16, "precision": "fp32"}),
     "vmap16_int8": ("vmap", {"seeds": 16, "precision": "int8"}),
+    "purejaxrl_dqn": ("purejaxrl_dqn", {}),
+    "dqn_fused_fp32": ("driver", {"precision": "fp32", "actor": "learner", "config": "dqn"}),
+    "dqn_fused_int8": ("driver", {"precision": "int8", "actor": "learner", "config": "dqn"}),
 }
-BASELINE_FOR = {"fused_fp32": "purejaxrl_1", "fused_int8": "purejaxrl_1", "split_fp32": "purejaxrl_1", "split_int8": "purejaxrl_1", "vmap16_fp32": "purejaxrl_16", "vmap16_int8": "purejaxrl_16"}
+BASELINE_FOR = {"fused_fp32": "purejaxrl_1", "fused_int8": "purejaxrl_1", "split_fp32": "purejaxrl_1", "split_int8": "purejaxrl_1", "vmap16_fp32": "purejaxrl_16", "vmap16_int8": "purejaxrl_16", "dqn_fused_fp32": "purejaxrl_dqn", "dqn_fused_int8": "purejaxrl_dqn"}
 
 
 def peak_rss_mib() -> float:
@@ -74,12 +81,20 @@ def work_purejaxrl(seeds: int) -> dict:
     return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return_mean"], "final_return_min": out["final_return_min"], "env_steps": out["env_steps"]}
 
 
-def work_driver(precision: str, actor: str, **_: str) -> dict:
+def work_purejaxrl_dqn() -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks" / "baselines"))
+    import purejaxrl_dqn
+
+    out = purejaxrl_dqn.run()
+    return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return"], "env_steps": out["env_steps"]}
+
+
+def work_driver(precision: str, actor: str, config: str = "ppo", **_: str) -> dict:
     from rlaccel import config as config_lib
     from rlaccel import driver
 
     overrides = [f"placement.actor.precision={precision}", f"placement.actor.device={actor}", "logging.progress=false"]
-    config = config_lib.load(CONFIG, overrides)
+    config = config_lib.load(DQN_CONFIG if config == "dqn" else CONFIG, overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         s = driver.train(config, run_dir)
     return {
@@ -120,7 +135,7 @@ def work_vmap(seeds: int, precision: str) -> dict:
 def worker(name: str) -> dict:
     kind, opts = ROWS[name]
     opts = {k: v for k, v in opts.items() if k != "xla_flags"}
-    result = {"purejaxrl": work_purejaxrl, "driver": work_driver, "vmap": work_vmap}[kind](**opts)
+    result = {"purejaxrl": work_purejaxrl, "purejaxrl_dqn": work_purejaxrl_dqn, "driver": work_driver, "vmap": work_vmap}[kind](**opts)
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 
@@ -167,7 +182,7 @@ def print_table(results: dict[str, dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="PPO CartPole-v1, 500k env steps per seed (4 envs x 128 steps, 2x64 tanh)")
+    table = Table(title="CartPole-v1, 500k env steps per seed: PPO (4 envs x 128 steps, 2x64 tanh) and DQN (10 envs, PureJaxRL's configuration)")
     for col in ("row", "env steps/s", "vs baseline", "compile s", "return", "actor sps", "learner sps", "latency p50 us", "p99 us", "peak RSS MiB"):
         table.add_column(col, justify="right" if col != "row" else "left")
     for name, r in results.items():
@@ -190,7 +205,7 @@ def print_table(results: dict[str, dict]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "ppo_cartpole_cpu.json"), help="JSON output path")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "cartpole_cpu.json"), help="JSON output path")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -213,7 +228,7 @@ def main() -> int:
     print_table(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "ppo_cartpole", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "config": str(CONFIG.relative_to(ROOT)), "rows": results}
+    report = {"benchmark": "cartpole_ppo_dqn", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "config": str(CONFIG.relative_to(ROOT)), "rows": results}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

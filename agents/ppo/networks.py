@@ -8,7 +8,7 @@ the value network only ever runs on the learner, in fp32.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -164,9 +164,3 @@ def _flat_hparams(config: Config) -> dict[str, Any]:
 
     walk(config.algo, config.to_dict()[config.algo])
     return out
-
-
-def summarize_returns(values: np.ndarray) -> dict[str, float]:
-    """Mean/std/min/max of an array of returns (used by benchmarks and sweeps)."""
-    values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}

@@ -182,19 +182,16 @@ class Runner:
             act_exec = jax.jit(self.agent.act).lower(actor_params, state.rollout.obs, noise).compile()
             rollout_exec = jax.jit(self.act_phase).lower(actor_params, state.rollout, key).compile()
             self._pieces = {"actor_params": params_exec, "act": act_exec, "rollout": rollout_exec}
+            # What the learner-side pieces take: the rollout's outputs moved to the learner.
+            on_learner = jax.sharding.SingleDeviceSharding(self.learner_device)
+            _, transitions, episodes = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_learner), jax.eval_shape(self.act_phase, actor_params, state.rollout, key)
+            )
+            learner_params = jax.device_put(actor_params, self.learner_device)
             if self.precision == "int8":
-                _, transitions, _ = jax.eval_shape(self.act_phase, actor_params, state.rollout, key)
-                obs = jax.ShapeDtypeStruct(transitions.obs.shape, transitions.obs.dtype, sharding=jax.sharding.SingleDeviceSharding(self.learner_device))
-                learner_params = jax.device_put(actor_params, self.learner_device)
                 metrics_fn = functools.partial(quant_metrics, self.agent)
-                self._pieces["quant_metrics"] = jax.jit(metrics_fn).lower(state.agent, learner_params, obs).compile()
+                self._pieces["quant_metrics"] = jax.jit(metrics_fn).lower(state.agent, learner_params, transitions.obs).compile()
             if self.learns_in_pieces:
-                _, transitions, episodes = jax.eval_shape(self.act_phase, actor_params, state.rollout, key)
-                on_learner = jax.sharding.SingleDeviceSharding(self.learner_device)
-                transitions, episodes = (
-                    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_learner), t) for t in (transitions, episodes)
-                )
-                learner_params = jax.device_put(actor_params, self.learner_device)
                 self._pieces["learn"] = jax.jit(self.learn_phase).lower(learner_state, learner_params, transitions, episodes, state.key).compile()
             self.pieces_compile_s = time.perf_counter() - start
         return self._pieces

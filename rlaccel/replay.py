@@ -53,3 +53,25 @@ def sample(state: ReplayState, key: Array, batch_size: int) -> Any:
     """
     idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
     return jax.tree.map(lambda buf: buf[idx], state.data)
+
+
+def sample_sequences(state: ReplayState, key: Array, batch_size: int, length: int, stride: int) -> Any:
+    """``batch_size`` runs of ``length`` items, each ``stride`` slots after the previous.
+
+    With ``B`` environments adding one row of ``B`` items per step, item ``e`` of step ``t``
+    lands in slot ``(t * B + e) % capacity``, so ``stride = B`` walks one environment forward
+    in time: the runs are its next ``length`` transitions (n-step returns). The first item
+    is drawn uniformly among those whose ``length - 1`` successors are already written;
+    before there is one, runs start at the newest item and repeat slot contents (callers
+    wait for ``learning_starts``).
+
+    Returns:
+      Items shaped ``[batch_size, length, ...]``.
+    """
+    cap = capacity(state)
+    span = (length - 1) * stride  # slots from a run's first item to its last
+    # age 0 is the newest item; a run starting at age a ends at age a - span >= 0.
+    age = jax.random.randint(key, (batch_size,), span, jnp.maximum(state.size, span + 1))
+    first = (state.position - 1 - age) % cap
+    idx = (first[:, None] + stride * jnp.arange(length)[None, :]) % cap
+    return jax.tree.map(lambda buf: buf[idx], state.data)

@@ -28,6 +28,41 @@ def test_double_dqn_targets_by_hand() -> None:
     np.testing.assert_allclose(np.asarray(vanilla), [6.0, 4.5, 2.0])
 
 
+def test_n_step_returns_by_hand() -> None:
+    # Three runs of n = 3 steps, gamma = 0.5: no episode end; a termination at step 1;
+    # a truncation at step 0 (bootstraps from that step's final observation).
+    reward = jnp.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    terminated = jnp.array([[False, False, False], [False, True, False], [False, False, False]])
+    truncated = jnp.array([[False, False, False], [False, False, False], [True, False, False]])
+    ret, discount, term_last, last = losses.n_step_returns(reward, terminated, truncated, 0.5)
+    # 1 + 0.5 * 2 + 0.25 * 4 = 3 ; 1 + 0.5 * 2 = 2 (stops at the termination) ; 1
+    np.testing.assert_allclose(np.asarray(ret), [3.0, 2.0, 1.0])
+    np.testing.assert_allclose(np.asarray(discount), [0.125, 0.25, 0.5])
+    np.testing.assert_array_equal(np.asarray(term_last), [False, True, False])
+    np.testing.assert_array_equal(np.asarray(last), [2, 1, 0])
+    # Targets: bootstrap value 10 where allowed -> 3 + 1.25 ; 2 (terminated) ; 1 + 5
+    q = jnp.full((3, 2), 10.0)
+    np.testing.assert_allclose(np.asarray(losses.q_targets(ret, term_last, q, q, discount)), [4.25, 2.0, 6.0])
+    # n = 1 is the one-step target.
+    r1, d1, t1, _ = losses.n_step_returns(reward[:, :1], terminated[:, :1], truncated[:, :1], 0.5)
+    np.testing.assert_allclose(np.asarray(r1), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(np.asarray(d1), [0.5, 0.5, 0.5])
+
+
+def test_replay_sequences_follow_one_env_and_never_pass_the_newest_item() -> None:
+    # 2 envs, one row of 2 items per step; item value = 10 * step + env. Capacity 7 wraps.
+    state = replay.init({"x": jnp.zeros((), jnp.int32)}, capacity=7)
+    for step in range(6):
+        state = replay.add(state, {"x": jnp.array([10 * step, 10 * step + 1])})
+    runs = np.asarray(replay.sample_sequences(state, jax.random.PRNGKey(0), 512, length=3, stride=2)["x"])
+    assert runs.shape == (512, 3)
+    np.testing.assert_array_equal(runs[:, 1] - runs[:, 0], 10)  # the same env, one step later
+    np.testing.assert_array_equal(runs[:, 2] - runs[:, 1], 10)
+    # The buffer holds the last 7 items (21, 30, 31, 40, 41, 50, 51): a run must start at
+    # least two rows before the newest, so only 21, 30 and 31 can start one.
+    assert set(runs[:, 0].tolist()) == {21, 30, 31}
+
+
 def test_huber_by_hand() -> None:
     x = jnp.array([0.5, -2.0, 3.0])
     # 0.5 * 0.25 ; 1 * (2 - 0.5) ; 1 * (3 - 0.5)

@@ -55,6 +55,8 @@ class DQNConfig:
     """Epsilon after the decay."""
     max_grad_norm: float = 10.0
     """Global gradient-norm clip (SB3's DQN default)."""
+    n_step: int = 1
+    """Transitions summed into each bootstrapped target (n-step returns; 1 = one-step DQN)."""
     double_q: bool = True
     """Double-DQN targets: the online network picks the next action, the target network values it."""
     loss: Literal["huber", "mse"] = "huber"
@@ -68,10 +70,12 @@ class DQNConfig:
         lr, schedule = parse_learning_rate(self.learning_rate, self.lr_schedule)
         object.__setattr__(self, "learning_rate", lr)
         object.__setattr__(self, "lr_schedule", schedule)
-        for name in ("n_envs", "train_freq", "gradient_steps", "buffer_size", "batch_size", "target_update_interval"):
+        for name in ("n_envs", "train_freq", "n_step", "gradient_steps", "buffer_size", "batch_size", "target_update_interval"):
             _check(getattr(self, name) >= 1, name, "must be >= 1")
         _check(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         _check(self.buffer_size >= self.rollout_size, "buffer_size", f"must hold one update's transitions ({self.rollout_size})")
+        span = self.n_envs * self.n_step
+        _check(self.buffer_size >= span, "buffer_size", f"must hold n_step rows of n_envs transitions ({span})")
         _check(self.learning_rate > 0, "learning_rate", "must be > 0")
         _check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
         _check(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")

@@ -1,4 +1,4 @@
-"""DQN's pure maths: (double) Q-learning targets and the Huber loss."""
+"""DQN's pure maths: n-step returns, (double) Q-learning targets and the Huber loss."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def q_targets(
     terminated: Array,
     next_q_online: Array,
     next_q_target: Array,
-    gamma: float,
+    gamma: float | Array,
     double_q: bool = True,
 ) -> Array:
     """One-step Q-learning targets ``[N]``.
@@ -28,7 +28,7 @@ def q_targets(
       terminated: ``[N]`` bool.
       next_q_online: ``Q_online(s')``, ``[N, A]`` (only used when ``double_q``).
       next_q_target: ``Q_target(s')``, ``[N, A]``.
-      gamma: discount.
+      gamma: discount, or ``[N]`` discounts (``gamma ** m`` after an ``m``-step return).
       double_q: double-DQN action selection; ``False`` is the max of the target network.
     """
     if double_q:
@@ -37,6 +37,35 @@ def q_targets(
     else:
         next_value = jnp.max(next_q_target, axis=-1)
     return reward + gamma * (1.0 - terminated.astype(reward.dtype)) * next_value
+
+
+def n_step_returns(reward: Array, terminated: Array, truncated: Array, gamma: float) -> tuple[Array, Array, Array, Array]:
+    """Discounted sums of up to ``n`` rewards that stop at the first episode end.
+
+    For runs of ``n`` consecutive transitions of one environment (``[N, n]``), the return
+    ``sum_{k<m} gamma^k r_k`` covers the first ``m`` steps: all ``n``, or up to and including
+    the first terminated or truncated step, so a return never crosses into the next episode.
+    The target is then ``G + gamma^m * (1 - terminated_{m-1}) * V(next_obs_{m-1})``: a
+    termination has no future, a truncation bootstraps from the true final observation.
+    ``n = 1`` is the one-step target.
+
+    Args:
+      reward, terminated, truncated: ``[N, n]``.
+      gamma: discount.
+
+    Returns:
+      ``(G [N], discount [N] = gamma ** m, terminated_last [N] bool, last [N] int32 = m - 1)``.
+    """
+    n = reward.shape[-1]
+    done = (terminated | truncated).astype(reward.dtype)
+    # alive[:, k] = 1 while no earlier step of the run ended an episode.
+    alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(done[:, :1]), 1.0 - done[:, :-1]], axis=-1), axis=-1)
+    powers = gamma ** jnp.arange(n, dtype=reward.dtype)
+    ret = jnp.sum(alive * powers * reward, axis=-1)
+    m = jnp.sum(alive, axis=-1)
+    last = m.astype(jnp.int32) - 1
+    terminated_last = jnp.take_along_axis(terminated, last[:, None], axis=-1)[:, 0]
+    return ret, gamma**m, terminated_last, last
 
 
 def huber(x: Array, delta: float = 1.0) -> Array:

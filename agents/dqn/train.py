@@ -4,7 +4,7 @@ It shares everything else with PPO: envs, the rollout, the runners (fused or spl
 placement), int8 acting (``rlaccel.quant``), logging, checkpoints and the CLI. One update:
 
 ``learner_update`` (add the rollout to the replay buffer; once ``learning_starts`` is
-reached, ``gradient_steps`` of ``grad_step``; target update every
+reached, ``gradient_steps`` of ``grad_step`` on one-step or n-step transitions; target update every
 ``target_update_interval`` transitions; int8 calibration).
 
 Acting is epsilon-greedy on the int8 Q-network by default; it is re-quantised before every
@@ -59,6 +59,7 @@ class Replayed(NamedTuple):
     reward: Array
     next_obs: Array
     terminated: Array
+    truncated: Array
 
 
 def q_values(qnet: MLP, params: Any, obs: Array) -> Array:
@@ -78,25 +79,45 @@ def act(actor_params: ActorParams, obs: Array, noise: nets_lib.ExplorationNoise,
     return nets_lib.epsilon_greedy(head_fn(actor_params, obs), actor_params.epsilon, noise), ()
 
 
-def loss_fn(params: Any, target_params: Any, batch: Replayed, *, qnet: MLP, cfg: DQNConfig) -> tuple[Array, Array]:
-    """TD loss of ``Q(s, a)`` against (double-)DQN targets; returns ``(loss, mean Q(s, a))``."""
+def sample_batch(buffer: replay.ReplayState, key: Array, cfg: DQNConfig) -> tuple[Replayed, Array | float]:
+    """A minibatch ``[batch_size]`` and its bootstrap discounts.
+
+    With ``n_step > 1`` each item is an n-step transition: ``reward`` is the discounted sum
+    of up to ``n_step`` rewards of one environment, ``next_obs`` / ``terminated`` are those
+    of its last step, and the discount is ``gamma ** m`` (``losses.n_step_returns``).
+    """
+    if cfg.n_step == 1:
+        return replay.sample(buffer, key, cfg.batch_size), cfg.gamma
+    runs = replay.sample_sequences(buffer, key, cfg.batch_size, cfg.n_step, stride=cfg.n_envs)  # [N, n, ...]
+    ret, discount, terminated, last = losses.n_step_returns(runs.reward, runs.terminated, runs.truncated, cfg.gamma)
+    next_obs = jnp.take_along_axis(runs.next_obs, last[:, None, None], axis=1)[:, 0]
+    batch = Replayed(obs=runs.obs[:, 0], action=runs.action[:, 0], reward=ret, next_obs=next_obs, terminated=terminated, truncated=runs.truncated[:, 0])
+    return batch, discount
+
+
+def loss_fn(params: Any, target_params: Any, batch: Replayed, discount: Array | float, *, qnet: MLP, cfg: DQNConfig) -> tuple[Array, Array]:
+    """TD loss of ``Q(s, a)`` against (double-)DQN targets; returns ``(loss, mean Q(s, a))``.
+
+    ``discount`` multiplies the bootstrap value: ``gamma``, or ``[N]`` after n-step returns.
+    """
     q = q_values(qnet, params, batch.obs)
     q_taken = jnp.sum(q * jax.nn.one_hot(batch.action, q.shape[-1], dtype=q.dtype), axis=-1)
     next_q_target = q_values(qnet, target_params, batch.next_obs)
     next_q_online = q_values(qnet, params, batch.next_obs) if cfg.double_q else next_q_target
-    target = jax.lax.stop_gradient(losses.q_targets(batch.reward, batch.terminated, next_q_online, next_q_target, cfg.gamma, cfg.double_q))
+    target = jax.lax.stop_gradient(losses.q_targets(batch.reward, batch.terminated, next_q_online, next_q_target, discount, cfg.double_q))
     return losses.td_loss(q_taken - target, cfg.loss), jnp.mean(q_taken)
 
 
 def grad_step(
     carry: tuple[Any, Any], key: Array, *, target_params: Any, buffer: replay.ReplayState, qnet: MLP, cfg: DQNConfig, optimizer: optax.GradientTransformation
-) -> tuple[tuple[Any, Any], tuple[Array, Array]]:
-    """Sample a minibatch from replay and take one gradient step (a scan body)."""
+) -> tuple[tuple[Any, Any], tuple[Array, Array, Array]]:
+    """Sample a minibatch from replay and take one gradient step (a scan body); returns
+    ``(loss, mean Q, global norm of the gradients before clipping)``."""
     params, opt_state = carry
-    batch = replay.sample(buffer, key, cfg.batch_size)
-    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch, qnet=qnet, cfg=cfg)
+    batch, discount = sample_batch(buffer, key, cfg)
+    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch, discount, qnet=qnet, cfg=cfg)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (loss, q_mean)
+    return (optax.apply_updates(params, updates), opt_state), (loss, q_mean, optax.tree.norm(grads))
 
 
 def learner_update(
@@ -113,19 +134,20 @@ def learner_update(
 ) -> tuple[DQNState, dict[str, Array]]:
     """Store the rollout, learn from replay once ``learning_starts`` is reached, move the target."""
     flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])  # noqa: E731
-    items = Replayed(obs=flat(traj.obs), action=flat(traj.action), reward=flat(traj.reward), next_obs=flat(traj.next_obs), terminated=flat(traj.terminated))
+    items = Replayed(obs=flat(traj.obs), action=flat(traj.action), reward=flat(traj.reward), next_obs=flat(traj.next_obs), terminated=flat(traj.terminated), truncated=flat(traj.truncated))
     buffer = replay.add(state.buffer, items)
     env_steps = (state.step + 1) * cfg.rollout_size
 
-    def learn(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array]:
+    def learn(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array, Array]:
         step = functools.partial(grad_step, target_params=state.target_params, buffer=buffer, qnet=qnet, cfg=cfg, optimizer=optimizer)
-        carry, (loss, q_mean) = jax.lax.scan(step, carry, jax.random.split(key, cfg.gradient_steps))
-        return carry, jnp.mean(loss), jnp.mean(q_mean)
+        carry, (loss, q_mean, grad_norm) = jax.lax.scan(step, carry, jax.random.split(key, cfg.gradient_steps))
+        return carry, jnp.mean(loss), jnp.mean(q_mean), jnp.mean(grad_norm)
 
-    def wait(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array]:
-        return carry, jnp.float32(jnp.nan), jnp.float32(jnp.nan)
+    def wait(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array, Array]:
+        # No gradient step: loss and Q undefined (NaN, not logged), gradient norm 0.
+        return carry, jnp.float32(jnp.nan), jnp.float32(jnp.nan), jnp.float32(0.0)
 
-    (params, opt_state), loss, q_mean = jax.lax.cond(env_steps >= cfg.learning_starts, learn, wait, (state.params, state.opt_state))
+    (params, opt_state), loss, q_mean, grad_norm = jax.lax.cond(env_steps >= cfg.learning_starts, learn, wait, (state.params, state.opt_state))
     move_target = (state.step + 1) % cfg.target_update_every == 0
     target_params = jax.tree.map(
         lambda t, p: jnp.where(move_target, cfg.tau * p + (1.0 - cfg.tau) * t, t), state.target_params, params
@@ -136,6 +158,8 @@ def learner_update(
     metrics = {
         "train/loss": loss,
         "train/q_mean": q_mean,
+        "train/grad_norm": grad_norm,  # this and param_max_abs: for the driver's non-finite guard
+        "train/param_max_abs": optax.tree.norm(params, ord="inf"),
         "train/learning_rate": lr_schedule(jnp.maximum(env_steps - cfg.learning_starts, 0) // cfg.rollout_size * cfg.gradient_steps),
         "rollout/exploration_rate": epsilon_schedule(state.step * cfg.rollout_size),
     }
@@ -177,6 +201,7 @@ def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int,
             reward=jnp.zeros((), jnp.float32),
             next_obs=jnp.zeros((obs_dim,), jnp.float32),
             terminated=jnp.zeros((), bool),
+            truncated=jnp.zeros((), bool),
         )
         return DQNState(
             params=params,

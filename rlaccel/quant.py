@@ -175,14 +175,22 @@ def apply(qp: QuantParams, x: Array) -> Array:
         acc = int8_dense(h_q, layer)
         if i == last:
             return acc.astype(jnp.float32) * layer.out_scale
-        s_next = qp.act_scales[i]
-        if qp.activation == "relu":
-            # Integer-only requantisation, as an NPU does: fused multiplier, clip at 0.
-            h_q = jnp.clip(jnp.round(acc.astype(jnp.float32) * (layer.out_scale / s_next)), 0, QMAX).astype(jnp.int8)
-        else:
-            h = _activate(qp.activation, acc.astype(jnp.float32) * layer.out_scale)
-            h_q = quantize_input(h, 1.0 / s_next)
+        h_q = requantize(acc, layer.out_scale, qp.act_scales[i], qp.activation)
     raise AssertionError("unreachable")
+
+
+def requantize(acc: Array, out_scale: Array, s_next: Array, activation: str) -> Array:
+    """A hidden layer's int32 accumulator ``[..., out]`` -> the next layer's int8 input ``[..., out]``.
+
+    ``out_scale [out]`` dequantises the accumulator, ``s_next []`` is the next activation's
+    scale. Elementwise and monotone in ``acc`` per channel, so ``rlaccel.deploy`` tabulates
+    it (per-channel thresholds on the accumulator) to reproduce it bit for bit without JAX.
+    """
+    if activation == "relu":
+        # Integer-only requantisation, as an NPU does: fused multiplier, clip at 0.
+        return jnp.clip(jnp.round(acc.astype(jnp.float32) * (out_scale / s_next)), 0, QMAX).astype(jnp.int8)
+    h = _activate(activation, acc.astype(jnp.float32) * out_scale)
+    return quantize_input(h, 1.0 / s_next)
 
 
 def dequantized_layers(qp: QuantParams) -> list[tuple[Array, Array]]:

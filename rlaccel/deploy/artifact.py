@@ -1,0 +1,182 @@
+"""The policy artifact: one file, checksummed, readable with numpy alone.
+
+Layout of ``policy.rlpolicy``::
+
+    {"magic": "rlaccel-policy", "format_version": 1, "payload_bytes": N, "payload_sha256": "..."}\\n
+    <payload: an uncompressed .npz archive of N bytes>
+
+The JSON header line is read first: a file whose ``format_version`` is newer than this
+rlaccel's is refused before anything else is parsed, then the payload's length (truncation)
+and sha256 (any edited byte) are checked. The payload is ``numpy.savez`` output (read with
+``allow_pickle=False``, so loading a file never runs code) holding ``meta.json`` (UTF-8
+JSON bytes, as a ``uint8`` array) and the arrays below, so the checksum covers the metadata too.
+
+``meta.json``: ``algo`` (``ppo`` | ``dqn``), ``env``, ``observation_space`` /
+``action_space`` (``{"type": "Box", "shape", "low", "high"}`` or ``{"type": "Discrete",
+"n"}``), ``policy`` (``hidden``, ``activation``, ``out_dim``, ``head``: ``logits`` |
+``gaussian_mean`` | ``q_values``), ``normalization`` (``norm_obs``, ``clip_obs``, ``eps``),
+``config`` (the run's full config), ``source`` (run directory, checkpoint, update,
+env steps), ``rlaccel_version``, ``created``.
+
+Arrays (``L`` dense layers, ``i = 0 .. L-1``; shapes ``[in, out]``):
+
+=========================  ===========  ===================================================
+``fp32.w{i}``, ``fp32.b{i}``  float32   the learner's fp32 policy
+``obs.mean``, ``obs.var``     float32   observation-normaliser statistics (PPO ``normalize``)
+``obs.inv_std``               float32   ``1 / sqrt(var + eps)`` as XLA computes it (``rsqrt``)
+``int8.input_mult``           float32   ``[in]`` 1 / per-feature input scale
+``int8.w{i}``                 int8      per-output-channel symmetric weights
+``int8.b{i}``                 int32     bias in accumulator units
+``int8.out_scale{i}``         float32   ``[out]`` dequantises the int32 accumulator
+``int8.act_scales``           float32   ``[L-1]`` calibrated hidden-activation scales
+``int8.thresholds{i}``        int32     ``[out, 254]`` (hidden layers) activation table, below
+``log_std``                   float32   Gaussian policies only (not used: actions are the mean)
+=========================  ===========  ===================================================
+
+``int8.thresholds{i}[j, k]`` is the smallest int32 accumulator value of channel ``j`` whose
+requantised activation (``rlaccel.quant.requantize``: dequantise, tanh/relu/elu, quantise
+with the next scale) is ``>= k - 126``, found by bisection on JAX's own CPU implementation
+at export time. The requantised activation is then ``#(thresholds <= acc) - 127``: a
+lookup table on the accumulator, as NPUs implement nonlinearities, and exactly the integers
+the training actors compute (their tanh is XLA's approximation, not libm's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAGIC = "rlaccel-policy"
+FORMAT_VERSION = 1
+LEVELS = 254  # thresholds per channel: int8 levels -126 .. 127 (the level -127 needs none)
+_MAX_HEADER = 4096
+
+
+class PolicyError(ValueError):
+    """An artifact or an input the policy cannot use; the message says which and why."""
+
+
+@dataclass
+class Artifact:
+    """What an exported policy holds: JSON-able ``meta`` and named numpy ``arrays``."""
+
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        """Dense layers ``L`` of the policy network."""
+        return len(self.meta["policy"]["hidden"]) + 1
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.meta["observation_space"]["shape"][0])
+
+    @property
+    def discrete(self) -> bool:
+        return self.meta["action_space"]["type"] == "Discrete"
+
+
+def to_bytes(artifact: Artifact) -> bytes:
+    """The file's bytes: header line + npz payload."""
+    buf = io.BytesIO()
+    meta = np.frombuffer(json.dumps(artifact.meta, sort_keys=True).encode(), dtype=np.uint8)
+    np.savez(buf, **{"meta.json": meta}, **artifact.arrays)
+    payload = buf.getvalue()
+    header = {"magic": MAGIC, "format_version": FORMAT_VERSION, "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    return json.dumps(header).encode() + b"\n" + payload
+
+
+def write(path: str | Path, artifact: Artifact) -> Path:
+    """Write ``artifact`` to ``path`` atomically (temp file, fsync, rename)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(to_bytes(artifact))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def from_bytes(raw: bytes, name: str = "policy") -> Artifact:
+    """Parse and verify an artifact. Raises :class:`PolicyError` naming ``name`` and the problem."""
+    line, sep, payload = raw[:_MAX_HEADER].partition(b"\n")
+    try:
+        header = json.loads(line) if sep else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict) or header.get("magic") != MAGIC:
+        raise PolicyError(f"{name}: not an rlaccel policy artifact (no '{MAGIC}' header line; export one with scripts/export.py)")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise PolicyError(f"{name}: bad format_version {version!r} in the header")
+    if version > FORMAT_VERSION:
+        raise PolicyError(f"{name}: policy format version {version} is newer than this rlaccel reads ({FORMAT_VERSION}); upgrade rlaccel")
+    payload = raw[len(line) + 1 :]
+    expected = header.get("payload_bytes")
+    if len(payload) != expected:
+        what = "truncated" if isinstance(expected, int) and len(payload) < expected else "has extra bytes"
+        raise PolicyError(f"{name}: file is {what} (payload {len(payload)} bytes, header says {expected})")
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        raise PolicyError(f"{name}: file was modified or corrupted (payload sha256 does not match the header)")
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(arrays.pop("meta.json").tobytes().decode())
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:  # what zipfile / numpy / json raise for damaged data
+        raise PolicyError(f"{name}: payload is unreadable ({type(e).__name__}: {e})") from None
+    artifact = Artifact(meta=meta, arrays=arrays)
+    _validate(artifact, name)
+    return artifact
+
+
+def read(path: str | Path) -> Artifact:
+    """Read and verify the artifact at ``path``."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read policy ({e.strerror})") from None
+    return from_bytes(raw, str(path))
+
+
+def _validate(a: Artifact, name: str) -> None:
+    """Every key and shape the runtimes rely on, so they never fail deep inside numpy."""
+    for key in ("algo", "observation_space", "action_space", "policy", "normalization"):
+        if key not in a.meta:
+            raise PolicyError(f"{name}: meta.json lacks '{key}'")
+    try:
+        obs_dim, L = a.obs_dim, a.num_layers
+        out_dim = int(a.meta["policy"]["out_dim"])
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise PolicyError(f"{name}: meta.json has a malformed observation space or policy") from None
+    dims = [obs_dim, *(int(h) for h in a.meta["policy"]["hidden"]), out_dim]
+    need: dict[str, tuple[tuple[int, ...], str]] = {"int8.input_mult": ((obs_dim,), "float32"), "int8.act_scales": ((L - 1,), "float32")}
+    for i in range(L):
+        need[f"fp32.w{i}"] = ((dims[i], dims[i + 1]), "float32")
+        need[f"fp32.b{i}"] = ((dims[i + 1],), "float32")
+        need[f"int8.w{i}"] = ((dims[i], dims[i + 1]), "int8")
+        need[f"int8.b{i}"] = ((dims[i + 1],), "int32")
+        need[f"int8.out_scale{i}"] = ((dims[i + 1],), "float32")
+        if i < L - 1:
+            need[f"int8.thresholds{i}"] = ((dims[i + 1], LEVELS), "int32")
+    if a.meta["normalization"].get("norm_obs"):
+        for k in ("obs.mean", "obs.var", "obs.inv_std"):
+            need[k] = ((obs_dim,), "float32")
+    for key, (shape, dtype) in need.items():
+        arr = a.arrays.get(key)
+        if arr is None:
+            raise PolicyError(f"{name}: array '{key}' is missing")
+        if arr.shape != shape or arr.dtype != np.dtype(dtype):
+            raise PolicyError(f"{name}: array '{key}' is {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}")

@@ -8,7 +8,10 @@ File layout (``<run_dir>/checkpoints/checkpoint_<update>.ckpt``)::
 The payload is flax's msgpack serialisation of the full ``TrainState`` (parameters,
 optimiser state, normaliser statistics, env state, PRNG key, counters), so a resumed run
 continues exactly where the saved one stopped. Writes go to a temp file that is fsynced and
-renamed into place: a crash mid-write leaves the previous checkpoints intact.
+renamed into place, then the directory is fsynced (:func:`atomic_write`): a crash or
+``kill -9`` mid-write leaves the previous checkpoints intact and the newest complete one is
+what ``--resume`` loads; the next save removes the orphaned temp file. Only the newest
+``keep`` (``logging.keep_checkpoints``) are kept.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,10 @@ _NAME = re.compile(r"^checkpoint_(\d+)\.ckpt$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """Unreadable, truncated or corrupted (checksum mismatch): an older checkpoint may still load."""
 
 
 def save(directory: str | Path, update: int, state: Any, meta: dict[str, Any], keep: int = 3) -> Path:
@@ -50,17 +58,43 @@ def save(directory: str | Path, update: int, state: Any, meta: dict[str, Any], k
     payload = serialization.to_bytes(jax.device_get(state))
     header = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "meta": meta}
     path = directory / f"checkpoint_{update:09d}.ckpt"
-    tmp = directory / f".{path.name}.tmp"
+    pause = os.environ.get(PAUSE_ENV)
+    atomic_write(path, json.dumps(header).encode() + b"\n" + payload, pause_midway=pause is not None and pause.strip() == str(update))
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    for stale in directory.glob(".checkpoint_*.ckpt.tmp*"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    return path
+
+
+PAUSE_ENV = "RLACCEL_TEST_PAUSE_CHECKPOINT"
+"""Test hook: set it to an update number and :func:`save` of that update stops halfway
+through writing its temp file (flushed to disk), creates ``<temp file>.paused`` and sleeps,
+so a test can ``kill -9`` the process mid-write. Never set it outside tests."""
+
+
+def atomic_write(path: str | Path, data: bytes, *, pause_midway: bool = False) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new one.
+
+    The bytes go to a temp file in the same directory, which is fsynced, renamed over
+    ``path`` (atomic on POSIX) and the directory fsynced, so the rename itself survives a
+    power cut. ``pause_midway``: the :data:`PAUSE_ENV` test hook.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        f.write(json.dumps(header).encode() + b"\n")
-        f.write(payload)
+        if pause_midway:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            tmp.with_name(tmp.name + ".paused").touch()
+            while True:  # until killed
+                time.sleep(1.0)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(directory)
-    for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -106,11 +140,11 @@ def _read(path: Path) -> tuple[dict[str, Any], bytes]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         header = None
     if not isinstance(header, dict) or "sha256" not in header:
-        raise CheckpointError(f"{path}: not an rlaccel checkpoint (bad header)")
+        raise DamagedCheckpointError(f"{path}: not an rlaccel checkpoint (bad header)")
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {header.get('format')!r}, this rlaccel reads {FORMAT}")
     if hashlib.sha256(payload).hexdigest() != header["sha256"]:
-        raise CheckpointError(f"{path}: checkpoint is corrupted (checksum mismatch)")
+        raise DamagedCheckpointError(f"{path}: checkpoint is corrupted (checksum mismatch)")
     return header, payload
 
 
@@ -126,7 +160,7 @@ def restore(path: str | Path, target: Any) -> tuple[Any, dict[str, Any]]:
     try:
         saved = serialization.msgpack_restore(payload)
     except Exception as e:  # msgpack raises several types for damaged data
-        raise CheckpointError(f"{path}: checkpoint payload is unreadable ({type(e).__name__})") from None
+        raise DamagedCheckpointError(f"{path}: checkpoint payload is unreadable ({type(e).__name__})") from None
     expected = serialization.to_state_dict(jax.device_get(target))
     _check_compatible(path, saved, expected, "")
     return serialization.from_state_dict(target, saved), header["meta"]

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class MetricLogger:
@@ -22,15 +29,19 @@ class MetricLogger:
 
     Non-finite values (e.g. ``rollout/ep_rew_mean`` before the first episode ends) are
     skipped rather than written, as SB3 does for empty episode buffers.
+
+    ``purge_step`` (for a resumed run): TensorBoard hides every event an earlier writer left
+    in ``run_dir`` at a step >= ``purge_step``, i.e. what an interrupted run logged after
+    the checkpoint it resumes from.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         self._writer = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(logdir=str(self.run_dir), flush_secs=10)
+            self._writer = SummaryWriter(logdir=str(self.run_dir), flush_secs=10, purge_step=purge_step)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write ``metrics`` at x-axis ``step`` (env steps, as SB3)."""
@@ -47,7 +58,21 @@ class MetricLogger:
             return
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         finite = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self._writer.add_hparams(clean, finite, name=".", global_step=None)
+        # What SummaryWriter.add_hparams writes, but into this writer's own file: add_hparams
+        # opens a second writer, whose file gets the same name (a timestamp in seconds) when
+        # it opens within the second the run started, and overwrites the run's events.
+        from tensorboardX.summary import hparams as hparams_summaries
+
+        for summary in hparams_summaries(clean, finite):
+            self._writer.file_writer.add_summary(summary)
+        for name, value in finite.items():
+            self._writer.add_scalar(name, value)
+
+    def flush(self) -> None:
+        """Hand buffered events to the OS (before each checkpoint, so a process killed later
+        still leaves the curves up to the checkpoint a resumed run continues from)."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:

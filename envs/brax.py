@@ -1,0 +1,88 @@
+"""Brax environments behind the functional ``envs.core.Env`` API (``brax:<name>`` ids).
+
+A brax env is already pure JAX (``reset(rng) -> State``, ``step(State, action) -> State``), so
+the adapter only reshapes it: the brax ``State`` becomes the env state, a step counter adds
+gymnasium's time limit (``truncated``), and brax's ``done`` is ``terminated``. The fused and
+split runners then compile rollouts of it like any JAX-native env::
+
+    env = envs.make("brax:inverted_pendulum", auto_reset=True, backend="spring")
+    state, obs = env.reset(key)                        # obs float32 [obs_dim]
+    state, obs, reward, terminated, truncated, info = env.step(key, state, action)
+
+Actions are float32 ``[action_size]`` in ``[-1, 1]`` (every brax env's convention).
+Backends: ``spring``, ``positional``, ``generalized`` (``mjx`` needs a GPU to be useful).
+On a CPU brax is slow (``shared/REFERENCE.md``: 8.8k steps/s for inverted_pendulum at 1024
+envs); it is the robotics path for a GPU.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnasium import spaces
+
+from .core import Env, EnvState, Info, PRNGKey
+
+PREFIX = "brax"
+BACKENDS = ("spring", "positional", "generalized", "mjx")
+EPISODE_LENGTH = 1000  # brax's training default (``episode_length``)
+
+
+@struct.dataclass
+class BraxState:
+    """A brax ``State`` (physics, obs, reward, done, metrics, info) and the step count."""
+
+    brax: Any
+    time: jax.Array  # [] int32
+
+
+class BraxEnv(Env):
+    """A brax env as an ``Env``.
+
+    Args:
+      name: a brax env name (``brax.envs.get_environment``), e.g. ``"ant"``.
+      backend: the physics pipeline.
+      max_episode_steps: time limit (``truncated``); brax's own default is 1000.
+      **kwargs: passed to the brax env's constructor.
+    """
+
+    kind = "brax"
+    step_uses_key = False  # brax dynamics are deterministic; only reset draws
+
+    def __init__(self, name: str, backend: str = "spring", max_episode_steps: int = EPISODE_LENGTH, **kwargs: Any):
+        from brax import envs as brax_envs
+
+        from . import UnknownEnvError
+
+        if name not in brax_envs._envs:  # brax exposes its registry only as this dict
+            known = sorted(brax_envs._envs)
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f"; did you mean: {', '.join(f'{PREFIX}:{c}' for c in close)}?" if close else ""
+            raise UnknownEnvError(f"unknown brax env {name!r}{hint} (known: {', '.join(known)})")
+        if backend not in BACKENDS:
+            raise UnknownEnvError(f"{PREFIX}:{name}: unknown brax backend {backend!r} (known: {', '.join(BACKENDS)})")
+        self.name = name
+        self.id = f"{PREFIX}:{name}"
+        self.backend = backend
+        self.max_episode_steps = max_episode_steps
+        self.brax_env = brax_envs.get_environment(name, backend=backend, **kwargs)
+        obs_size, action_size = int(self.brax_env.observation_size), int(self.brax_env.action_size)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (obs_size,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (action_size,), np.float32)
+
+    def reset(self, key: PRNGKey) -> tuple[EnvState, jax.Array]:
+        state = self.brax_env.reset(key)
+        return BraxState(brax=state, time=jnp.zeros((), jnp.int32)), jnp.asarray(state.obs, jnp.float32)
+
+    def step(self, key: PRNGKey, state: EnvState, action: jax.Array) -> tuple[EnvState, jax.Array, jax.Array, jax.Array, jax.Array, Info]:
+        del key  # deterministic dynamics
+        nxt = self.brax_env.step(state.brax, action)
+        time = state.time + 1
+        terminated = jnp.asarray(nxt.done) > 0.5
+        truncated = time >= self.max_episode_steps
+        return BraxState(brax=nxt, time=time), jnp.asarray(nxt.obs, jnp.float32), jnp.asarray(nxt.reward, jnp.float32), terminated, truncated, {}

@@ -19,6 +19,10 @@ environments and stepped inside `jax.lax.scan`::
   corresponding gymnasium env, and ``env.is_discrete``, ``env.num_actions``,
   ``env.action_dim``, ``env.obs_dim`` summarise them.
 
+Adapters: ``gym:<id>`` is any registered gymnasium env, described by `envs.gym.GymEnv` (not a
+JAX env: host actor threads step it, see ``rlaccel.host``); ``brax:<name>`` is a brax env as
+a JAX `Env` (`envs.brax.BraxEnv`, options ``backend`` and ``max_episode_steps``).
+
 Registered ids: ``CartPole-v1``, ``Acrobot-v1``, ``Pendulum-v1``, ``MountainCar-v0``,
 ``MountainCarContinuous-v0``; each matches gymnasium 1.4's dynamics (see
 `rlaccel.envs.classic_control`).
@@ -72,10 +76,10 @@ REGISTRY: dict[str, Callable[..., Env]] = {
     cls.id: cls for cls in (CartPole, Acrobot, Pendulum, MountainCar, MountainCarContinuous)
 }
 
-# Ids of the form "<backend>:<name>" are reserved for adapters around other simulators
-# ("gym:" for host-side gymnasium envs, "brax:" for Brax); `make` will dispatch on the
-# prefix once they exist.
-_RESERVED_PREFIXES = ("gym", "brax")
+# Ids of the form "<backend>:<name>" name adapters around other simulators: "gym:<id>" any
+# registered gymnasium env (host-side, `envs.gym.GymEnv`, stepped by `rlaccel.host` actor
+# threads), "brax:<name>" a brax env (`envs.brax.BraxEnv`, a JAX `Env`).
+_ADAPTER_PREFIXES = ("gym", "brax")
 
 
 def registered_ids() -> list[str]:
@@ -99,12 +103,16 @@ def make(env_id: str, *, auto_reset: bool = False, **kwargs: Any) -> Env:
     Raises:
         UnknownEnvError: If ``env_id`` is not registered.
     """
-    prefix, sep, _ = env_id.partition(":")
-    if sep and prefix in _RESERVED_PREFIXES:
-        raise UnknownEnvError(
-            f"env id {env_id!r}: the '{prefix}:' backend is not implemented yet; "
-            f"JAX-native ids are: {', '.join(registered_ids())}"
-        )
+    prefix, sep, name = env_id.partition(":")
+    if sep and prefix == "gym":
+        from .gym import GymEnv  # host-side: not a JAX env, see `rlaccel.host`
+
+        return GymEnv(name, **kwargs)  # type: ignore[return-value]
+    if sep and prefix == "brax":
+        from .brax import BraxEnv
+
+        env = BraxEnv(name, **kwargs)
+        return AutoReset(env) if auto_reset else env
     if env_id not in REGISTRY:
         known = registered_ids()
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)

@@ -349,7 +349,7 @@ class Pendulum(_ClassicControl):
     max_torque = 2.0
     dt = 0.05
     m = 1.0
-    l = 1.0  # noqa: E741 (gymnasium's name)
+    l = 1.0
 
     def __init__(self, *, g: float = 10.0, **kwargs: Any):
         super().__init__(**kwargs)

@@ -1,7 +1,9 @@
 """``python scripts/train.py --config FILE [--set key.sub=value ...] [--seed N] [--run-dir DIR]``.
 
 Every input problem is reported as one line on stderr with exit code 2, before anything is
-written: the config, the env id and the run directory are all checked first.
+written: the config, the env id and the run directory are all checked first. Other exit
+codes: 0 done; 1 the run diverged (NaN / Inf, ``rlaccel.guards``); 130 / 143 stopped by
+SIGINT / SIGTERM after a checkpoint and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +19,7 @@ from typing import Sequence
 from rlaccel import config as config_lib
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1  # training diverged (NaN / Inf); a signal exits with 128 + signum (130, 143)
 
 
 class UsageError(Exception):
@@ -42,6 +46,8 @@ def resolve(args: argparse.Namespace) -> tuple[config_lib.Config, Path, bool]:
     if args.no_progress:
         overrides.append("logging.progress=false")
 
+    if args.resume and args.overwrite:
+        raise UsageError(f"--resume {args.resume} and --overwrite contradict each other; pass one")
     if args.resume:
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
@@ -80,7 +86,7 @@ def _check_env(config: config_lib.Config) -> None:
     from rlaccel import envs, placement
 
     try:
-        env = envs.make(config.env)
+        env = envs.make(config.env, **config.env_kwargs)
     except envs.UnknownEnvError as e:
         raise config_lib.ConfigError(f"env: {e}") from None
     if config.algo == "dqn" and not env.is_discrete:
@@ -97,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    from rlaccel import checkpoint, driver
+    from rlaccel import checkpoint, driver, guards, host
 
     if not resume and run_dir.exists() and args.overwrite:
         shutil.rmtree(run_dir)
@@ -106,11 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except host.ActorFault as e:  # an actor's env raised (rlaccel.host): checkpointed, threads joined
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except guards.NonFiniteError as e:
+        latest = checkpoint.latest(run_dir / "checkpoints")
+        kept = f"the latest checkpoint is {latest}" if latest else "no checkpoint was written"
+        print(f"error: {e}; the run stopped, {kept}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # a second SIGINT / SIGTERM while the first was being handled
+        print("error: interrupted twice; stopped without a checkpoint", file=sys.stderr)
+        return guards.exit_code(signal.SIGINT)
+    verb = "done" if summary["status"] == "completed" else f"stopped ({summary['stopped_by']})"
     print(
-        f"done: {summary['env_steps']:,} env steps, final_return {summary['final_return']:.1f}, "
+        f"{verb}: {summary['env_steps']:,} env steps, final_return {summary['final_return']:.1f}, "
         f"{summary['sps']:,.0f} steps/s (compile {summary['compile_s']:.1f} s) -> {run_dir}"
     )
-    return 0
+    return summary["exit_code"]
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ _Loader.add_implicit_resolver(
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
+    |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
     list("-+0123456789."),
 )
 
@@ -86,6 +86,39 @@ class PlacementConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ActorsConfig:
+    """Host actor threads, the execution mode of ``gym:`` envs (see ``rlaccel.host``)."""
+
+    num_actors: int = 2
+    """Actor threads; each steps a gymnasium vector env of ``n_envs / num_actors`` copies."""
+    queue_size: int = 1
+    """Trajectory batches each actor's queue holds; a full queue blocks the actor (bounds the policy lag)."""
+    policy: Literal["numpy", "jax"] = "numpy"
+    """Acting runtime: ``numpy`` on the actor thread (no device round trip), or ``jax``: the
+    agent's compiled ``act`` on ``placement.actor.device``."""
+    timeout_s: float = 60.0
+    """Seconds without any trajectory batch, or for a thread to stop, before an env counts as stuck."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_actors >= 1, "actors.num_actors", "must be >= 1")
+        _check(self.queue_size >= 1, "actors.queue_size", "must be >= 1")
+        _check(self.timeout_s > 0, "actors.timeout_s", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class BraxConfig:
+    """Options of ``brax:`` envs (see ``rlaccel.envs.brax``)."""
+
+    backend: Literal["spring", "positional", "generalized", "mjx"] = "spring"
+    """Physics pipeline (brax's ``backend``)."""
+    episode_length: int = 1000
+    """Time limit in steps (brax's training default); reaching it truncates the episode."""
+
+    def __post_init__(self) -> None:
+        _check(self.episode_length >= 1, "brax.episode_length", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingConfig:
     """Where results go and how often."""
 
@@ -116,7 +149,8 @@ class Config:
     """A whole run."""
 
     env: str = "CartPole-v1"
-    """Environment id, e.g. ``CartPole-v1`` (JAX-native)."""
+    """Environment id: ``CartPole-v1`` (JAX-native), ``gym:<gymnasium id>`` (host actors, e.g.
+    ``gym:HalfCheetah-v5``) or ``brax:<name>`` (e.g. ``brax:ant``)."""
     algo: Literal["ppo", "dqn"] = "ppo"
     """Learning algorithm; its section holds the hyperparameters."""
     total_timesteps: int = 500_000
@@ -129,6 +163,10 @@ class Config:
     """PPO hyperparameters (SB3 / RL Zoo names); filled with defaults when ``algo: ppo``."""
     dqn: Optional[DQNConfig] = None
     """DQN hyperparameters (SB3 / RL Zoo names); filled with defaults when ``algo: dqn``."""
+    actors: ActorsConfig = ActorsConfig()
+    """Host actor threads (only used by ``gym:`` envs)."""
+    brax: BraxConfig = BraxConfig()
+    """Brax options (only used by ``brax:`` envs)."""
 
     def __post_init__(self) -> None:
         _check(self.total_timesteps >= 1, "total_timesteps", "must be >= 1")
@@ -138,6 +176,26 @@ class Config:
             object.__setattr__(self, "dqn", DQNConfig())
         per_update = self.agent.rollout_size
         _check(self.total_timesteps >= per_update, "total_timesteps", f"must be at least one update ({per_update} env steps for this {self.algo} section)")
+        if self.env_kind == "gym":
+            _check(self.algo == "ppo", "algo", f"host actors ({self.env}) run ppo only, got {self.algo!r}")
+            _check(
+                self.agent.n_envs % self.actors.num_actors == 0,
+                "actors.num_actors",
+                f"must divide {self.algo}.n_envs = {self.agent.n_envs} (each actor steps an equal share), got {self.actors.num_actors}",
+            )
+
+    @property
+    def env_kind(self) -> str:
+        """``gym`` (host actors), ``brax`` or ``jax``, from the env id's prefix."""
+        prefix, sep, _ = self.env.partition(":")
+        return prefix if sep and prefix in ("gym", "brax") else "jax"
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``rlaccel.envs.make`` for this env (the brax options)."""
+        if self.env_kind == "brax":
+            return {"backend": self.brax.backend, "max_episode_steps": self.brax.episode_length}
+        return {}
 
     @property
     def agent(self) -> Any:

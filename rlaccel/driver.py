@@ -16,13 +16,13 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from rlaccel import agents, checkpoint, envs
+from rlaccel import agents, checkpoint, envs, guards
 from rlaccel import placement as placement_lib
 from rlaccel.config import Config
 from rlaccel.logging import MetricLogger, make_progress, write_json
 from rlaccel.runners import episode_means, make_runner
 
-__all__ = ["train", "chunk_length"]
+__all__ = ["chunk_length", "train"]
 
 
 def chunk_length(num_updates: int, target: int) -> int:
@@ -38,22 +38,46 @@ def chunk_length(num_updates: int, target: int) -> int:
     return target
 
 
-def train(config: Config, run_dir: str | Path, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+def train(
+    config: Config, run_dir: str | Path, *, resume: bool = False, console: Console | None = None, stop_at: int | None = None
+) -> dict[str, Any]:
     """Train as ``config`` says, writing TensorBoard events, checkpoints and ``summary.json``.
+
+    Between chunks the loop checks for SIGINT / SIGTERM (``rlaccel.guards.stop_on_signals``):
+    a signal lets the chunk in flight finish, then a checkpoint and ``summary.json`` are
+    written and the summary's ``exit_code`` is 130 / 143. Every chunk's guarded metrics
+    (``rlaccel.guards.GUARDED_METRICS``: loss, gradient norm, largest parameter) are checked
+    for NaN / Inf; on one, the run stops without checkpointing the poisoned state (the last
+    good checkpoint stays the latest), writes ``summary.json`` and raises.
 
     Args:
       config: a validated config.
       run_dir: the run directory; created, with ``config.yaml``, once the state is ready.
       resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
       console: where the progress bar and notices go.
+      stop_at: stop (checkpoint, summary) once this many updates are done, as if a signal had
+        arrived; the schedules still follow ``config`` (a later ``resume`` continues exactly).
 
     Returns:
-      The summary (also written to ``run_dir/summary.json``).
+      The summary (also written to ``run_dir/summary.json``); ``status`` is ``"completed"``
+      or ``"stopped"`` (``stopped_by``: ``"SIGINT"``, ``"SIGTERM"`` or ``"stop_at"``).
+
+    Raises:
+      rlaccel.checkpoint.CheckpointError: ``resume`` without a usable, compatible checkpoint
+        (nothing is written then).
+      rlaccel.guards.NonFiniteError: a NaN / Inf in a guarded metric; names update and metric.
     """
-    console = console or Console(stderr=True)
-    run_dir = Path(run_dir)
+    with guards.stop_on_signals() as stop:
+        if config.env_kind == "gym":  # host actor threads + learner: rlaccel.host
+            from rlaccel import host
+
+            return host.train(config, Path(run_dir), resume=resume, console=console, stop_at=stop_at, stop=stop)
+        return _train(config, Path(run_dir), resume=resume, console=console or Console(stderr=True), stop_at=stop_at, stop=stop)
+
+
+def _train(config: Config, run_dir: Path, *, resume: bool, console: Console, stop_at: int | None, stop: guards.StopFlag) -> dict[str, Any]:
     where = placement_lib.resolve(config.placement)
-    env = envs.make(config.env, auto_reset=True)
+    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
     spec = agents.make(config, env)
     runner = make_runner(spec.agent, env, spec.num_envs, spec.num_steps, where)
     steps_per_update = spec.steps_per_update
@@ -64,37 +88,47 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
         path = checkpoint.latest(ckpt_dir)
         if path is None:
             raise checkpoint.CheckpointError(f"{ckpt_dir}: no checkpoint to resume from")
-        state, _ = checkpoint.restore(path, state)
+        try:
+            state, _ = checkpoint.restore(path, state)
+        except checkpoint.DamagedCheckpointError as e:
+            older = checkpoint.list_checkpoints(ckpt_dir)[:-1]
+            if not older:
+                raise
+            raise checkpoint.DamagedCheckpointError(f"{e}; move it away to resume from the previous one, {older[-1].name}") from None
     # Only now, with the checkpoint accepted, does the run directory change.
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    checkpoint.atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
     console.print(f"placement: {where.describe()}")
     if resume:
         console.print(f"resumed from {path} (update {int(state.update)})")
     state = runner.place(state)
     start_update = int(state.update)
+    end_update = spec.num_updates if stop_at is None else max(start_update, min(stop_at, spec.num_updates))
 
     chunk = chunk_length(spec.num_updates, config.logging.log_interval)
     compile_start = time.perf_counter()
     chunk_fns = {chunk: runner.compile(state, chunk)}
     compile_s = time.perf_counter() - compile_start
 
-    logger = MetricLogger(run_dir, tensorboard=config.logging.tensorboard)
+    # A resumed run hides what an interrupted one logged after its checkpoint (TensorBoard
+    # drops events at steps >= purge_step), so curves never show updates that were redone.
+    logger = MetricLogger(run_dir, tensorboard=config.logging.tensorboard, purge_step=start_update * steps_per_update + 1 if resume else None)
     logger.log(start_update * steps_per_update, {"time/compile_s": compile_s})
     meta = {"config": config.to_dict(), "steps_per_update": steps_per_update}
     probes: list[dict[str, float]] = []
     last_probe = -math.inf
-    last_ckpt = start_update
+    last_ckpt = start_update if resume else -1
     train_s = 0.0
     wall_start = time.perf_counter()
     update = start_update
+    failure: guards.NonFiniteError | None = None
     progress = make_progress(console, enabled=config.logging.progress)
     with progress:
         task = progress.add_task(
             f"{config.algo} {config.env}", total=spec.num_updates * steps_per_update, completed=update * steps_per_update, sps="-", ret="-"
         )
-        while update < spec.num_updates:
-            n = min(chunk, spec.num_updates - update)
+        while update < end_update and not stop.requested:
+            n = min(chunk, end_update - update)
             if n not in chunk_fns:
                 extra_start = time.perf_counter()
                 chunk_fns[n] = runner.compile(state, n)
@@ -105,26 +139,46 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
             elapsed = time.perf_counter() - start
             train_s += elapsed
             fps = n * steps_per_update / elapsed
-            for i in range(n):
+            bad = guards.first_nonfinite(metrics)
+            for i in range(n if bad is None else bad[0] + 1):
                 row = {k: v[i] for k, v in metrics.items()}
                 if i == n - 1:
                     row["time/fps"] = fps
                 logger.log((update + i + 1) * steps_per_update, row)
+            if bad is not None:
+                failure = guards.NonFiniteError(update + bad[0] + 1, bad[1], float(metrics[bad[1]][bad[0]]))
+                break
             update += n
-            if time.perf_counter() - last_probe >= config.logging.probe_seconds or update >= spec.num_updates:
+            if time.perf_counter() - last_probe >= config.logging.probe_seconds or update >= end_update:
                 probes.append(runner.probe(state, elapsed / n))
                 logger.log(update * steps_per_update, probes[-1])
                 last_probe = time.perf_counter()
             ret = float(metrics["rollout/ep_rew_mean"][-1])
             progress.update(task, completed=update * steps_per_update, sps=f"{fps:,.0f}", ret=f"{ret:.1f}" if math.isfinite(ret) else "-")
-            if config.logging.checkpoint_interval and update - last_ckpt >= config.logging.checkpoint_interval and update < spec.num_updates:
+            if config.logging.checkpoint_interval and update - max(last_ckpt, start_update) >= config.logging.checkpoint_interval and update < end_update:
+                logger.flush()
                 checkpoint.save(ckpt_dir, update, state, {**meta, "update": update}, keep=config.logging.keep_checkpoints)
                 last_ckpt = update
 
-    checkpoint.save(ckpt_dir, update, state, {**meta, "update": update}, keep=config.logging.keep_checkpoints)
+    logger.flush()
+    if failure is None and update > last_ckpt:
+        checkpoint.save(ckpt_dir, update, state, {**meta, "update": update}, keep=config.logging.keep_checkpoints)
+    if failure is not None:
+        status, stopped_by, exit_code = "diverged", None, 1
+    elif update < spec.num_updates:
+        stopped_by = stop.name or "stop_at"
+        status, exit_code = "stopped", stop.exit_code
+    else:
+        status, stopped_by, exit_code = "completed", None, 0
     ep_rew_mean, ep_len_mean = (float(x) for x in jax.device_get(episode_means(state)))
     env_steps = (update - start_update) * steps_per_update
+    latest = checkpoint.latest(ckpt_dir)
     summary = {
+        "status": status,
+        "stopped_by": stopped_by,
+        "exit_code": exit_code,
+        "error": str(failure) if failure is not None else None,
+        "checkpoint": str(latest) if latest is not None else None,
         "env_steps": update * steps_per_update,
         "updates": update,
         "wall_s": time.perf_counter() - wall_start + compile_s,
@@ -140,9 +194,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, console:
         "run_dir": str(run_dir),
         "config": config.to_dict(),
     }
-    logger.hparams(_flat_hparams(config), {"final_return": ep_rew_mean, "sps": summary["sps"]})
+    if failure is None:
+        logger.hparams(_flat_hparams(config), {"final_return": ep_rew_mean, "sps": summary["sps"]})
     logger.close()
     write_json(run_dir / "summary.json", summary)
+    if failure is not None:
+        raise failure
+    if stopped_by is not None:
+        console.print(f"stopped by {stopped_by} after update {update}; checkpoint {latest}; continue with --resume {run_dir}")
     return summary
 
 

@@ -17,6 +17,9 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
   checkpoints, probes) with fp32 or int8 actors on one device.
 * ``split_fp32`` / ``split_int8``: learner on ``cpu:0``, actors on ``cpu:1``.
 * ``vmap16_int8`` / ``vmap16_fp32``: 16 seeds vmapped in one compile (``make_train``).
+* ``sweep16_fp32`` / ``sweep16_int8``: the same 16 seeds through ``rlaccel.sweep`` (what
+  ``scripts/sweep.py`` runs): chunks of ``log_interval`` updates, the seed axis sharded over
+  two CPU devices (``--xla_force_host_platform_device_count=2``), i.e. both cores.
 * ``purejaxrl_dqn``: PureJaxRL's ``dqn.py`` (``benchmarks/baselines/purejaxrl_dqn.py``,
   gymnax + flashbax); ``dqn_fused_fp32`` / ``dqn_fused_int8``: ``configs/dqn_cartpole.yaml``
   (same configuration, plus double-DQN targets) through ``scripts/train.py``'s path.
@@ -53,11 +56,22 @@ ROWS = {
     "purejaxrl_16": ("purejaxrl", {"seeds": 16}),
     "vmap16_fp32": ("vmap", {"seeds": 16, "precision": "fp32"}),
     "vmap16_int8": ("vmap", {"seeds": 16, "precision": "int8"}),
+    "sweep16_fp32": ("sweep", {"seeds": 16, "precision": "fp32", "xla_flags": TWO_DEVICES}),
+    "sweep16_int8": ("sweep", {"seeds": 16, "precision": "int8", "xla_flags": TWO_DEVICES}),
     "purejaxrl_dqn": ("purejaxrl_dqn", {}),
     "dqn_fused_fp32": ("driver", {"precision": "fp32", "actor": "learner", "config": "dqn"}),
     "dqn_fused_int8": ("driver", {"precision": "int8", "actor": "learner", "config": "dqn"}),
 }
-BASELINE_FOR = {"fused_fp32": "purejaxrl_1", "fused_int8": "purejaxrl_1", "split_fp32": "purejaxrl_1", "split_int8": "purejaxrl_1", "vmap16_fp32": "purejaxrl_16", "vmap16_int8": "purejaxrl_16", "dqn_fused_fp32": "purejaxrl_dqn", "dqn_fused_int8": "purejaxrl_dqn"}
+# Host actors and brax (issue 5): gymnasium CartPole through host actor threads against raw
+# gymnasium vector-env stepping with random actions (same vector-env size, same run), MuJoCo
+# HalfCheetah-v5 learning through host actors, brax inverted_pendulum in the fused mode.
+ROWS.update({
+    "gym_cartpole_raw": ("gym_raw", {}),
+    "gym_cartpole_host": ("host", {"config": "ppo_gym_cartpole.yaml"}),
+    "halfcheetah_host": ("host", {"config": "ppo_halfcheetah.yaml"}),
+    "brax_inverted_pendulum": ("brax", {"config": "ppo_brax_inverted_pendulum.yaml"}),
+})
+BASELINE_FOR = {"gym_cartpole_host": "gym_cartpole_raw", "fused_fp32": "purejaxrl_1", "fused_int8": "purejaxrl_1", "split_fp32": "purejaxrl_1", "split_int8": "purejaxrl_1", "vmap16_fp32": "purejaxrl_16", "vmap16_int8": "purejaxrl_16", "sweep16_fp32": "purejaxrl_16", "sweep16_int8": "purejaxrl_16", "dqn_fused_fp32": "purejaxrl_dqn", "dqn_fused_int8": "purejaxrl_dqn"}
 
 
 def peak_rss_mib() -> float:
@@ -89,12 +103,12 @@ def work_purejaxrl_dqn() -> dict:
     return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return"], "env_steps": out["env_steps"]}
 
 
-def work_driver(precision: str, actor: str, config: str = "ppo", **_: str) -> dict:
+def work_driver(precision: str, actor: str, config: str = "ppo", config_path: Path | None = None, **_: str) -> dict:
     from rlaccel import config as config_lib
     from rlaccel import driver
 
     overrides = [f"placement.actor.precision={precision}", f"placement.actor.device={actor}", "logging.progress=false"]
-    config = config_lib.load(DQN_CONFIG if config == "dqn" else CONFIG, overrides)
+    config = config_lib.load(config_path or (DQN_CONFIG if config == "dqn" else CONFIG), overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         s = driver.train(config, run_dir)
     return {
@@ -109,15 +123,46 @@ def work_driver(precision: str, actor: str, config: str = "ppo", **_: str) -> di
         "latency_us_p99": s.get("actor/decision_latency_us_p99"),
         "action_agreement": s.get("quant/action_agreement"),
         "placement": s["placement"],
+        "policy_lag": s.get("actor/policy_lag"),
     }
+
+
+def work_gym_raw(seconds: float = 10.0) -> dict:
+    """gymnasium vector-env stepping alone (random actions, one thread), at the vector-env size
+    of one actor of ``configs/ppo_gym_cartpole.yaml``: the ceiling host actors are measured against."""
+    import gymnasium
+    import numpy as np
+
+    from rlaccel import config as config_lib
+
+    config = config_lib.load(ROOT / "configs" / "ppo_gym_cartpole.yaml")
+    num_envs = config.ppo.n_envs // config.actors.num_actors
+    venv = gymnasium.make_vec(config.env.partition(":")[2], num_envs=num_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP})
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        venv.step(rng.integers(0, 2, num_envs))
+        steps += num_envs
+    return {"sps": steps / (time.perf_counter() - start), "compile_s": 0.0, "final_return": None, "env_steps": steps, "num_envs": num_envs}
+
+
+def work_host(config: str) -> dict:
+    """``configs/<config>`` (a ``gym:`` env) through host actors, via the driver."""
+    return work_driver(precision="int8", actor="learner", config_path=ROOT / "configs" / config)
+
+
+def work_brax(config: str) -> dict:
+    """``configs/<config>`` (a ``brax:`` env) through the fused runner, via the driver."""
+    return work_driver(precision="int8", actor="learner", config_path=ROOT / "configs" / config)
 
 
 def work_vmap(seeds: int, precision: str) -> dict:
     import jax
     import numpy as np
+    from rlaccel.agents.ppo.train import make_train
 
     from rlaccel import config as config_lib
-    from rlaccel.agents.ppo.train import make_train
 
     config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}"])
     keys = jax.random.split(jax.random.PRNGKey(42), seeds)
@@ -132,10 +177,20 @@ def work_vmap(seeds: int, precision: str) -> dict:
     return {"sps": steps / train_s, "compile_s": compile_s, "final_return": float(final.mean()), "final_return_min": float(final.min()), "env_steps": steps}
 
 
+def work_sweep(seeds: int, precision: str) -> dict:
+    from rlaccel import config as config_lib
+    from rlaccel import sweep
+
+    config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}"])
+    result = sweep.run_group(sweep.make_settings(config, {}), (), [42 + i for i in range(seeds)])
+    final = result.returns()[0, :, -1]
+    return {"sps": result.env_steps / result.train_s, "compile_s": result.compile_s, "final_return": float(final.mean()), "final_return_min": float(final.min()), "env_steps": result.env_steps, "devices": result.devices}
+
+
 def worker(name: str) -> dict:
     kind, opts = ROWS[name]
     opts = {k: v for k, v in opts.items() if k != "xla_flags"}
-    result = {"purejaxrl": work_purejaxrl, "purejaxrl_dqn": work_purejaxrl_dqn, "driver": work_driver, "vmap": work_vmap}[kind](**opts)
+    result = {"purejaxrl": work_purejaxrl, "purejaxrl_dqn": work_purejaxrl_dqn, "driver": work_driver, "vmap": work_vmap, "sweep": work_sweep, "gym_raw": work_gym_raw, "host": work_host, "brax": work_brax}[kind](**opts)
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 

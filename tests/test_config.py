@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from rlaccel.agents.ppo.config import PolicyKwargs, PPOConfig
 
 from rlaccel import config as config_lib
-from rlaccel.agents.ppo.config import PolicyKwargs, PPOConfig
 from rlaccel.config import Config, ConfigError
 
 

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rlaccel.agents.dqn import losses
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlaccel import cli, replay
-from rlaccel.agents.dqn import losses
 
 
 def test_double_dqn_targets_by_hand() -> None:

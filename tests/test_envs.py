@@ -36,9 +36,9 @@ from gymnasium.envs.classic_control import acrobot as gym_acrobot
 from gymnasium.envs.classic_control import pendulum as gym_pendulum
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rlaccel.envs.classic_control import _angle_normalize, _wrap_pi
 
 from rlaccel import envs
-from rlaccel.envs.classic_control import _angle_normalize, _wrap_pi
 
 ENV_IDS = [
     "CartPole-v1",
@@ -470,7 +470,8 @@ def test_unknown_id_without_close_names_lists_known_ids():
         envs.make("Hopper-v4")
 
 
-@pytest.mark.parametrize("env_id", ["gym:CartPole-v1", "brax:ant"])
-def test_reserved_backend_prefixes_are_not_implemented_yet(env_id: str):
-    with pytest.raises(envs.UnknownEnvError, match="not implemented"):
-        envs.make(env_id)
+@pytest.mark.parametrize("env_id, kind", [("gym:CartPole-v1", "gym"), ("brax:inverted_pendulum", "brax")])
+def test_backend_prefixes_dispatch_to_their_adapters(env_id: str, kind: str):
+    """``gym:`` / ``brax:`` ids make adapters (tested in test_host_actors.py / test_brax.py)."""
+    env = envs.make(env_id)
+    assert env.kind == kind and env.id == env_id

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rlaccel.agents.ppo import train as ppo_train
 
 from rlaccel import config as config_lib
 from rlaccel import envs, rollout
-from rlaccel.agents.ppo import train as ppo_train
 from rlaccel.runners import FusedRunner, quant_metrics
 
 SEEDS = 3

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 from rlaccel.agents.ppo.losses import compute_gae, ppo_loss
 
 
@@ -101,8 +100,8 @@ def trajectories(draw):
     T = draw(st.integers(1, 9))
     B = draw(st.integers(1, 3))
     floats = st.floats(-10, 10, allow_nan=False, width=32)
-    arr = lambda: draw(hnp.arrays(np.float32, (T, B), elements=floats))  # noqa: E731
-    flags = lambda: draw(hnp.arrays(np.bool_, (T, B)))  # noqa: E731
+    arr = lambda: draw(hnp.arrays(np.float32, (T, B), elements=floats))
+    flags = lambda: draw(hnp.arrays(np.bool_, (T, B)))
     gamma = draw(st.floats(0.0, 1.0))
     lam = draw(st.floats(0.0, 1.0))
     return arr(), arr(), arr(), flags(), flags(), gamma, lam
@@ -170,7 +169,7 @@ RETURNS = np.array([2.0, 2.0, 2.0, 2.0])
 def loss_of(new_log_prob=None, advantages=ADV, clip_range_vf=None, normalize_advantage=False, ent_coef=0.01, vf_coef=0.5):
     if new_log_prob is None:
         new_log_prob = BEHAVIOUR + np.log(RATIOS)
-    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
     return ppo_loss(
         f32(new_log_prob),
         f32(BEHAVIOUR),

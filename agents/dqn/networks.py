@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 from rlaccel.agents.dqn.config import QNetKwargs
+
 from rlaccel.networks import MLP
 
 Array = jax.Array

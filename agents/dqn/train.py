@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-
-from rlaccel import quant, replay
-from rlaccel.agent import Agent
 from rlaccel.agents.dqn import losses
 from rlaccel.agents.dqn import networks as nets_lib
 from rlaccel.agents.dqn.config import DQNConfig
+
+from rlaccel import quant, replay
+from rlaccel.agent import Agent
 from rlaccel.networks import MLP
 from rlaccel.rollout import Transition
 
@@ -133,7 +133,7 @@ def learner_update(
     calibrate: bool,
 ) -> tuple[DQNState, dict[str, Array]]:
     """Store the rollout, learn from replay once ``learning_starts`` is reached, move the target."""
-    flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])  # noqa: E731
+    flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])
     items = Replayed(obs=flat(traj.obs), action=flat(traj.action), reward=flat(traj.reward), next_obs=flat(traj.next_obs), terminated=flat(traj.terminated), truncated=flat(traj.truncated))
     buffer = replay.add(state.buffer, items)
     env_steps = (state.step + 1) * cfg.rollout_size
@@ -246,7 +246,7 @@ def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
     from rlaccel.runners import FusedRunner
 
     cfg: DQNConfig = config.dqn
-    env = envs.make(config.env, auto_reset=True)
+    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
     n = num_updates(cfg, config.total_timesteps)
     precision = config.placement.actor.precision
     agent = make_agent(cfg, env, config.total_timesteps, n, calibrate=precision == "int8")

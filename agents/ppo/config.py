@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Union
 
-from rlaccel.schema import PolicyKwargs, check as _check, parse_learning_rate
+from rlaccel.schema import PolicyKwargs, parse_learning_rate
+from rlaccel.schema import check as _check
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from gymnasium import spaces
-
 from rlaccel.agents.ppo.config import PolicyKwargs
+
 from rlaccel.networks import MLP
 
 Array = jax.Array

@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from rlaccel.agents.ppo import losses
+from rlaccel.agents.ppo import networks as nets_lib
+from rlaccel.agents.ppo.config import PPOConfig
 
 from rlaccel import normalize as obs_norm_lib
 from rlaccel import quant
 from rlaccel import returns as returns_lib
 from rlaccel.agent import Agent
-from rlaccel.agents.ppo import losses
-from rlaccel.agents.ppo import networks as nets_lib
-from rlaccel.agents.ppo.config import PPOConfig
 from rlaccel.rollout import Transition
 
 Array = jax.Array
@@ -139,12 +139,12 @@ def loss_fn(params: Any, mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOC
 
 def minibatch_update(
     carry: tuple[Any, Any], mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOConfig, optimizer: optax.GradientTransformation
-) -> tuple[tuple[Any, Any], losses.LossInfo]:
-    """One gradient step (a scan body over minibatches)."""
+) -> tuple[tuple[Any, Any], tuple[losses.LossInfo, Array]]:
+    """One gradient step (a scan body over minibatches); also returns the gradients' global norm before clipping."""
     params, opt_state = carry
     grads, info = jax.grad(loss_fn, has_aux=True)(params, mb, nets=nets, cfg=cfg)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), info
+    return (optax.apply_updates(params, updates), opt_state), (info, optax.tree.norm(grads))
 
 
 def shuffle_minibatches(data: Minibatch, key: Array, cfg: PPOConfig) -> Minibatch:
@@ -196,7 +196,7 @@ def learner_update(
     values = value_fn(nets, state.params["value"], obs)
     next_values = value_fn(nets, state.params["value"], next_obs)
     advantages, returns = losses.compute_gae(rewards, values, next_values, traj.terminated, traj.truncated, cfg.gamma, cfg.gae_lambda)
-    flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])  # noqa: E731
+    flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])
     data = Minibatch(
         obs=flat(obs),
         action=flat(traj.action),
@@ -207,7 +207,7 @@ def learner_update(
     )
     minibatch_step = functools.partial(minibatch_update, nets=nets, cfg=cfg, optimizer=optimizer)
     minibatches = shuffle_minibatches(data, key, cfg)
-    (params, opt_state), infos = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
+    (params, opt_state), (infos, grad_norms) = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
 
     obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if norm.norm_obs else state.obs_stats
     calib = state.calib
@@ -217,6 +217,9 @@ def learner_update(
     metrics = {f"train/{name}": jnp.mean(value) for name, value in infos._asdict().items()}
     metrics["train/loss"] = metrics["train/policy_gradient_loss"] + cfg.vf_coef * metrics["train/value_loss"] + cfg.ent_coef * metrics["train/entropy_loss"]
     metrics["train/explained_variance"] = explained_variance(values, returns)
+    # For the driver's non-finite guard (rlaccel.guards.GUARDED_METRICS).
+    metrics["train/grad_norm"] = jnp.mean(grad_norms)
+    metrics["train/param_max_abs"] = optax.tree.norm(params, ord="inf")
     metrics["train/learning_rate"] = lr_schedule(state.step * cfg.n_epochs * cfg.num_minibatches)
     if "log_std" in params:
         metrics["train/std"] = jnp.mean(jnp.exp(params["log_std"]))
@@ -292,7 +295,7 @@ def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
     from rlaccel.runners import FusedRunner
 
     cfg: PPOConfig = config.ppo
-    env = envs.make(config.env, auto_reset=True)
+    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
     n = num_updates(cfg, config.total_timesteps)
     precision = config.placement.actor.precision
     agent = make_agent(cfg, env, n, calibrate=precision == "int8")

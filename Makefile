@@ -34,7 +34,10 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m pip install --quiet --no-deps gymnax flashbax
+	# Stable-Baselines3 for its rows; torch's CPU build (a plain `pip install torch` may fetch CUDA).
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" stable-baselines3 || echo "no SB3: its rows will report an error"
 	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python scripts/bench_latency.py
 
 tensorboard: $(VENV)/.installed
 	$(BIN)/tensorboard --logdir runs

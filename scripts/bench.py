@@ -23,6 +23,14 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
 * ``purejaxrl_dqn``: PureJaxRL's ``dqn.py`` (``benchmarks/baselines/purejaxrl_dqn.py``,
   gymnax + flashbax); ``dqn_fused_fp32`` / ``dqn_fused_int8``: ``configs/dqn_cartpole.yaml``
   (same configuration, plus double-DQN targets) through ``scripts/train.py``'s path.
+* ``gym_cartpole_raw``: gymnasium's own vector env stepping ``gym:CartPole-v1`` with random
+  actions (no learning), the baseline of ``gym_cartpole_host``: PPO through host actor
+  threads (``configs/ppo_gym_cartpole.yaml``, ``rlaccel.host``); ``sb3_ppo_cartpole``:
+  Stable-Baselines3's PPO with the same hyperparameters (needs ``stable-baselines3``, which
+  ``make bench`` installs with the CPU build of torch).
+* ``halfcheetah_host``: PPO on MuJoCo HalfCheetah-v5 through host actors, 1M steps
+  (``configs/ppo_halfcheetah.yaml``); ``brax_inverted_pendulum``: PPO on brax's
+  inverted_pendulum in the fused mode, 2M steps. Both are learning figures, not ratios.
 
 ``sps`` is env steps per second of training with compile time excluded (aggregate over
 seeds for the vmapped rows).
@@ -61,17 +69,21 @@ ROWS = {
     "purejaxrl_dqn": ("purejaxrl_dqn", {}),
     "dqn_fused_fp32": ("driver", {"precision": "fp32", "actor": "learner", "config": "dqn"}),
     "dqn_fused_int8": ("driver", {"precision": "int8", "actor": "learner", "config": "dqn"}),
-}
-# Host actors and brax (issue 5): gymnasium CartPole through host actor threads against raw
-# gymnasium vector-env stepping with random actions (same vector-env size, same run), MuJoCo
-# HalfCheetah-v5 learning through host actors, brax inverted_pendulum in the fused mode.
-ROWS.update({
+    # Host actors and brax: gymnasium CartPole through host actor threads against raw
+    # gymnasium vector-env stepping with random actions (same vector-env size, same run),
+    # MuJoCo HalfCheetah-v5 learning through host actors, brax inverted_pendulum fused.
     "gym_cartpole_raw": ("gym_raw", {}),
     "gym_cartpole_host": ("host", {"config": "ppo_gym_cartpole.yaml"}),
+    "sb3_ppo_cartpole": ("sb3", {}),
     "halfcheetah_host": ("host", {"config": "ppo_halfcheetah.yaml"}),
     "brax_inverted_pendulum": ("brax", {"config": "ppo_brax_inverted_pendulum.yaml"}),
-})
-BASELINE_FOR = {"gym_cartpole_host": "gym_cartpole_raw", "fused_fp32": "purejaxrl_1", "fused_int8": "purejaxrl_1", "split_fp32": "purejaxrl_1", "split_int8": "purejaxrl_1", "vmap16_fp32": "purejaxrl_16", "vmap16_int8": "purejaxrl_16", "sweep16_fp32": "purejaxrl_16", "sweep16_int8": "purejaxrl_16", "dqn_fused_fp32": "purejaxrl_dqn", "dqn_fused_int8": "purejaxrl_dqn"}
+}
+BASELINE_FOR = {
+    **dict.fromkeys(["fused_fp32", "fused_int8", "split_fp32", "split_int8"], "purejaxrl_1"),
+    **dict.fromkeys(["vmap16_fp32", "vmap16_int8", "sweep16_fp32", "sweep16_int8"], "purejaxrl_16"),
+    **dict.fromkeys(["dqn_fused_fp32", "dqn_fused_int8"], "purejaxrl_dqn"),
+    "gym_cartpole_host": "gym_cartpole_raw",
+}
 
 
 def peak_rss_mib() -> float:
@@ -147,6 +159,33 @@ def work_gym_raw(seconds: float = 10.0) -> dict:
     return {"sps": steps / (time.perf_counter() - start), "compile_s": 0.0, "final_return": None, "env_steps": steps, "num_envs": num_envs}
 
 
+def work_sb3(total_timesteps: int = 30_000) -> dict:
+    """Stable-Baselines3's PPO on gymnasium CartPole-v1 with ``configs/ppo_gym_cartpole.yaml``'s
+    hyperparameters (16 envs in a ``DummyVecEnv``, 32 steps, 10 epochs, minibatch 256, 64-64
+    tanh): the peer ``gym_cartpole_host`` is compared with. ``sps`` is SB3's own ``time/fps``
+    over a shortened run (its speed is flat after the first update)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rlaccel import config as config_lib
+
+    config = config_lib.load(ROOT / "configs" / "ppo_gym_cartpole.yaml")
+    cfg = config.ppo
+    venv = make_vec_env(config.env.partition(":")[2], n_envs=cfg.n_envs, seed=0)
+    model = PPO(
+        "MlpPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+        learning_rate=lambda f: f * cfg.learning_rate, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
+        policy_kwargs={"net_arch": list(cfg.policy_kwargs.net_arch), "activation_fn": torch.nn.Tanh}, device="cpu", seed=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    model.learn(total_timesteps)
+    elapsed = time.perf_counter() - start
+    returns = [ep["r"] for ep in model.ep_info_buffer]
+    return {"sps": model.num_timesteps / elapsed, "compile_s": 0.0, "final_return": float(sum(returns) / len(returns)) if returns else None, "env_steps": model.num_timesteps, "torch_threads": torch.get_num_threads()}
+
+
 def work_host(config: str) -> dict:
     """``configs/<config>`` (a ``gym:`` env) through host actors, via the driver."""
     return work_driver(precision="int8", actor="learner", config_path=ROOT / "configs" / config)
@@ -190,7 +229,7 @@ def work_sweep(seeds: int, precision: str) -> dict:
 def worker(name: str) -> dict:
     kind, opts = ROWS[name]
     opts = {k: v for k, v in opts.items() if k != "xla_flags"}
-    result = {"purejaxrl": work_purejaxrl, "purejaxrl_dqn": work_purejaxrl_dqn, "driver": work_driver, "vmap": work_vmap, "sweep": work_sweep, "gym_raw": work_gym_raw, "host": work_host, "brax": work_brax}[kind](**opts)
+    result = {"purejaxrl": work_purejaxrl, "purejaxrl_dqn": work_purejaxrl_dqn, "driver": work_driver, "vmap": work_vmap, "sweep": work_sweep, "gym_raw": work_gym_raw, "sb3": work_sb3, "host": work_host, "brax": work_brax}[kind](**opts)
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 

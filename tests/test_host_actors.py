@@ -223,3 +223,33 @@ def test_sigint_exits_130_with_a_checkpoint(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["stopped_by"] == "SIGINT"
     assert checkpoint.read_meta(ckpt)["update"] == summary["updates"] >= 1
+
+
+def test_resume_continues_the_learner_state(tmp_path):
+    """Host mode resumes without losing learner state: parameters, Adam's step count and the
+    observation statistics carry on from the checkpoint. Not bitwise exact, by design: the
+    actor threads race the learner (which batch arrives under which parameter version
+    depends on thread timing) and gymnasium env states are not checkpointed, so the envs
+    start fresh episodes."""
+    from rlaccel import driver
+
+    overrides = ["ppo.n_steps=8", "ppo.batch_size=64", "ppo.n_epochs=1", "ppo.normalize=true", "logging.log_interval=1", "logging.progress=false"]
+    config = config_lib.load(GYM_CARTPOLE, overrides)
+    run_dir = tmp_path / "run"
+    first = driver.train(config, run_dir, stop_at=3)
+    assert first["status"] == "stopped" and first["updates"] == 3
+    template = jax.jit(host.HostRunner(config).init)(jax.random.PRNGKey(0))
+    at_3, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), template)
+    second = driver.train(config, run_dir, resume=True, stop_at=5)
+    assert second["updates"] == 5
+    at_5, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), template)
+    samples = config.ppo.n_envs * config.ppo.n_steps
+    # The observation statistics kept counting from update 3 (fresh ones would hold 2 updates).
+    np.testing.assert_allclose(float(at_5.agent.obs_stats.count), float(at_3.agent.obs_stats.count) + 2 * samples, rtol=1e-6)
+    assert float(at_3.agent.obs_stats.count) == pytest.approx(3 * samples, rel=1e-6)
+    # Adam's step count (in the flattened optimiser state) kept counting too.
+    counts = lambda s: [int(x) for x in jax.tree.leaves(s.agent.opt_state) if jnp.ndim(x) == 0 and jnp.issubdtype(x.dtype, jnp.integer)]  # noqa: E731
+    steps_per_update = config.ppo.n_epochs * (samples // config.ppo.batch_size)
+    assert counts(at_3) == [3 * steps_per_update] * len(counts(at_3))
+    assert counts(at_5) == [5 * steps_per_update] * len(counts(at_5))
+    assert not actor_threads()

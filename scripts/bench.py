@@ -26,7 +26,8 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
 * ``gym_cartpole_raw``: gymnasium's own vector env stepping ``gym:CartPole-v1`` with random
   actions (no learning), the baseline of ``gym_cartpole_host``: PPO through host actor
   threads (``configs/ppo_gym_cartpole.yaml``, ``rlaccel.host``); ``sb3_ppo_cartpole``:
-  Stable-Baselines3's PPO with the same hyperparameters (needs ``stable-baselines3``, which
+  Stable-Baselines3's PPO with the same hyperparameters; ``sb3_ppo_cartpole_1env``: SB3 as
+  ``shared/REFERENCE.md`` measured it (1 env x 128 steps, 4 epochs of 4 minibatches; needs ``stable-baselines3``, which
   ``make bench`` installs with the CPU build of torch).
 * ``halfcheetah_host``: PPO on MuJoCo HalfCheetah-v5 through host actors, 1M steps
   (``configs/ppo_halfcheetah.yaml``); ``brax_inverted_pendulum``: PPO on brax's
@@ -39,6 +40,7 @@ seeds for the vmapped rows).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -75,6 +77,7 @@ ROWS = {
     "gym_cartpole_raw": ("gym_raw", {}),
     "gym_cartpole_host": ("host", {"config": "ppo_gym_cartpole.yaml"}),
     "sb3_ppo_cartpole": ("sb3", {}),
+    "sb3_ppo_cartpole_1env": ("sb3", {"total_timesteps": 8192, "n_envs": 1, "n_steps": 128, "n_epochs": 4, "batch_size": 32}),
     "halfcheetah_host": ("host", {"config": "ppo_halfcheetah.yaml"}),
     "brax_inverted_pendulum": ("brax", {"config": "ppo_brax_inverted_pendulum.yaml"}),
 }
@@ -159,11 +162,13 @@ def work_gym_raw(seconds: float = 10.0) -> dict:
     return {"sps": steps / (time.perf_counter() - start), "compile_s": 0.0, "final_return": None, "env_steps": steps, "num_envs": num_envs}
 
 
-def work_sb3(total_timesteps: int = 30_000) -> dict:
+def work_sb3(total_timesteps: int = 30_000, **shape: int) -> dict:
     """Stable-Baselines3's PPO on gymnasium CartPole-v1 with ``configs/ppo_gym_cartpole.yaml``'s
     hyperparameters (16 envs in a ``DummyVecEnv``, 32 steps, 10 epochs, minibatch 256, 64-64
-    tanh): the peer ``gym_cartpole_host`` is compared with. ``sps`` is SB3's own ``time/fps``
-    over a shortened run (its speed is flat after the first update)."""
+    tanh): the peer ``gym_cartpole_host`` is compared with. ``shape`` overrides ``n_envs``,
+    ``n_steps``, ``n_epochs``, ``batch_size`` (the ``_1env`` row: ``shared/REFERENCE.md``'s
+    1 env x 128 steps). ``sps`` is steps over wall time of a shortened run (SB3's speed is
+    flat after the first update)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -171,7 +176,7 @@ def work_sb3(total_timesteps: int = 30_000) -> dict:
     from rlaccel import config as config_lib
 
     config = config_lib.load(ROOT / "configs" / "ppo_gym_cartpole.yaml")
-    cfg = config.ppo
+    cfg = dataclasses.replace(config.ppo, **shape)
     venv = make_vec_env(config.env.partition(":")[2], n_envs=cfg.n_envs, seed=0)
     model = PPO(
         "MlpPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,

@@ -188,7 +188,7 @@ def test_failing_env_stops_cleanly_with_exit_1(tmp_path):
     run_dir = tmp_path / "run"
     start = time.perf_counter()
     rc, _, err = run_main(
-        ["--config", GYM_CARTPOLE, *set_args([f"env=gym:{FAILING_ID}", "ppo.n_steps=8", "ppo.batch_size=64", "total_timesteps=100000"]), "--run-dir", str(run_dir), "--no-progress"]
+        ["--config", GYM_CARTPOLE, *set_args([f"env=gym:{FAILING_ID}", "actors.num_actors=2", "ppo.n_steps=8", "ppo.batch_size=64", "total_timesteps=100000"]), "--run-dir", str(run_dir), "--no-progress"]
     )
     assert rc == 1
     line = [x for x in err.splitlines() if x.startswith("error:")]
@@ -233,7 +233,7 @@ def test_resume_continues_the_learner_state(tmp_path):
     start fresh episodes."""
     from rlaccel import driver
 
-    overrides = ["ppo.n_steps=8", "ppo.batch_size=64", "ppo.n_epochs=1", "ppo.normalize=true", "logging.log_interval=1", "logging.progress=false"]
+    overrides = ["actors.num_actors=2", "ppo.n_steps=8", "ppo.batch_size=64", "ppo.n_epochs=1", "ppo.normalize=true", "logging.log_interval=1", "logging.progress=false"]
     config = config_lib.load(GYM_CARTPOLE, overrides)
     run_dir = tmp_path / "run"
     first = driver.train(config, run_dir, stop_at=3)

@@ -170,32 +170,15 @@ def _train(config: Config, run_dir: Path, *, resume: bool, console: Console, sto
         status, exit_code = "stopped", stop.exit_code
     else:
         status, stopped_by, exit_code = "completed", None, 0
-    ep_rew_mean, ep_len_mean = (float(x) for x in jax.device_get(episode_means(state)))
-    env_steps = (update - start_update) * steps_per_update
     latest = checkpoint.latest(ckpt_dir)
-    summary = {
-        "status": status,
-        "stopped_by": stopped_by,
-        "exit_code": exit_code,
-        "error": str(failure) if failure is not None else None,
-        "checkpoint": str(latest) if latest is not None else None,
-        "env_steps": update * steps_per_update,
-        "updates": update,
-        "wall_s": time.perf_counter() - wall_start + compile_s,
-        "compile_s": compile_s,
-        "train_s": train_s,
-        "sps": env_steps / train_s if train_s > 0 else float("nan"),
-        "final_return": ep_rew_mean,
-        "final_ep_len": ep_len_mean,
-        "episodes": int(state.episodes),
-        "placement": where.describe(),
-        "probe_compile_s": runner.pieces_compile_s,
-        **{k: _finite_median([p[k] for p in probes]) for k in (probes[0] if probes else {})},
-        "run_dir": str(run_dir),
-        "config": config.to_dict(),
-    }
+    summary = run_summary(
+        config, run_dir, state, status=status, stopped_by=stopped_by, exit_code=exit_code, error=str(failure) if failure is not None else None,
+        checkpoint_path=latest, updates=(start_update, update), steps_per_update=steps_per_update,
+        times={"wall_s": time.perf_counter() - wall_start + compile_s, "compile_s": compile_s, "train_s": train_s},
+        placement=where.describe(), probes=probes, extra={"probe_compile_s": runner.pieces_compile_s},
+    )  # fmt: skip
     if failure is None:
-        logger.hparams(_flat_hparams(config), {"final_return": ep_rew_mean, "sps": summary["sps"]})
+        logger.hparams(_flat_hparams(config), {"final_return": summary["final_return"], "sps": summary["sps"]})
     logger.close()
     write_json(run_dir / "summary.json", summary)
     if failure is not None:
@@ -203,6 +186,59 @@ def _train(config: Config, run_dir: Path, *, resume: bool, console: Console, sto
     if stopped_by is not None:
         console.print(f"stopped by {stopped_by} after update {update}; checkpoint {latest}; continue with --resume {run_dir}")
     return summary
+
+
+def run_summary(
+    config: Config,
+    run_dir: Path,
+    state: Any,
+    *,
+    status: str,
+    stopped_by: str | None,
+    exit_code: int,
+    error: str | None,
+    checkpoint_path: Path | None,
+    updates: tuple[int, int],
+    steps_per_update: int,
+    times: dict[str, float],
+    placement: str,
+    probes: list[dict[str, float]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What ``summary.json`` holds, for every training loop (fused, split, host actors).
+
+    Args:
+      state: the final ``TrainState`` (its last-100 episode means give the final return).
+      status: ``completed``, ``stopped``, ``diverged`` or ``failed``.
+      updates: ``(first, last)`` update of this invocation (a resumed run starts past 0).
+      times: ``wall_s``, ``compile_s`` and ``train_s`` (compile excluded) of this invocation.
+      probes: the probe results; each metric is summarised by its median over probes.
+      extra: more keys, placed before the probe medians.
+    """
+    start_update, update = updates
+    ep_rew_mean, ep_len_mean = (float(x) for x in jax.device_get(episode_means(state)))
+    env_steps = (update - start_update) * steps_per_update
+    train_s = times["train_s"]
+    keys = dict.fromkeys(k for p in probes for k in p)
+    return {
+        "status": status,
+        "stopped_by": stopped_by,
+        "exit_code": exit_code,
+        "error": error,
+        "checkpoint": str(checkpoint_path) if checkpoint_path is not None else None,
+        "env_steps": update * steps_per_update,
+        "updates": update,
+        **times,
+        "sps": env_steps / train_s if train_s > 0 else float("nan"),
+        "final_return": ep_rew_mean,
+        "final_ep_len": ep_len_mean,
+        "episodes": int(state.episodes),
+        "placement": placement,
+        **(extra or {}),
+        **{k: _finite_median([p[k] for p in probes if k in p]) for k in keys},
+        "run_dir": str(run_dir),
+        "config": config.to_dict(),
+    }
 
 
 def _finite_median(values: list[float]) -> float | None:

@@ -36,6 +36,7 @@ blocking); ``actor/queue_fill`` the queues' fill (0..1) when the learner takes a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import queue
@@ -55,13 +56,13 @@ from rich.console import Console
 from rlaccel import agents, checkpoint, guards, quant
 from rlaccel import placement as placement_lib
 from rlaccel.config import Config
+from rlaccel.driver import run_summary
 from rlaccel.logging import MetricLogger, make_progress, write_json
 from rlaccel.rollout import EpisodeInfo, Transition
 from rlaccel.runners import (
     EPISODE_WINDOW,
     Runner,
     TrainState,
-    episode_means,
     latency_percentiles,
 )
 
@@ -272,15 +273,13 @@ class ActorThread(threading.Thread):
         try:
             venv = self.env.make_vector(self.num_envs, self.seed)
             self._loop(venv)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - whatever kills an actor must reach the learner
             self.faults.append((self.index, e, traceback.format_exc()))
             self.stop.set()
         finally:
             if venv is not None:
-                try:
+                with contextlib.suppress(Exception):  # a broken env may fail to close too
                     venv.close()
-                except Exception:
-                    pass
 
     def _loop(self, venv: Any) -> None:
         env, b, T = self.env, self.num_envs, self.num_steps
@@ -575,28 +574,12 @@ def train(
         status, stopped_by, exit_code = "stopped", stop.name or "stop_at", stop.exit_code
     else:
         status, stopped_by, exit_code = "completed", None, 0
-    ep_rew_mean, ep_len_mean = (float(x) for x in jax.device_get(episode_means(state)))
-    env_steps = (update - start_update) * steps_per_update
-    summary = {
-        "status": status,
-        "stopped_by": stopped_by,
-        "exit_code": exit_code,
-        "error": error,
-        "checkpoint": str(latest) if latest is not None else None,
-        "env_steps": update * steps_per_update,
-        "updates": update,
-        "wall_s": time.perf_counter() - wall_start + compile_s,
-        "compile_s": compile_s,
-        "train_s": train_s,
-        "sps": env_steps / train_s if train_s > 0 else float("nan"),
-        "final_return": ep_rew_mean,
-        "final_ep_len": ep_len_mean,
-        "episodes": int(state.episodes),
-        "placement": host.describe(),
-        **{k: _finite_median([p[k] for p in probes if k in p]) for k in (probes[-1] if probes else {})},
-        "run_dir": str(run_dir),
-        "config": config.to_dict(),
-    }
+    summary = run_summary(
+        config, run_dir, state, status=status, stopped_by=stopped_by, exit_code=exit_code, error=error, checkpoint_path=latest,
+        updates=(start_update, update), steps_per_update=steps_per_update,
+        times={"wall_s": time.perf_counter() - wall_start + compile_s, "compile_s": compile_s, "train_s": train_s},
+        placement=host.describe(), probes=probes,
+    )  # fmt: skip
     logger.close()
     write_json(run_dir / "summary.json", summary)
     if faults:
@@ -667,8 +650,3 @@ def _join(threads: list[threading.Thread], timeout_s: float) -> list[int]:
         if t.is_alive() or t.ident is not None:
             t.join(max(0.0, deadline - time.perf_counter()))
     return [i for i, t in enumerate(threads) if t.is_alive()]
-
-
-def _finite_median(values: list[float]) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.median(finite)) if finite else None

@@ -7,36 +7,17 @@ events (read back with TensorBoard's own reader); ``--resume`` continues it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import shutil
 
 import pytest
 import yaml
+from cli_helpers import run_main, set_args, tree
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlaccel import checkpoint, cli
+from rlaccel import checkpoint
 from rlaccel import config as config_lib
-
-
-def set_args(overrides):
-    return [arg for item in overrides for arg in ("--set", item)]
-
-
-def run_main(argv):
-    """``(exit code, stdout, stderr)`` of ``cli.main(argv)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def tree(path):
-    """Every path under ``path`` with its bytes (to show that nothing changed)."""
-    return {p.relative_to(path): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
-
 
 # --------------------------------------------------------------------------------------------
 # Bad input: exit 2, one line, nothing written.

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -27,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_helpers import run_main, set_args
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from rlaccel.agents.ppo import networks as nets_lib
 
-from rlaccel import agents, checkpoint, cli, envs, host, quant
+from rlaccel import agents, checkpoint, envs, host, quant
 from rlaccel import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,17 +54,6 @@ class FailingCartPole(CartPoleEnv):
 gymnasium.register(FAILING_ID, entry_point=FailingCartPole, max_episode_steps=500)
 
 GYM_CARTPOLE = os.path.join(REPO, "configs", "ppo_gym_cartpole.yaml")
-def run_main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def set_args(overrides):
-    return [arg for item in overrides for arg in ("--set", item)]
-
-
 def ppo_agent(env_id: str, precision: str = "int8", activation: str = "tanh"):
     cfg = config_lib.load(overrides=[f"env={env_id}", f"ppo.policy_kwargs.activation_fn={activation}", "ppo.normalize=true"])
     env = envs.make(env_id)

@@ -10,8 +10,6 @@ without the cache, PPO and DQN: identical checkpoint bytes).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -25,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_helpers import run_main, set_args, tree
 from flax import serialization
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlaccel import checkpoint, cli, driver, envs, guards
+from rlaccel import checkpoint, driver, envs, guards
 from rlaccel import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,22 +91,6 @@ def compilation_cache(tmp_path_factory):
     for k, v in saved.items():
         jax.config.update(k, v)
     cc.reset_cache()
-
-
-def run_main(argv):
-    """``(exit code, stdout, stderr)`` of ``cli.main(argv)``, in process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def set_args(overrides):
-    return [arg for item in overrides for arg in ("--set", item)]
-
-
-def tree(path):
-    return {p.relative_to(path): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
 
 
 def scalars(run_dir, prefixes=("train/", "rollout/")):

@@ -232,7 +232,25 @@ class _Hidden:
         return [np.empty(f64)]
 
 
-class NumpyInt8Policy(Policy):
+class _NumpyPolicy(Policy):
+    """What both numpy backends share: one forward closure over preallocated buffers per batch size."""
+
+    def _make_forward(self, lead: tuple[int, ...], matmul: Any) -> Any:
+        """``x float32 [*lead, obs_dim] -> head float32 [*lead, out]`` (a view of a reused buffer)."""
+        raise NotImplementedError
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        """``float32 [B, out]`` for ``x float32 [B, obs_dim]``; forwards for up to 8 batch sizes are kept."""
+        n = x.shape[0]
+        fwd = self._batches.get(n)
+        if fwd is None:
+            if len(self._batches) >= 8:
+                self._batches.clear()
+            fwd = self._batches[n] = self._make_forward((n,), np.matmul)
+        return fwd(x).copy()
+
+
+class NumpyInt8Policy(_NumpyPolicy):
     """The int8 policy in numpy, bit-exact with ``rlaccel.quant.apply`` (module docstring)."""
 
     backend = "numpy-int8"
@@ -284,16 +302,6 @@ class NumpyInt8Policy(Policy):
         _clip(tmp, self._lo, self._hi, out=tmp)
         np.copyto(out, tmp)
 
-    def head(self, x: np.ndarray) -> np.ndarray:
-        """``float32 [B, out]``: ``float32(acc) * out_scale`` of the output layer, as ``quant.apply``."""
-        n = x.shape[0]
-        fwd = self._batches.get(n)
-        if fwd is None:
-            if len(self._batches) >= 8:
-                self._batches.clear()
-            fwd = self._batches[n] = self._make_forward((n,), np.matmul)
-        return fwd(x).copy()
-
     def _make_forward(self, lead: tuple[int, ...], matmul: Any) -> Any:
         """``x float32 [*lead, obs_dim] -> head float32 [*lead, out]`` (a view of a reused buffer).
 
@@ -344,7 +352,7 @@ class NumpyInt8Policy(Policy):
             return lambda x: int(forward(x).argmax())
         low, high, minimum, maximum = self._low, self._high, np.minimum, np.maximum
         return lambda x: minimum(maximum(forward(x), low), high)
-class NumpyFp32Policy(Policy):
+class NumpyFp32Policy(_NumpyPolicy):
     """The learner's fp32 policy in numpy (``np.tanh``; not bit-exact with XLA, ~1e-7 apart)."""
 
     backend = "numpy-fp32"
@@ -393,15 +401,6 @@ class NumpyFp32Policy(Policy):
             return matmul(last_in, last_w, out=out)
 
         return forward
-
-    def head(self, x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        fwd = self._batches.get(n)
-        if fwd is None:
-            if len(self._batches) >= 8:
-                self._batches.clear()
-            fwd = self._batches[n] = self._make_forward((n,), np.matmul)
-        return fwd(x).copy()
 
     def act(self, obs: Any) -> Any:
         """See :meth:`Policy.act`; a float32 ``[obs_dim]`` array takes the 1-D path."""

@@ -249,6 +249,14 @@ class _NumpyPolicy(Policy):
             fwd = self._batches[n] = self._make_forward((n,), np.matmul)
         return fwd(x).copy()
 
+    def act(self, obs: Any) -> Any:
+        """See :meth:`Policy.act`; a float32 ``[obs_dim]`` array takes the batch-1 path (``_act_single``)."""
+        if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
+            if not isfinite(obs.dot(self._zeros)):  # 0 * nan = 0 * inf = nan; ~0.3 µs
+                raise self._non_finite()
+            return self._act_single(obs)
+        return super().act(obs)
+
 
 class NumpyInt8Policy(_NumpyPolicy):
     """The int8 policy in numpy, bit-exact with ``rlaccel.quant.apply`` (module docstring)."""
@@ -337,14 +345,6 @@ class NumpyInt8Policy(_NumpyPolicy):
 
         return forward
 
-    def act(self, obs: Any) -> Any:
-        """See :meth:`Policy.act`; a float32 ``[obs_dim]`` array takes :meth:`_make_single`'s path."""
-        if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
-            if not isfinite(obs.dot(self._zeros)):  # 0 * nan = 0 * inf = nan; ~0.3 µs
-                raise self._non_finite()
-            return self._act_single(obs)
-        return super().act(obs)
-
     def _make_single(self) -> Any:
         """The batch-1 path: 1-D buffers and ``np.dot`` (a BLAS gemv without ``np.matmul``'s set-up)."""
         forward = self._make_forward((), np.dot)
@@ -401,14 +401,6 @@ class NumpyFp32Policy(_NumpyPolicy):
             return matmul(last_in, last_w, out=out)
 
         return forward
-
-    def act(self, obs: Any) -> Any:
-        """See :meth:`Policy.act`; a float32 ``[obs_dim]`` array takes the 1-D path."""
-        if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
-            if not isfinite(obs.dot(self._zeros)):  # 0 * nan = 0 * inf = nan; ~0.3 µs
-                raise self._non_finite()
-            return self._act_single(obs)
-        return super().act(obs)
 
 
 def _elu(x: np.ndarray, out: np.ndarray) -> np.ndarray:

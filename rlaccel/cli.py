@@ -59,13 +59,13 @@ def resolve(args: argparse.Namespace) -> tuple[config_lib.Config, Path, bool]:
             raise UsageError(f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
         base = config_lib.load_data(args.config) if args.config else config_lib.load_data(saved)
         config = config_lib.build(config_lib.apply_overrides(base, overrides))
-        _check_env(config)
+        check_env(config)
         return config, run_dir, True
 
     if not args.config:
         raise UsageError("--config FILE is required (e.g. --config configs/ppo_cartpole.yaml)")
     config = config_lib.load(args.config, overrides)
-    _check_env(config)
+    check_env(config)
     if args.run_dir:
         run_dir = Path(args.run_dir)
     elif config.logging.run_dir:
@@ -81,7 +81,7 @@ def resolve(args: argparse.Namespace) -> tuple[config_lib.Config, Path, bool]:
     return config, run_dir, False
 
 
-def _check_env(config: config_lib.Config) -> None:
+def check_env(config: config_lib.Config) -> None:
     """Env id and devices exist (both raise ConfigError), checked before anything is written."""
     from rlaccel import envs, placement
 

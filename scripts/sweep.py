@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_best(args)
 
     from rlaccel import search, sweep
-    from rlaccel.cli import _check_env
+    from rlaccel.cli import check_env
 
     # ---- everything is validated before anything is written ----
     try:
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--config FILE is required (e.g. --config configs/ppo_cartpole.yaml)")
         overrides = list(args.overrides) + (["logging.progress=false"] if args.no_progress else [])
         base = config_lib.load(args.config, overrides)
-        _check_env(base)
+        check_env(base)
         if base.env_kind == "gym":
             raise ConfigError(f"env: a sweep trains every member in one compiled program, which needs a JAX env; {base.env} runs on host actors")
         seeds = args.seeds if args.seeds is not None else (2 if args.search else 4)

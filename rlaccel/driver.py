@@ -85,19 +85,8 @@ def _train(config: Config, run_dir: Path, *, resume: bool, console: Console, sto
 
     state = jax.jit(runner.init)(jax.random.PRNGKey(config.seed))
     if resume:
-        path = checkpoint.latest(ckpt_dir)
-        if path is None:
-            raise checkpoint.CheckpointError(f"{ckpt_dir}: no checkpoint to resume from")
-        try:
-            state, _ = checkpoint.restore(path, state)
-        except checkpoint.DamagedCheckpointError as e:
-            older = checkpoint.list_checkpoints(ckpt_dir)[:-1]
-            if not older:
-                raise
-            raise checkpoint.DamagedCheckpointError(f"{e}; move it away to resume from the previous one, {older[-1].name}") from None
-    # Only now, with the checkpoint accepted, does the run directory change.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+        state, path = restore_latest(ckpt_dir, state)
+    open_run_dir(run_dir, config)  # only now, with the checkpoint accepted
     console.print(f"placement: {where.describe()}")
     if resume:
         console.print(f"resumed from {path} (update {int(state.update)})")
@@ -186,6 +175,32 @@ def _train(config: Config, run_dir: Path, *, resume: bool, console: Console, sto
     if stopped_by is not None:
         console.print(f"stopped by {stopped_by} after update {update}; checkpoint {latest}; continue with --resume {run_dir}")
     return summary
+
+
+def restore_latest(ckpt_dir: Path, template: Any) -> tuple[Any, Path]:
+    """The newest checkpoint in ``ckpt_dir`` restored into ``template``'s structure, and its path.
+
+    Raises:
+      rlaccel.checkpoint.CheckpointError: none there, or one that does not fit ``template``;
+        a damaged newest one names the previous checkpoint to fall back on.
+    """
+    path = checkpoint.latest(ckpt_dir)
+    if path is None:
+        raise checkpoint.CheckpointError(f"{ckpt_dir}: no checkpoint to resume from")
+    try:
+        state, _ = checkpoint.restore(path, template)
+    except checkpoint.DamagedCheckpointError as e:
+        older = checkpoint.list_checkpoints(ckpt_dir)[:-1]
+        if not older:
+            raise
+        raise checkpoint.DamagedCheckpointError(f"{e}; move it away to resume from the previous one, {older[-1].name}") from None
+    return state, path
+
+
+def open_run_dir(run_dir: Path, config: Config) -> None:
+    """Create the run directory and write ``config.yaml`` atomically (the first write of a run)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
 
 def run_summary(

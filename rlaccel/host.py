@@ -49,14 +49,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from gymnasium import spaces
 from rich.console import Console
 
 from rlaccel import agents, checkpoint, guards, quant
 from rlaccel import placement as placement_lib
 from rlaccel.config import Config
-from rlaccel.driver import run_summary
+from rlaccel.driver import open_run_dir, restore_latest, run_summary
 from rlaccel.logging import MetricLogger, make_progress, write_json
 from rlaccel.rollout import EpisodeInfo, Transition
 from rlaccel.runners import (
@@ -478,12 +477,8 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     state = jax.jit(host.init)(jax.random.PRNGKey(config.seed))
     if resume:
-        path = checkpoint.latest(ckpt_dir)
-        if path is None:
-            raise checkpoint.CheckpointError(f"{ckpt_dir}: no checkpoint to resume from")
-        state, _ = checkpoint.restore(path, state)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+        state, path = restore_latest(ckpt_dir, state)
+    open_run_dir(run_dir, config)
     console.print(f"placement: {host.describe()}")
     if resume:
         console.print(f"resumed from {path} (update {int(state.update)}); the envs start fresh episodes")

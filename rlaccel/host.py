@@ -377,7 +377,7 @@ class HostRunner:
         self.num_actors = config.actors.num_actors
         self.envs_per_actor = self.spec.num_envs // self.num_actors
         self.runner = Runner(self.agent, None, self.spec.num_envs, self.spec.num_steps, precision=self.where.precision, learner_device=self.where.learner, actor_device=self.where.actor)
-        self._learn = jax.jit(self.runner.learn_phase)
+        self._learn = jax.jit(self.learner_step)
         self._params = jax.jit(self.agent.actor_params, static_argnums=1)
         self._act = jax.jit(self.agent.act) if config.actors.policy == "jax" else None
 
@@ -400,10 +400,19 @@ class HostRunner:
             f"{self.where.precision} {self.actors_cfg.policy} policy; learner {self.where.learner.platform}:{self.where.learner.id} fp32"
         )
 
+    def learner_step(self, state: TrainState, transitions: Transition, episodes: EpisodeInfo) -> tuple[TrainState, Any, Any]:
+        """One update on the actors' batch ``[T, n_envs]`` and the re-quantised actor parameters
+        for the next batches: one compiled call, so the learner loop dispatches and waits once."""
+        key, key_update = jax.random.split(state.key)
+        state, metrics = self.runner.learn_phase(state.replace(key=key), None, transitions, episodes, key_update)
+        return state, metrics, self.agent.actor_params(state.agent, self.where.precision)
+
     def policy(self, state: TrainState) -> NumpyPolicy:
-        """Re-quantise on the learner, fetch to the host: the policy actors act with next."""
-        params = self._params(state.agent, self.where.precision)
-        version = int(state.update)
+        """Re-quantise on the learner, fetch to the host: the policy actors start with."""
+        return self.policy_from(self._params(state.agent, self.where.precision), int(state.update))
+
+    def policy_from(self, params: Any, version: int) -> NumpyPolicy:
+        """The actors' policy object for actor parameters ``params`` (on the learner device)."""
         if self._act is not None:
             return JaxPolicy(params, version, self._act, self.where.actor, self.agent.discrete)
         norm = self.cfg.normalization
@@ -428,7 +437,7 @@ class HostRunner:
     def compile(self, state: TrainState) -> Any:
         """The learner step compiled for the learner device."""
         transitions, episodes = jax.device_put(self.empty_batch(), self.where.learner)
-        return self._learn.lower(state, None, transitions, episodes, state.key).compile()
+        return self._learn.lower(state, transitions, episodes).compile()
 
 
 def train(
@@ -521,9 +530,8 @@ def train(
                 if got is None:  # a fault or a signal
                     break
                 transitions, episodes = jax.device_put(_concat(got), learner)
-                key, key_update = jax.random.split(state.key)
                 t0 = time.perf_counter()
-                new_state, metrics = learn(state.replace(key=key), None, transitions, episodes, key_update)
+                new_state, metrics, params = learn(state, transitions, episodes)
                 metrics = jax.device_get(metrics)
                 bad = guards.first_nonfinite({k: np.reshape(v, 1) for k, v in metrics.items()})
                 if bad is not None:
@@ -532,7 +540,7 @@ def train(
                     break
                 state = new_state
                 update += 1
-                board.publish(host.policy(state))
+                board.publish(host.policy_from(params, update))
                 window.learn_s += time.perf_counter() - t0
                 window.add(got, update)
                 logger.log(update * steps_per_update, metrics)

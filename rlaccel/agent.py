@@ -1,7 +1,7 @@
 """The agent interface: a set of pure functions, the same for every algorithm.
 
 Where these functions execute (one fused program, two devices, host threads) is the
-runner's business (``rlaccel.runners``); precision of acting is decided by
+step source's business (``rlaccel.sources``); precision of acting is decided by
 ``actor_params`` (fp32 parameters or an int8 ``rlaccel.quant`` copy). Agent code never
 knows about devices, logging or checkpoints.
 """
@@ -36,6 +36,9 @@ class Agent(NamedTuple):
         sampling (logits, Gaussian mean or Q-values); used to compare int8 with fp32.
       update: ``(AgentState, Transition [T, B], key) -> (AgentState, Metrics)``; the learner step.
       discrete: whether actions are integers (greedy action = argmax of ``head``).
+      calibrate: ``(AgentState, raw obs [N, obs_dim]) -> AgentState``: int8 activation ranges
+        re-measured on observations as the actors see them (``update`` calls it with int8
+        actors; export calls it for a run trained with fp32 actors).
     """
 
     init: Callable[[Array], AgentState]
@@ -45,3 +48,25 @@ class Agent(NamedTuple):
     head: Callable[[ActorParams, Array], Array]
     update: Callable[[AgentState, Any, Array], tuple[AgentState, Metrics]]
     discrete: bool
+    calibrate: Callable[[AgentState, Array], AgentState]
+
+
+class AgentSpec(NamedTuple):
+    """An agent and the rollout shape its learner consumes per update (what a registered
+    algorithm's ``make`` returns)."""
+
+    agent: Agent
+    num_envs: int
+    num_steps: int  # rollout length per update
+    num_updates: int
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+
+def make(config: Any, env: Any) -> AgentSpec:
+    """The registered algorithm ``config.algo``'s agent for ``env`` (imports its JAX code)."""
+    from rlaccel import registry
+
+    return registry.load(registry.get(config.algo).make)(config, env)

@@ -20,13 +20,14 @@ import hashlib
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from flax import serialization
+
+from rlaccel.fileio import atomic_write
 
 FORMAT = 1
 _NAME = re.compile(r"^checkpoint_(\d+)\.ckpt$")
@@ -71,41 +72,6 @@ PAUSE_ENV = "RLACCEL_TEST_PAUSE_CHECKPOINT"
 """Test hook: set it to an update number and :func:`save` of that update stops halfway
 through writing its temp file (flushed to disk), creates ``<temp file>.paused`` and sleeps,
 so a test can ``kill -9`` the process mid-write. Never set it outside tests."""
-
-
-def atomic_write(path: str | Path, data: bytes, *, pause_midway: bool = False) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new one.
-
-    The bytes go to a temp file in the same directory, which is fsynced, renamed over
-    ``path`` (atomic on POSIX) and the directory fsynced, so the rename itself survives a
-    power cut. ``pause_midway``: the :data:`PAUSE_ENV` test hook.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        if pause_midway:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            tmp.with_name(tmp.name + ".paused").touch()
-            while True:  # until killed
-                time.sleep(1.0)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -28,8 +28,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from rlaccel.agents.dqn.config import DQNConfig
-from rlaccel.agents.ppo.config import PPOConfig
+from rlaccel import registry
 from rlaccel.schema import ConfigError, check
 
 
@@ -151,33 +150,35 @@ class Config:
     env: str = "CartPole-v1"
     """Environment id: ``CartPole-v1`` (JAX-native), ``gym:<gymnasium id>`` (host actors, e.g.
     ``gym:HalfCheetah-v5``) or ``brax:<name>`` (e.g. ``brax:ant``)."""
-    algo: Literal["ppo", "dqn"] = "ppo"
-    """Learning algorithm; its section holds the hyperparameters."""
+    algo: str = "ppo"
+    """Learning algorithm, a name in ``rlaccel.registry`` (``ppo``, ``dqn``, or a plug-in's);
+    its section, a key of the same name, holds the hyperparameters."""
     total_timesteps: int = 500_000
     """Environment steps to train for (rounded down to whole updates)."""
     seed: int = 0
     """PRNG seed; everything random derives from it."""
     placement: PlacementConfig = PlacementConfig()
     logging: LoggingConfig = LoggingConfig()
-    ppo: Optional[PPOConfig] = None
-    """PPO hyperparameters (SB3 / RL Zoo names); filled with defaults when ``algo: ppo``."""
-    dqn: Optional[DQNConfig] = None
-    """DQN hyperparameters (SB3 / RL Zoo names); filled with defaults when ``algo: dqn``."""
     actors: ActorsConfig = ActorsConfig()
     """Host actor threads (only used by ``gym:`` envs)."""
     brax: BraxConfig = BraxConfig()
     """Brax options (only used by ``brax:`` envs)."""
+    agent: Any = None
+    """The algorithm's section (the registered config class of ``algo``). In YAML it is the
+    key named after the algorithm (``ppo:``); ``config.ppo`` reads it too."""
 
     def __post_init__(self) -> None:
         _check(self.total_timesteps >= 1, "total_timesteps", "must be >= 1")
-        if self.algo == "ppo" and self.ppo is None:
-            object.__setattr__(self, "ppo", PPOConfig())
-        if self.algo == "dqn" and self.dqn is None:
-            object.__setattr__(self, "dqn", DQNConfig())
+        try:
+            algo = registry.get(self.algo)
+        except KeyError as e:
+            raise ConfigError(f"algo: {e.args[0]}") from None
+        if self.agent is None:
+            object.__setattr__(self, "agent", algo.config())
+        _check(isinstance(self.agent, algo.config), self.algo, f"expected a {algo.config.__name__}, got {type(self.agent).__name__}")
         per_update = self.agent.rollout_size
         _check(self.total_timesteps >= per_update, "total_timesteps", f"must be at least one update ({per_update} env steps for this {self.algo} section)")
         if self.env_kind == "gym":
-            _check(self.algo == "ppo", "algo", f"host actors ({self.env}) run ppo only, got {self.algo!r}")
             _check(
                 self.agent.n_envs % self.actors.num_actors == 0,
                 "actors.num_actors",
@@ -197,21 +198,19 @@ class Config:
             return {"backend": self.brax.backend, "max_episode_steps": self.brax.episode_length}
         return {}
 
-    @property
-    def agent(self) -> Any:
-        """The section of the chosen algorithm."""
-        return getattr(self, self.algo)
+    def __getattr__(self, name: str) -> Any:
+        """``config.<algo>`` (e.g. ``config.ppo``) is the algorithm's section, as in the YAML."""
+        if name != "algo" and name == self.__dict__.get("algo"):
+            return self.__dict__["agent"]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (what ``config.yaml`` and ``summary.json`` hold)."""
-        out = _plain(dataclasses.asdict(self))
-        for name in ALGO_SECTIONS:
-            if name != self.algo:
-                out.pop(name, None)
+        """Plain-dict form (what ``config.yaml`` and ``summary.json`` hold); the section under
+        the algorithm's name."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "agent"}
+        out = _plain({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()})
+        out[self.algo] = _plain(dataclasses.asdict(self.agent))
         return out
-
-
-ALGO_SECTIONS = ("ppo", "dqn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,11 +405,25 @@ def load_data(path: str | Path) -> dict[str, Any]:
 
 
 def build(data: dict[str, Any]) -> Config:
-    """Plain data -> validated :class:`Config`."""
+    """Plain data -> validated :class:`Config`; the algorithm's section is read with the
+    config class its registry entry declares."""
+    data = dict(data)
     algo = data.get("algo", "ppo")
-    for name in ALGO_SECTIONS:
+    if not isinstance(algo, str):
+        raise ConfigError(f"algo: expected a string, got {type(algo).__name__} ({algo!r})")
+    try:
+        spec = registry.get(algo)
+    except KeyError as e:
+        raise ConfigError(f"algo: {e.args[0]}") from None
+    for name in registry.names():
         if name in data and name != algo:
             raise ConfigError(f"{name}: section given but algo is {algo!r}")
+    if "agent" in data:
+        raise ConfigError(f"unknown key 'agent'; the hyperparameters go in a section named after the algorithm ('{algo}:')")
+    section = data.pop(algo, None)
+    if section is None:
+        section = {}
+    data["agent"] = _coerce(section, spec.config, algo)
     return from_dict(Config, data)
 
 

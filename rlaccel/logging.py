@@ -7,9 +7,7 @@ SB3 runs read rlaccel runs too.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,8 +33,8 @@ class MetricLogger:
     the checkpoint it resumes from.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path | None, tensorboard: bool = True, purge_step: int | None = None):
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self._writer = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -96,19 +94,3 @@ def make_progress(console: Console | None = None, enabled: bool = True) -> Progr
         disable=not enabled,
         transient=False,
     )
-
-
-def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

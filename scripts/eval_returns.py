@@ -4,7 +4,7 @@
     python scripts/eval_returns.py                      # trains CartPole (500k) and Pendulum (400k)
     python scripts/eval_returns.py --run runs/a --run runs/b --episodes 100
 
-Each run is trained with ``rlaccel.driver.train`` from the shipped config (unless ``--run``
+Each run is trained with ``rlaccel.train`` from the shipped config (unless ``--run``
 names existing runs), exported with ``rlaccel.deploy.export``, and both the numpy-int8 and
 numpy-fp32 runtimes play the same ``--episodes`` episodes of gymnasium's own environment
 (episode ``i`` seeded ``1000 + i``). Prints a table and writes ``benchmarks/deploy_returns.json``.
@@ -35,7 +35,7 @@ def main() -> int:
 
 
     from rlaccel import config as config_lib
-    from rlaccel import driver
+    import rlaccel
     from rlaccel.deploy import load_policy
     from rlaccel.deploy.evaluate import episode_returns
     from rlaccel.deploy.export import export
@@ -48,7 +48,7 @@ def main() -> int:
             cfg = config_lib.load(cfg_path, [f"seed={args.seed}", "logging.progress=false", "logging.tensorboard=false"])
             run_dir = Path(tmp) / env_id
             start = time.perf_counter()
-            summary = driver.train(cfg, run_dir)
+            summary = rlaccel.train(cfg, run_dir=run_dir, progress=False).summary
             print(f"trained {env_id}: {summary['env_steps']:,} steps, training-time return {summary['final_return']:.1f}, {time.perf_counter() - start:.0f} s", flush=True)
             runs.append(run_dir)
     rows = []

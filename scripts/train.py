@@ -1,12 +1,9 @@
 #!/usr/bin/env python3
-"""Train an agent: ``python scripts/train.py --config configs/ppo_cartpole.yaml``.
-
-See ``python scripts/train.py --help`` and the README for the options.
-"""
+"""``python scripts/train.py ARGS`` is ``rlaccel train ARGS`` (see ``rlaccel train --help``)."""
 
 import sys
 
 from rlaccel.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

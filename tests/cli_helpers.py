@@ -9,8 +9,14 @@ from pathlib import Path
 from rlaccel import cli
 
 
+COMMANDS = ("train", "sweep", "export", "eval", "bench")
+
+
 def run_main(argv: list[str]) -> tuple[int, str, str]:
-    """``(exit code, stdout, stderr)`` of ``cli.main(argv)``, in process."""
+    """``(exit code, stdout, stderr)`` of ``rlaccel ARGV`` in process (``train`` when ``argv``
+    names no subcommand), as ``cli.main`` runs it."""
+    if not argv or argv[0] not in COMMANDS:
+        argv = ["train", *argv]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli.main(argv)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlaccel import agents, config, envs
-from rlaccel.runners import FusedRunner
+from rlaccel import agent as agent_lib, config, envs
+from rlaccel.sources.device import FusedSource
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_short_fused_ppo_run():
         ["total_timesteps=512", "ppo.n_envs=8", "ppo.n_steps=16", "ppo.batch_size=64", "brax.episode_length=50"],
     )
     env = envs.make(cfg.env, auto_reset=True, **cfg.env_kwargs)
-    spec = agents.make(cfg, env)
-    runner = FusedRunner(spec.agent, env, spec.num_envs, spec.num_steps, precision="int8")
+    spec = agent_lib.make(cfg, env)
+    runner = FusedSource(spec.agent, env, spec.num_envs, spec.num_steps, precision="int8")
     state, metrics = jax.jit(runner.train, static_argnums=1)(jax.random.PRNGKey(0), spec.num_updates)
     assert spec.num_updates == 4 and metrics["train/loss"].shape == (4,)
     assert all(bool(jnp.all(jnp.isfinite(v))) for k, v in metrics.items() if k.startswith("train/"))

@@ -10,18 +10,18 @@ import jax
 import numpy as np
 import pytest
 
-from rlaccel import agents, checkpoint, envs
+from rlaccel import agent as agent_lib, checkpoint, envs
 from rlaccel import config as config_lib
 from rlaccel.checkpoint import CheckpointError
-from rlaccel.runners import FusedRunner
+from rlaccel.sources.device import FusedSource
 
 
 def make_init(cartpole_yaml, overrides):
     """``key -> TrainState`` (params, Adam state, envs, key, counters), compiled."""
     config = config_lib.load(cartpole_yaml, overrides)
     env = envs.make(config.env, auto_reset=True)
-    spec = agents.make(config, env)
-    runner = FusedRunner(spec.agent, env, spec.num_envs, spec.num_steps, precision="int8")
+    spec = agent_lib.make(config, env)
+    runner = FusedSource(spec.agent, env, spec.num_envs, spec.num_steps, precision="int8")
     return jax.jit(runner.init)
 
 

@@ -313,7 +313,7 @@ def test_replace(cartpole_yaml):
     assert d.ppo.gamma == pytest.approx(0.9) and d.seed == 3 and d.ppo.policy_kwargs.net_arch == (8,)
     assert c.ppo.gamma == pytest.approx(0.99) and c.seed == 0  # the original is untouched
     # Everything else is carried over, including the linear schedule parsed from "lin_".
-    assert dataclasses.replace(d, seed=0, ppo=dataclasses.replace(d.ppo, gamma=c.ppo.gamma, policy_kwargs=c.ppo.policy_kwargs)) == c
+    assert dataclasses.replace(d, seed=0, agent=dataclasses.replace(d.ppo, gamma=c.ppo.gamma, policy_kwargs=c.ppo.policy_kwargs)) == c
     assert d.ppo.lr_schedule == "linear"
 
 

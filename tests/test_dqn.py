@@ -86,7 +86,7 @@ def test_replay_wraps_around_and_samples_only_valid_items() -> None:
 
 def test_dqn_on_continuous_actions_is_a_config_error(tmp_path, capsys) -> None:
     run_dir = tmp_path / "run"
-    rc = cli.main(["--config", "configs/dqn_cartpole.yaml", "--set", "env=Pendulum-v1", "--run-dir", str(run_dir)])
+    rc = cli.main(["train", "--config", "configs/dqn_cartpole.yaml", "--set", "env=Pendulum-v1", "--run-dir", str(run_dir)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("error: algo: dqn needs a discrete action space") and "Pendulum-v1" in err[0]
@@ -98,7 +98,7 @@ def test_short_dqn_run_logs_sb3_tags(tmp_path, precision: str) -> None:
     run_dir = tmp_path / precision
     rc = cli.main(
         [
-            "--config", "configs/dqn_cartpole.yaml", "--run-dir", str(run_dir), "--no-progress",
+            "train", "--config", "configs/dqn_cartpole.yaml", "--run-dir", str(run_dir), "--no-progress",
             "--set", "total_timesteps=3000", "--set", "dqn.learning_starts=1000", "--set", "logging.log_interval=100",
             "--set", f"placement.actor.precision={precision}",
         ]

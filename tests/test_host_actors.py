@@ -29,7 +29,7 @@ from cli_helpers import run_main, set_args
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from rlaccel.agents.ppo import networks as nets_lib
 
-from rlaccel import agents, checkpoint, envs, host, quant
+from rlaccel import agent as agent_lib, checkpoint, envs, host, quant
 from rlaccel import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +57,7 @@ GYM_CARTPOLE = os.path.join(REPO, "configs", "ppo_gym_cartpole.yaml")
 def ppo_agent(env_id: str, precision: str = "int8", activation: str = "tanh"):
     cfg = config_lib.load(overrides=[f"env={env_id}", f"ppo.policy_kwargs.activation_fn={activation}", "ppo.normalize=true"])
     env = envs.make(env_id)
-    return cfg, agents.make(cfg, env).agent, env
+    return cfg, agent_lib.make(cfg, env).agent, env
 
 
 def calibrated_state(agent, cfg, obs):
@@ -193,7 +193,7 @@ def test_failing_env_stops_cleanly_with_exit_1(tmp_path):
 
 def test_sigint_exits_130_with_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config", GYM_CARTPOLE, "--set", "total_timesteps=5000000", "--run-dir", str(run_dir), "--no-progress"]
+    cmd = [sys.executable, "-m", "rlaccel", "train", "--config", GYM_CARTPOLE, "--set", "total_timesteps=5000000", "--run-dir", str(run_dir), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     try:
         deadline = time.time() + 60
@@ -219,16 +219,16 @@ def test_resume_continues_the_learner_state(tmp_path):
     actor threads race the learner (which batch arrives under which parameter version
     depends on thread timing) and gymnasium env states are not checkpointed, so the envs
     start fresh episodes."""
-    from rlaccel import driver
+    from rlaccel import api
 
     overrides = ["actors.num_actors=2", "ppo.n_steps=8", "ppo.batch_size=64", "ppo.n_epochs=1", "ppo.normalize=true", "logging.log_interval=1", "logging.progress=false"]
     config = config_lib.load(GYM_CARTPOLE, overrides)
     run_dir = tmp_path / "run"
-    first = driver.train(config, run_dir, stop_at=3)
+    first = api.train(config, run_dir=run_dir, stop_at=3).summary
     assert first["status"] == "stopped" and first["updates"] == 3
     template = jax.jit(host.HostRunner(config).init)(jax.random.PRNGKey(0))
     at_3, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), template)
-    second = driver.train(config, run_dir, resume=True, stop_at=5)
+    second = api.train(config, run_dir=run_dir, resume=True, stop_at=5).summary
     assert second["updates"] == 5
     at_5, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), template)
     samples = config.ppo.n_envs * config.ppo.n_steps

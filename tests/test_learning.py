@@ -16,18 +16,18 @@ from rlaccel.agents.ppo import train as ppo_train
 
 from rlaccel import config as config_lib
 from rlaccel import envs, rollout
-from rlaccel.runners import FusedRunner, quant_metrics
+from rlaccel.sources.device import FusedSource, quant_metrics
 
 SEEDS = 3
 
 
-def train_seeds(path: str, precision: str) -> tuple[object, np.ndarray, FusedRunner]:
+def train_seeds(path: str, precision: str) -> tuple[object, np.ndarray, FusedSource]:
     """Train ``SEEDS`` agents in one compiled, vmapped program; returns final states and returns."""
     config = config_lib.load(path, [f"placement.actor.precision={precision}"])
     cfg = config.ppo
     env = envs.make(config.env, auto_reset=True)
     n = ppo_train.num_updates(cfg, config.total_timesteps)
-    runner = FusedRunner(ppo_train.make_agent(cfg, env, n, calibrate=precision == "int8"), env, cfg.n_envs, cfg.n_steps, precision=precision)
+    runner = FusedSource(ppo_train.make_agent(cfg, env, n, calibrate=precision == "int8"), env, cfg.n_envs, cfg.n_steps, precision=precision)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), SEEDS)
     states, metrics = jax.jit(jax.vmap(functools.partial(runner.train, num_updates=n)))(keys)
     return states, np.asarray(metrics["rollout/ep_rew_mean"][:, -1]), runner
@@ -71,7 +71,7 @@ def test_dqn_cartpole_greedy_int8_policy_learns() -> None:
     env = envs.make(config.env, auto_reset=True)
     n = dqn_train.num_updates(cfg, config.total_timesteps)
     agent = dqn_train.make_agent(cfg, env, config.total_timesteps, n, calibrate=True)
-    runner = FusedRunner(agent, env, cfg.n_envs, cfg.train_freq, precision="int8")
+    runner = FusedSource(agent, env, cfg.n_envs, cfg.train_freq, precision="int8")
     keys = jax.random.split(jax.random.PRNGKey(config.seed), SEEDS)
     states, _ = jax.jit(jax.vmap(functools.partial(runner.train, num_updates=n)))(keys)
 

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlaccel import agents, envs, placement, quant
+from rlaccel import agent as agent_lib, envs, placement, quant
 from rlaccel import config as config_lib
 from rlaccel.config import ConfigError, PlacementConfig
 from rlaccel.placement import PlacementError
-from rlaccel.runners import FusedRunner, SplitRunner, make_runner
+from rlaccel.sources.device import FusedSource, SplitSource, make_source
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +90,16 @@ TINY = ("total_timesteps=512", "ppo.n_steps=64", "ppo.batch_size=64", "ppo.n_epo
 
 
 def run_two_updates(cartpole_yaml, precision, actor):
-    """Build the runner the driver would, init, place and run one chunk of 2 updates."""
+    """Build the source the loop would, init, place and run one chunk of 2 updates."""
     config = config_lib.load(cartpole_yaml, [*TINY, f"placement.actor.precision={precision}", f"placement.actor.device={actor}"])
     env = envs.make(config.env, auto_reset=True)
-    spec = agents.make(config, env)
+    spec = agent_lib.make(config, env)
     where = placement.resolve(config.placement)
-    runner = make_runner(spec.agent, env, spec.num_envs, spec.num_steps, where)
-    state = runner.place(jax.jit(runner.init)(jax.random.PRNGKey(config.seed)))
+    runner = make_source(spec, env, where)
+    state = runner.place(runner.initial_state(jax.random.PRNGKey(config.seed)))
     initial_params = jax.device_get(state.agent.params)  # the fused chunk donates its input
-    chunk = runner.compile(state, 2)
-    final, metrics = chunk(state)
+    runner.compile(state, 2)
+    final, metrics = runner.run_chunk(state, 2)
     return runner, jax.block_until_ready(final), metrics, initial_params
 
 
@@ -120,7 +120,7 @@ def devices_of(tree):
 def test_split_runner_keeps_learner_and_actor_state_apart(runs, cpus, precision):
     learner, actor = cpus
     runner, state, metrics, _ = runs["split", precision]
-    assert isinstance(runner, SplitRunner)
+    assert isinstance(runner, SplitSource)
     assert runner.learner_device == learner and runner.actor_device == actor
     assert int(state.update) == 2
     assert devices_of(state.agent.params) == {learner}
@@ -161,7 +161,7 @@ def test_split_runner_keeps_learner_and_actor_state_apart(runs, cpus, precision)
 
 def test_same_device_gives_the_fused_runner(runs, cpus):
     runner, state, _, _ = runs["fused", "int8"]
-    assert isinstance(runner, FusedRunner)
+    assert isinstance(runner, FusedSource)
     assert devices_of(state) == {cpus[0]}
 
 

@@ -28,7 +28,7 @@ from flax import serialization
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlaccel import checkpoint, driver, envs, guards
+from rlaccel import api, checkpoint, envs, guards
 from rlaccel import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,10 +127,10 @@ def resumed_runs(tmp_path_factory):
     for algo, yaml_path, overrides, n in (("ppo", PPO_YAML, PPO, 3), ("dqn", DQN_YAML, DQN, 5)):
         root = tmp_path_factory.mktemp(algo)
         config = config_lib.load(yaml_path, overrides)
-        straight = driver.train(config, root / "straight", console=QUIET)
-        stopped = driver.train(config, root / "resumed", console=QUIET, stop_at=n)
+        straight = api.train(config, run_dir=root / "straight", console=QUIET).summary
+        stopped = api.train(config, run_dir=root / "resumed", console=QUIET, stop_at=n).summary
         at_stop = tree(root / "resumed" / "checkpoints")
-        resumed = driver.train(config, root / "resumed", resume=True, console=QUIET)
+        resumed = api.train(config, run_dir=root / "resumed", resume=True, console=QUIET).summary
         runs[algo] = {"root": root, "n": n, "straight": straight, "stopped": stopped, "resumed": resumed, "at_stop": at_stop}
     return runs
 
@@ -329,7 +329,7 @@ def test_sigterm_and_kill_9_in_a_real_process(tmp_path, compilation_cache):
     """SIGTERM: exit 143 with a checkpoint and summary.json. ``kill -9`` in the middle of
     writing a checkpoint: the previous one is intact and ``--resume`` continues from it."""
     long_run = ["--config", str(PPO_YAML), *set_args(PPO), "--set", "total_timesteps=33554432"]
-    train = [sys.executable, str(REPO / "scripts" / "train.py")]
+    train = [sys.executable, "-m", "rlaccel", "train"]
     term_dir, kill_dir = tmp_path / "term", tmp_path / "kill"
     # The two processes run side by side; the second pauses inside its second checkpoint write.
     term = subprocess.Popen([*train, *long_run, "--run-dir", str(term_dir)], env=subprocess_env(compilation_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -1,4 +1,4 @@
-"""Sweeps (``rlaccel.sweep``, ``rlaccel.search``, ``scripts/sweep.py``).
+"""Sweeps (``rlaccel.sweep``: grid, program, report, search; ``rlaccel sweep``).
 
 The equivalence test is the contract of a sweep: a vmapped, sharded grid trains every
 member exactly as ``make_train`` trains it alone with the same key.
@@ -6,11 +6,11 @@ member exactly as ``make_train`` trains it alone with the same key.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -19,20 +19,21 @@ import pytest
 import yaml
 
 from rlaccel import config as config_lib
-from rlaccel import search, sweep
+from rlaccel import sweep
+from rlaccel.sweep import search
+from rlaccel.sweep.program import run_group
 from rlaccel.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "sweep.py"
 # 4 updates of 4 envs x 64 steps, one epoch of 4 minibatches, 2 updates per compiled chunk.
 TINY = ["total_timesteps=1024", "ppo.n_steps=64", "ppo.batch_size=64", "ppo.n_epochs=1", "logging.log_interval=2"]
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("sweep_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``rlaccel sweep ARGV`` in process, as ``cli.main(["sweep", *ARGV])``."""
+    from rlaccel import cli
+
+    return types.SimpleNamespace(main=lambda argv: cli.main(["sweep", *argv]))
 
 
 def _tiny(cartpole_yaml: Path, *extra: str) -> list[str]:
@@ -80,7 +81,7 @@ def test_grid_matches_separate_runs_sharded(cartpole_yaml):
     per op; over 4 updates we allow rtol 1e-4 / atol 1e-5 (a wrong member, learning rate or
     entropy coefficient moves them by more, see the last assertions).
     """
-    from rlaccel.agents.ppo.train import make_train
+    from rlaccel.sources.device import make_train
 
     assert len(jax.devices()) == 2
     base = config_lib.load(cartpole_yaml, TINY)  # int8 actors, the default
@@ -88,7 +89,7 @@ def test_grid_matches_separate_runs_sharded(cartpole_yaml):
     traced, groups = sweep.group_settings(settings)
     assert traced == ("ppo.ent_coef", "ppo.learning_rate") and len(groups) == 1
     seeds = [base.seed, base.seed + 1]
-    result = sweep.run_group(groups[0], traced, seeds)
+    result = run_group(groups[0], traced, seeds)
     assert result.devices == 2
     params = result.state.agent.params
     leaf = jax.tree.leaves(params)[0]
@@ -122,7 +123,7 @@ def test_dqn_hyperparameters_are_traced(tmp_path):
     grid = sweep.parse_grid(["dqn.learning_rate=1e-3,1e-4", "dqn.exploration_final_eps=0.1,0.5", "dqn.learning_starts=200,400"])
     traced, groups = sweep.group_settings(sweep.make_settings(base, grid))
     assert traced == ("dqn.exploration_final_eps", "dqn.learning_rate", "dqn.learning_starts") and len(groups) == 1
-    result = sweep.run_group(groups[0], traced, [0])
+    result = run_group(groups[0], traced, [0])
     eps, lr, loss = (result.metrics[k] for k in ("rollout/exploration_rate", "train/learning_rate", "train/loss"))
     for i, s in enumerate(groups[0]):
         assert lr[i, -1] == pytest.approx(s.config.dqn.learning_rate)
@@ -224,7 +225,7 @@ def test_two_workers_share_one_study(cartpole_yaml, tmp_path):
     space.write_text("ppo.learning_rate: {log_uniform: [1.0e-4, 3.0e-3]}\nppo.ent_coef: {uniform: [0.0, 0.02]}\n")
     journal = tmp_path / "study.journal"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, str(SCRIPT), *_tiny(cartpole_yaml, "placement.actor.precision=fp32"), "--search", "optuna", "--space", str(space), "--trials", str(n), "--seeds", "1", "--storage", str(journal), "--study", "two"]
+    cmd = [sys.executable, "-m", "rlaccel", "sweep", *_tiny(cartpole_yaml, "placement.actor.precision=fp32"), "--search", "optuna", "--space", str(space), "--trials", str(n), "--seeds", "1", "--storage", str(journal), "--study", "two"]
     procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / f"w{i}")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=240) for p in procs]
     for p, (stdout, stderr) in zip(procs, outputs):

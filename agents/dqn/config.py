@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Union
 
+from rlaccel.registry import traced_field
 from rlaccel.schema import PolicyKwargs, parse_learning_rate
 from rlaccel.schema import check as _check
 
@@ -34,27 +35,27 @@ class DQNConfig:
     """Gradient steps per update."""
     buffer_size: int = 10_000
     """Replay capacity, in transitions."""
-    learning_starts: int = 10_000
+    learning_starts: int = traced_field(10_000)
     """Transitions collected before the first gradient step."""
     batch_size: int = 128
     """Minibatch size sampled from the replay buffer."""
-    learning_rate: Union[float, str] = 2.5e-4
+    learning_rate: Union[float, str] = traced_field(2.5e-4)
     """Adam step size; ``lin_<number>`` anneals it linearly to 0."""
     lr_schedule: Literal["constant", "linear"] = "constant"
     """``linear`` anneals the learning rate to 0 over training."""
-    gamma: float = 0.99
+    gamma: float = traced_field(0.99)
     """Discount factor."""
-    tau: float = 1.0
+    tau: float = traced_field(1.0)
     """Target update coefficient: 1 = hard copy, < 1 = Polyak averaging."""
     target_update_interval: int = 500
     """Transitions between target-network updates (rounded to whole updates)."""
     exploration_fraction: float = 0.5
     """Fraction of ``total_timesteps`` over which epsilon decays."""
-    exploration_initial_eps: float = 1.0
+    exploration_initial_eps: float = traced_field(1.0)
     """Epsilon at the start."""
-    exploration_final_eps: float = 0.05
+    exploration_final_eps: float = traced_field(0.05)
     """Epsilon after the decay."""
-    max_grad_norm: float = 10.0
+    max_grad_norm: float = traced_field(10.0)
     """Global gradient-norm clip (SB3's DQN default)."""
     n_step: int = 1
     """Transitions summed into each bootstrapped target (n-step returns; 1 = one-step DQN)."""
@@ -62,7 +63,7 @@ class DQNConfig:
     """Double-DQN targets: the online network picks the next action, the target network values it."""
     loss: Literal["huber", "mse"] = "huber"
     """TD-error loss: ``huber`` (SB3, delta 1) or ``mse`` (CleanRL / PureJaxRL)."""
-    adam_eps: float = 1e-8
+    adam_eps: float = traced_field(1e-8)
     """Adam epsilon."""
     policy_kwargs: QNetKwargs = QNetKwargs()
     """Q-network shape (``log_std_init`` is unused)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Union
 
+from rlaccel.registry import traced_field
 from rlaccel.schema import PolicyKwargs, parse_learning_rate
 from rlaccel.schema import check as _check
 
@@ -39,29 +40,29 @@ class PPOConfig:
     """Passes over each rollout."""
     batch_size: int = 128
     """Minibatch size (SB3's meaning); must divide ``n_envs * n_steps``."""
-    learning_rate: Union[float, str] = 2.5e-4
+    learning_rate: Union[float, str] = traced_field(2.5e-4)
     """Adam step size; RL Zoo's ``lin_2.5e-4`` means linearly annealed to 0."""
     lr_schedule: Literal["constant", "linear"] = "constant"
     """``linear`` anneals the learning rate to 0 over training (optax.linear_schedule)."""
-    gamma: float = 0.99
+    gamma: float = traced_field(0.99)
     """Discount factor."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = traced_field(0.95)
     """GAE lambda (https://arxiv.org/abs/1506.02438)."""
-    clip_range: float = 0.2
+    clip_range: float = traced_field(0.2)
     """PPO ratio clip."""
-    clip_range_vf: Optional[float] = None
+    clip_range_vf: Optional[float] = traced_field(None)
     """Value clip around the rollout's values (PureJaxRL/CleanRL use 0.2); null = none, as SB3."""
-    ent_coef: float = 0.0
+    ent_coef: float = traced_field(0.0)
     """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
+    vf_coef: float = traced_field(0.5)
     """Value loss coefficient."""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = traced_field(0.5)
     """Global gradient-norm clip."""
     normalize_advantage: bool = True
     """Normalise advantages per minibatch."""
     normalize: Union[bool, NormalizeConfig] = False
     """``true`` = observations and rewards, as RL Zoo; or ``{norm_obs: .., norm_reward: ..}``."""
-    adam_eps: float = 1e-5
+    adam_eps: float = traced_field(1e-5)
     """Adam epsilon (CleanRL/PureJaxRL use 1e-5; SB3 1e-8)."""
     policy_kwargs: PolicyKwargs = PolicyKwargs()
 

@@ -1,20 +1,19 @@
-#!/usr/bin/env python3
-"""Hyperparameter sweeps and search.
+"""``rlaccel sweep``: hyperparameter sweeps and search.
 
 Grid (every setting x every seed; settings that differ only in shape-free hyperparameters
 train together in one compiled program, vmapped, sharded over the devices)::
 
-    python scripts/sweep.py --config configs/ppo_cartpole.yaml --seeds 8 \\
+    rlaccel sweep --config configs/ppo_cartpole.yaml --seeds 8 \\
         --grid ppo.learning_rate=1e-4,3e-4,1e-3 --grid ppo.ent_coef=0,0.01
 
 Search (Optuna TPE + median pruner; several processes or machines can share one study)::
 
-    python scripts/sweep.py --config configs/ppo_cartpole.yaml --search optuna \\
+    rlaccel sweep --config configs/ppo_cartpole.yaml --search optuna \\
         --space configs/search_ppo_cartpole.yaml --trials 40 [--storage URL_OR_JOURNAL_FILE]
 
-Best config of a finished sweep, ready for ``scripts/train.py``::
+Best config of a finished sweep, ready for ``rlaccel train``::
 
-    python scripts/sweep.py --export-best sweeps/mine [--to best.yaml]
+    rlaccel sweep --export-best sweeps/mine [--to best.yaml]
 
 Bad input (config, grid keys or values, search-space file, storage URL, output directory)
 stops with one line on stderr and exit code 2, before anything is written.
@@ -26,17 +25,18 @@ import argparse
 import datetime
 import shutil
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rlaccel import config as config_lib
 from rlaccel.config import ConfigError
+from rlaccel.fileio import atomic_write
 
 EXIT_USAGE = 2
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sweep.py", description="Sweep or search hyperparameters of an rlaccel agent.")
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("sweep", help="sweep or search hyperparameters", description="Sweep or search hyperparameters of an rlaccel agent.")
     p.add_argument("--config", help="base YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a base config key (repeatable)")
     p.add_argument("--seeds", type=int, help="seeds per setting / trial, vmapped: config seed, seed+1, ... (default 4 for a grid, 2 for a search)")
@@ -53,7 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--export-best", metavar="SWEEP_DIR", help="write the best config of a finished sweep and exit")
     p.add_argument("--to", help="with --export-best: output YAML (default SWEEP_DIR/best_config.yaml)")
-    return p.parse_args(argv)
+    p.set_defaults(func=run)
+    return p
 
 
 def _fail(message: str) -> int:
@@ -64,7 +65,7 @@ def _fail(message: str) -> int:
 def export_best(args: argparse.Namespace) -> int:
     """``--export-best DIR``: the best setting of a grid (``results.json``) or the best trial of a
     search (``trials.json``) as a config YAML."""
-    from rlaccel import sweep
+    from rlaccel.sweep import report as sweep_report
 
     src = Path(args.export_best)
     dest = Path(args.to) if args.to else src / "best_config.yaml"
@@ -81,25 +82,25 @@ def export_best(args: argparse.Namespace) -> int:
             data.get("logging", {}).pop("run_dir", None)
             import yaml
 
-            dest.write_text(f"# best trial {report['best_trial']} of study {report['study']!r}\n" + yaml.safe_dump(data, sort_keys=False))
+            atomic_write(dest, f"# best trial {report['best_trial']} of study {report['study']!r}\n" + yaml.safe_dump(data, sort_keys=False))
             print(f"best trial {report['best_trial']} (mean final return {report['best_value']:.1f}) -> {dest}")
             return 0
-        results = sweep.load_results(src)
-        best = sweep.write_best_config(dest, results)
+        results = sweep_report.load_results(src)
+        best = sweep_report.write_best_config(dest, results)
     except (ConfigError, KeyError, ValueError) as e:
         return _fail(str(e))
     print(f"best setting {best['setting']} (mean final return {best['final_return_mean']:.1f}) -> {dest}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``rlaccel sweep``; returns the exit code."""
     if args.export_best:
         return export_best(args)
 
-    from rlaccel import search, sweep
-    from rlaccel.cli import check_env
+    from rlaccel import api
+    from rlaccel.sweep import grid as sweep_grid
+    from rlaccel.sweep import search
 
     # ---- everything is validated before anything is written ----
     try:
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--config FILE is required (e.g. --config configs/ppo_cartpole.yaml)")
         overrides = list(args.overrides) + (["logging.progress=false"] if args.no_progress else [])
         base = config_lib.load(args.config, overrides)
-        check_env(base)
+        api.validate(base)
         if base.env_kind == "gym":
             raise ConfigError(f"env: a sweep trains every member in one compiled program, which needs a JAX env; {base.env} runs on host actors")
         seeds = args.seeds if args.seeds is not None else (2 if args.search else 4)
@@ -127,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for flag in ("space", "trials", "storage", "study", "sampler_seed"):
                 if getattr(args, flag) is not None:
                     raise ConfigError(f"--{flag.replace('_', '-')} only applies with --search optuna")
-            settings = sweep.make_settings(base, sweep.parse_grid(args.grid))
+            grid = sweep_grid.parse_grid(args.grid)
+            sweep_grid.make_settings(base, grid)  # validates every setting before anything is written
         out = Path(args.out) if args.out else Path("sweeps") / f"{base.algo}_{base.env}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out}: exists and is not a directory")
@@ -147,48 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_search(args, base, space, seeds, out, devices)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
-    return run_grid(args, base, settings, seeds, out, devices)
+    from rlaccel.sweep.run import run_grid
 
-
-def run_grid(args: argparse.Namespace, base: config_lib.Config, settings: list, seeds: int, out: Path, devices: list) -> int:
-    """Train every setting x seed; write the table, curves, TensorBoard runs, best config."""
-    import numpy as np
-    from rich.console import Console
-
-    from rlaccel import sweep
-    from rlaccel.logging import make_progress
-
-    console = Console(stderr=True)
-    traced, groups = sweep.group_settings(settings)
     seed_list = [base.seed + i for i in range(seeds)]
-    total = sum(len(g) * seeds * (g[0].config.total_timesteps // g[0].config.agent.rollout_size) * g[0].config.agent.rollout_size for g in groups)
-    console.print(
-        f"sweep: {len(settings)} settings x {seeds} seeds in {len(groups)} compile(s); vmapped: {', '.join(traced) or 'seeds only'}; "
-        f"{len(devices)} device(s)"
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    progress = make_progress(console, enabled=not args.no_progress and base.logging.progress)
-    with progress:
-        task = progress.add_task("sweep", total=total, sps="-", ret="-")
-        for group in groups:
-            done = 0
-
-            def on_chunk(steps: int, metrics: dict, train_s: float) -> bool:
-                nonlocal done
-                done += steps
-                last = metrics["rollout/ep_rew_mean"][:, -1]
-                ret = f"{np.nanmean(last):.1f}" if np.isfinite(last).any() else "-"
-                progress.update(task, advance=steps, sps=f"{done / train_s:,.0f}", ret=ret)
-                return True
-
-            results.append(sweep.run_group(group, traced, seed_list, devices=devices, on_chunk=on_chunk))
-    meta = {"config_file": args.config, "overrides": list(args.overrides), "grid": list(args.grid), "seeds": seed_list}
-    report = sweep.write_outputs(out, results, traced, base, meta)
+    meta = {"config_file": args.config, "overrides": list(args.overrides), "grid": list(args.grid)}
+    report = run_grid(base, grid, seed_list, out, devices=devices, meta=meta)
+    if report["exit_code"]:
+        print(f"stopped by {report['stopped_by']}; the groups done so far are in {out}", file=sys.stderr)
+        return report["exit_code"]
     print_rows(report["results"])
     best = report.get("best")
     print(
-        f"done: {len(settings)} settings x {seeds} seeds, {report['aggregate_steps_per_s']:,.0f} env steps/s aggregate "
+        f"done: {len(report['results'])} settings x {seeds} seeds, {report['aggregate_steps_per_s']:,.0f} env steps/s aggregate "
         f"(compile {report['compile_s']:.1f} s) -> {out}"
         + (f"; best {best['setting']}: {best['final_return_mean']:.1f} -> {out / 'best_config.yaml'}" if best else "")
     )
@@ -212,7 +184,7 @@ def run_search(args: argparse.Namespace, base: config_lib.Config, space: dict, s
     import optuna
     from rich.console import Console
 
-    from rlaccel import search
+    from rlaccel.sweep import search
     from rlaccel.logging import make_progress
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -246,6 +218,3 @@ def run_search(args: argparse.Namespace, base: config_lib.Config, space: dict, s
     )
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

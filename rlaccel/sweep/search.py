@@ -8,7 +8,7 @@ A search space is a YAML mapping of dotted config keys to one distribution each:
     ppo.n_epochs: {int: [2, 8]}
     ppo.clip_range: {choice: [0.1, 0.2, 0.3]}
 
-Keys that ``rlaccel.sweep`` can trace (``TRACEABLE``) are arguments of one compiled program,
+Keys that a sweep can trace (an algorithm's ``rlaccel.registry.traced_field`` s) are arguments of one compiled program,
 so every trial of a worker reuses a single compile; the others compile once per distinct
 value.
 
@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from rlaccel import config as config_lib
-from rlaccel import sweep
 from rlaccel.config import Config, ConfigError
+from rlaccel.fileio import atomic_write, write_json
+from rlaccel.sweep.grid import Setting, flatten, is_traceable
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "log_int", "choice")
 BUDGET_ATTR = "rlaccel_trials"  # study user attribute: the study's trial budget, set once queued
@@ -189,7 +190,7 @@ class TrialRunner:
       base: the base config (``--config`` and ``--set``).
       space: from :func:`load_space`.
       seeds: seeds per trial, vmapped (the objective is their mean final return).
-      devices: see ``rlaccel.sweep.SweepProgram``.
+      devices: see ``rlaccel.sweep.program.SweepProgram``.
     """
 
     def __init__(self, base: Config, space: Mapping[str, tuple[str, Any]], seeds: Sequence[int], devices: Sequence[Any] | None = None):
@@ -197,14 +198,19 @@ class TrialRunner:
         self.space = dict(space)
         self.seeds = list(seeds)
         self.devices = devices
-        self.traced = tuple(k for k in space if sweep.is_traceable(k, [sweep.flatten(base.to_dict()).get(k)], base.algo) and _numeric_space(space[k]))
-        self._programs: dict[tuple, sweep.SweepProgram] = {}  # one compile per distinct static values
+        self.traced = tuple(k for k in space if is_traceable(k, [flatten(base.to_dict()).get(k)], base.algo) and _numeric_space(space[k]))
+        self._programs: dict[tuple, Any] = {}  # one compile per distinct static values
 
     def run(self, trial: Any, out_dir: Path | None, on_chunk: Callable[[int, float], bool] | None = None) -> dict[str, Any]:
         """Train the trial's setting; ``on_chunk(updates done, mean return)`` may stop it (pruning)."""
         values = suggest(trial, self.space)
         config = config_lib.replace(self.base, **values)
-        setting = sweep.Setting(name=f"trial_{trial.number:04d}", overrides=values, config=config)
+        from rich.console import Console
+
+        from rlaccel.sweep.program import SweepProgram, run_group
+        from rlaccel.sweep.report import summarize, write_tensorboard
+
+        setting = Setting(name=f"trial_{trial.number:04d}", overrides=values, config=config)
         updates = 0
 
         def chunk_cb(_steps: int, metrics: dict[str, np.ndarray], _train_s: float) -> bool:
@@ -215,13 +221,14 @@ class TrialRunner:
 
         static = tuple(repr(values[k]) for k in self.space if k not in self.traced)
         if static not in self._programs:
-            self._programs[static] = sweep.SweepProgram(config, self.traced, self.devices)
-        result = sweep.run_group([setting], self.traced, self.seeds, program=self._programs[static], on_chunk=chunk_cb)
-        row = sweep.summarize(result, 0)[0]
+            self._programs[static] = SweepProgram(config, self.traced, self.devices)
+        quiet = Console(quiet=True)  # the search's own progress bar reports trials
+        result = run_group([setting], self.traced, self.seeds, program=self._programs[static], on_chunk=chunk_cb, console=quiet, progress=False)
+        row = summarize(result, 0)[0]
         if out_dir is not None:
             steps = (np.arange(result.metrics["rollout/ep_rew_mean"].shape[1]) + 1) * result.steps_per_update
             final = {k: row[k] for k in ("final_return_mean", "final_return_min", "steps_per_s")}
-            sweep.write_tensorboard(out_dir / "tb" / setting.name, steps, result.metrics, {**values, "seeds": len(self.seeds)}, final)
+            write_tensorboard(out_dir / "tb" / setting.name, steps, result.metrics, {**values, "seeds": len(self.seeds)}, final)
         return {**row, "updates": updates, "num_updates": _num_updates(config), "config": config.to_dict(), "compile_s": result.compile_s}
 
 
@@ -303,22 +310,21 @@ def write_outputs(out_dir: Path, study: Any, base: Config, meta: Mapping[str, An
     """``trials.csv`` / ``trials.json`` (the whole study, as this worker sees it at its end) and
     ``best_config.yaml`` from the best completed trial."""
     import csv
+    import io
 
+    import yaml
     from optuna.trial import TrialState
-
-    from rlaccel.logging import write_json
 
     rows = trials_table(study)
     columns: list[str] = []
     for r in rows:
         columns.extend(c for c in r if c not in columns)
-    tmp = out_dir / f".trials.csv.{id(rows)}.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp.replace(out_dir / "trials.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write(out_dir / "trials.csv", text.getvalue(), shared=True)
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     best = max(complete, key=lambda t: t.value) if complete else None
     report = {**meta, "study": study.study_name, "trials": rows, "best_trial": best.number if best else None}
@@ -327,10 +333,8 @@ def write_outputs(out_dir: Path, study: Any, base: Config, meta: Mapping[str, An
         data = config.to_dict()
         data.get("logging", {}).pop("run_dir", None)
         header = f"# best trial {best.number} of study {study.study_name!r}: mean final return {best.value:.1f}\n"
-        import yaml
-
-        (out_dir / "best_config.yaml").write_text(header + yaml.safe_dump(data, sort_keys=False))
+        atomic_write(out_dir / "best_config.yaml", header + yaml.safe_dump(data, sort_keys=False), shared=True)
         report["best_params"] = best.params
         report["best_value"] = best.value
-    write_json(out_dir / "trials.json", report)
+    write_json(out_dir / "trials.json", report, shared=True)
     return report

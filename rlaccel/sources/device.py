@@ -1,16 +1,16 @@
-"""Runners: where an agent's pure functions execute.
+"""Step sources for JAX envs: the agent's pure functions on one device or two.
 
-* :class:`FusedRunner` (JAX env, actors on the learner's device): a chunk of updates
-  (re-quantise -> rollout -> learner update) is one compiled program. It is pure, so
-  ``jax.vmap`` over seeds works unchanged (:meth:`FusedRunner.train`).
-* :class:`SplitRunner` (JAX env, two devices): the rollout is compiled for the actor device,
-  the update for the learner device; trajectories move to the learner and freshly quantised
+* :class:`FusedSource` (actors on the learner's device): a chunk of updates (re-quantise ->
+  rollout -> learner update) is one compiled program. It is pure, so ``jax.vmap`` over seeds
+  works unchanged (:func:`make_train`, sweeps).
+* :class:`SplitSource` (two devices): the rollout is compiled for the actor device, the
+  update for the learner device; trajectories move to the learner and freshly quantised
   actor parameters move back after every update.
 
-Both build each update from the same two phases, :meth:`Runner.act_phase` and
-:meth:`Runner.learn_phase`, and both answer :meth:`Runner.probe`: decision latency and the
-separate speeds of acting and learning, timed on the host around blocking calls of the
-same compiled pieces (between chunks, never inside them).
+Both build each update from the same two phases, :meth:`DeviceSource.act_phase` and
+:meth:`DeviceSource.learn_phase`, and both answer :meth:`DeviceSource.probe`: decision
+latency and the separate speeds of acting and learning, timed on the host around blocking
+calls of the same compiled pieces (between chunks, never inside them).
 """
 
 from __future__ import annotations
@@ -22,49 +22,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from rlaccel import quant
 from rlaccel import rollout as rollout_lib
 from rlaccel.agent import Agent, Metrics
+from rlaccel.sources.base import StepSource, latency_percentiles
+from rlaccel.state import TrainState, apply_update, init_state
 
 Array = jax.Array
-
-EPISODE_WINDOW = 100  # SB3's ep_info_buffer: episode means are over the last 100 episodes
-
-
-@struct.dataclass
-class TrainState:
-    """Everything a run carries between updates; checkpointing it makes resume exact."""
-
-    agent: Any  # AgentState (learner device)
-    rollout: rollout_lib.RolloutState  # envs (actor device)
-    key: Array
-    update: Array  # [] int32, updates done (env steps = update * num_envs * num_steps)
-    recent_returns: Array  # [EPISODE_WINDOW] returns of the last finished episodes (ring buffer)
-    recent_lengths: Array  # [EPISODE_WINDOW]
-    episodes: Array  # [] int32, episodes finished so far
-
-
-def record_episodes(state: TrainState, episodes: rollout_lib.EpisodeInfo) -> TrainState:
-    """Append a rollout's finished episodes to the last-100 ring buffer (once per update)."""
-    done = episodes.done.reshape(-1)
-    rank = jnp.cumsum(done) - 1  # order of each finished episode within this rollout
-    n_done = done.sum()
-    keep = done & (rank >= n_done - EPISODE_WINDOW)  # more than a window's worth: newest win
-    slot = jnp.where(keep, (state.episodes + rank) % EPISODE_WINDOW, EPISODE_WINDOW)
-    returns = state.recent_returns.at[slot].set(episodes.episode_return.reshape(-1), mode="drop")
-    lengths = state.recent_lengths.at[slot].set(episodes.episode_length.reshape(-1).astype(jnp.float32), mode="drop")
-    return state.replace(recent_returns=returns, recent_lengths=lengths, episodes=state.episodes + n_done.astype(jnp.int32))
-
-
-def episode_means(state: TrainState) -> tuple[Array, Array]:
-    """Mean return and length over the last (up to) 100 finished episodes; NaN before the first."""
-    n = jnp.minimum(state.episodes, EPISODE_WINDOW)
-    valid = jnp.arange(EPISODE_WINDOW) < n
-    denom = jnp.where(n > 0, n, jnp.nan)
-    return jnp.sum(jnp.where(valid, state.recent_returns, 0.0)) / denom, jnp.sum(jnp.where(valid, state.recent_lengths, 0.0)) / denom
-
 
 def quant_metrics(agent: Agent, agent_state: Any, actor_params: Any, obs: Array) -> Metrics:
     """int8 actor vs its fp32 source on the observations ``obs [..., obs_dim]`` the actors saw.
@@ -86,20 +51,8 @@ def quant_metrics(agent: Agent, agent_state: Any, actor_params: Any, obs: Array)
     }
 
 
-def latency_percentiles(seconds: list[float], num_envs: int) -> dict[str, float]:
-    """Decision-latency metrics (µs) from blocking-call durations."""
-    us = np.asarray(seconds) * 1e6
-    p50, p95, p99 = np.percentile(us, [50, 95, 99])
-    return {
-        "actor/decision_latency_us_p50": float(p50),
-        "actor/decision_latency_us_p95": float(p95),
-        "actor/decision_latency_us_p99": float(p99),
-        "actor/decision_latency_us_per_env": float(p50 / num_envs),
-    }
-
-
-class Runner:
-    """What both runners share: the phases of an update, init, and probes.
+class DeviceSource(StepSource):
+    """What both JAX-env sources share: the phases of an update, init, placement and probes.
 
     Args:
       agent: the algorithm's pure functions.
@@ -122,12 +75,15 @@ class Runner:
     ):
         self.agent = agent
         self.env = env
+        self.steps_per_update = num_envs * num_steps
+        self.num_updates = 0  # set by rlaccel.sources.make
         self.num_envs = num_envs
         self.num_steps = num_steps
         self.precision = precision
         self.learner_device = learner_device or jax.devices()[0]
         self.actor_device = actor_device or self.learner_device
         self._pieces: dict[str, Any] | None = None
+        self._chunks: dict[int, Any] = {}
         self.pieces_compile_s = 0.0
 
     # -- pure pieces ----------------------------------------------------------------------
@@ -135,30 +91,26 @@ class Runner:
     def init(self, key: Array) -> TrainState:
         """Fresh agent and envs from one key (pure; placement is applied by :meth:`place`)."""
         key, key_agent, key_env = jax.random.split(key, 3)
-        return TrainState(
-            agent=self.agent.init(key_agent),
-            rollout=rollout_lib.reset(self.env, key_env, self.num_envs),
-            key=key,
-            update=jnp.zeros((), jnp.int32),
-            recent_returns=jnp.zeros((EPISODE_WINDOW,), jnp.float32),
-            recent_lengths=jnp.zeros((EPISODE_WINDOW,), jnp.float32),
-            episodes=jnp.zeros((), jnp.int32),
-        )
+        return init_state(self.agent.init(key_agent), rollout_lib.reset(self.env, key_env, self.num_envs), key)
 
     def act_phase(self, actor_params: Any, rollout: rollout_lib.RolloutState, key: Array) -> tuple[Any, Any, Any]:
         """``T`` steps of acting: ``(rollout state, transitions [T, B], episode info [T, B])``."""
         return rollout_lib.collect_rollout(rollout, actor_params, key, env=self.env, agent=self.agent, num_steps=self.num_steps)
 
     def learn_phase(self, state: TrainState, actor_params: Any, transitions: Any, episodes: Any, key: Array) -> tuple[TrainState, Metrics]:
-        """The learner update on a rollout, and episode bookkeeping."""
+        """The learner update on a rollout, and episode bookkeeping (``rlaccel.state.apply_update``)."""
         del actor_params  # the learner only needs what the actors recorded
-        agent_state, metrics = self.agent.update(state.agent, transitions, key)
-        metrics = dict(metrics)
-        state = record_episodes(state.replace(agent=agent_state, update=state.update + 1), episodes)
-        metrics["rollout/ep_rew_mean"], metrics["rollout/ep_len_mean"] = episode_means(state)
-        return state, metrics
+        return apply_update(self.agent, state, transitions, episodes, key)
 
     # -- placement and probes ---------------------------------------------------------------
+
+    def describe(self) -> str:
+        mode = "fused" if isinstance(self, FusedSource) else "split"
+        name = lambda d: f"{d.platform}:{d.id}"
+        return f"learner {name(self.learner_device)} fp32, actors {name(self.actor_device)} {self.precision} ({mode})"
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"probe_compile_s": self.pieces_compile_s}
 
     def place(self, state: TrainState) -> TrainState:
         """Put the learner's state on the learner device and the envs on the actor device."""
@@ -166,11 +118,11 @@ class Runner:
         return state.replace(rollout=jax.device_put(state.rollout, self.actor_device))
 
     def pieces(self, state: TrainState) -> dict[str, Any]:
-        """The update's phases compiled ahead of time for their devices (once per runner).
+        """The update's phases compiled ahead of time for their devices (once per source).
 
         ``actor_params`` and ``learn`` run on the learner device, ``act`` and ``rollout`` on
         the actor device; ``learn`` takes the state without its envs (``rollout=None``) and
-        is only compiled where the runner executes it (:attr:`learns_in_pieces`).
+        is only compiled where the source executes it (:attr:`learns_in_pieces`).
         """
         if self._pieces is None:
             start = time.perf_counter()
@@ -210,7 +162,7 @@ class Runner:
         Returns:
           ``actor/decision_latency_us_*``: one blocking ``act`` over all envs, ``num_calls``
           times. ``time/actor_sps``: one blocking rollout. ``time/learner_sps``: one blocking
-          learner update where the runner has that piece (split); in a fused chunk the
+          learner update where the source has that piece (split); in a fused chunk the
           learner's share is the update's time minus the rollout's. With int8 actors,
           ``quant/*``: the int8 policy against its fp32 source on that rollout's observations.
         """
@@ -248,7 +200,7 @@ class Runner:
         return out
 
 
-class FusedRunner(Runner):
+class FusedSource(DeviceSource):
     """Actor and learner in one compiled program on one device."""
 
     def update_step(self, state: TrainState, _: Any = None) -> tuple[TrainState, Metrics]:
@@ -268,10 +220,16 @@ class FusedRunner(Runner):
 
     def compile(self, state: TrainState, num_updates: int) -> Any:
         """``state -> (state, metrics)`` for a chunk, compiled ahead of time; donates ``state``."""
-        return jax.jit(self.train_chunk, static_argnums=1, donate_argnums=0).lower(state, num_updates).compile()
+        if num_updates not in self._chunks:
+            self._chunks[num_updates] = jax.jit(self.train_chunk, static_argnums=1, donate_argnums=0).lower(state, num_updates).compile()
+        return self._chunks[num_updates]
+
+    def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
+        """One compiled chunk, dispatched; metrics ``[num_updates]`` stay on the learner device."""
+        return self.compile(state, num_updates)(state)
 
 
-class SplitRunner(Runner):
+class SplitSource(DeviceSource):
     """Rollouts on the actor device, updates on the learner device, parameters in between.
 
     Each update: quantise on the learner -> ``device_put`` to the actor -> rollout there ->
@@ -281,13 +239,12 @@ class SplitRunner(Runner):
 
     learns_in_pieces = True
 
-    def compile(self, state: TrainState, num_updates: int) -> Any:
-        """Compile the pieces for their devices; returns the chunk function."""
+    def compile(self, state: TrainState, num_updates: int) -> None:
+        """Compile the pieces for their devices (one set for every chunk length)."""
         self.pieces(state)
-        return functools.partial(self.run_chunk, num_updates=num_updates)
 
     def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
-        """``num_updates`` updates driven from the host; metrics stacked ``[num_updates]``."""
+        """``num_updates`` updates driven from the host; metrics ``[num_updates]`` on the learner device."""
         pieces = self.pieces(state)
         rows = []
         for _ in range(num_updates):
@@ -302,7 +259,24 @@ class SplitRunner(Runner):
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
 
 
-def make_runner(agent: Agent, env: Any, num_envs: int, num_steps: int, placement: Any) -> Runner:
-    """The runner a resolved ``rlaccel.placement.Placement`` calls for."""
-    cls = FusedRunner if placement.fused else SplitRunner
-    return cls(agent, env, num_envs, num_steps, precision=placement.precision, learner_device=placement.learner, actor_device=placement.actor)
+def make_source(spec: Any, env: Any, placement: Any) -> DeviceSource:
+    """The source a resolved ``rlaccel.placement.Placement`` calls for, for an ``AgentSpec``."""
+    cls = FusedSource if placement.fused else SplitSource
+    source = cls(spec.agent, env, spec.num_envs, spec.num_steps, precision=placement.precision, learner_device=placement.learner, actor_device=placement.actor)
+    source.num_updates = spec.num_updates
+    return source
+
+
+def make_train(config: Any) -> Any:
+    """``train(key) -> (final TrainState, metrics [num_updates])``: a whole fused run, pure.
+
+    ``jax.jit(jax.vmap(make_train(config)))(keys)`` trains one agent per key in one compile;
+    any registered algorithm. Acting precision comes from ``config.placement.actor.precision``.
+    """
+    from rlaccel import agent as agent_lib
+    from rlaccel import envs
+
+    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
+    spec = agent_lib.make(config, env)
+    source = FusedSource(spec.agent, env, spec.num_envs, spec.num_steps, precision=config.placement.actor.precision)
+    return functools.partial(source.train, num_updates=spec.num_updates)

@@ -1,0 +1,55 @@
+"""The ``rlaccel`` command: ``train``, ``sweep``, ``export``, ``eval``, ``bench``.
+
+    rlaccel train --config configs/ppo_cartpole.yaml [--set key=value ...] [--check]
+    rlaccel sweep --config F --grid ppo.learning_rate=1e-4,3e-4 [--seeds N]
+    rlaccel export --run RUN_DIR [--format rlpolicy|onnx-int8|onnx-fp32]
+    rlaccel eval --run RUN_DIR [--episodes 100] [--backend numpy-int8]
+    rlaccel bench [--rows ...]
+
+Exit codes, for every subcommand: 0 done; 2 bad input (one line on stderr naming the key or
+file, nothing written); 1 the run failed (NaN / Inf, an actor's env raised); 130 / 143 stopped
+by SIGINT / SIGTERM after a checkpoint and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from rlaccel.cli import deploy, sweep, train
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``rlaccel`` argument parser with one sub-parser per subcommand."""
+    p = argparse.ArgumentParser(prog="rlaccel", description="JAX reinforcement learning with fp32 learners and int8 actors.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    train.add_parser(sub)
+    sweep.add_parser(sub)
+    deploy.add_export_parser(sub)
+    deploy.add_eval_parser(sub)
+    bench = sub.add_parser("bench", help="benchmarks against same-run baselines (a developer command, run from a checkout)", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (rlaccel bench --help)")
+    bench.set_defaults(func=_bench)
+    return p
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rlaccel.bench import main as bench_main
+
+    return bench_main(list(args.args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rlaccel`` console script; returns the process exit code."""
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Host actor threads: gymnasium vector envs stepped with the published policy.
+
+Each :class:`ActorThread` steps ``b`` copies of a gymnasium env and acts with the newest
+policy on the :class:`ParamBoard` (the algorithm's numpy actor, ``rlaccel.registry``; by
+default acting with the int8 reference of ``rlaccel.reference``, so a decision needs no device
+round trip). Every ``T`` steps it pushes a :class:`Batch` (``Transition [T, b]``, episode
+info, per-decision latencies, the parameter version it acted with) into its bounded queue; a
+full queue blocks the actor, which bounds the policy lag. Queue operations time out every
+``POLL_S`` to look at the stop event, so no thread waits forever.
+
+Nothing here knows the algorithm: the numpy actor draws a batch's noise once
+(``noise(rng, T, b)``) and maps observations to ``(action, extras)`` per step
+(``act(obs [b, obs_dim], noise[t])``); ``extras`` (PPO's behaviour log-probability, nothing
+for DQN) is stacked along time as the learner's ``Transition.extras``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from rlaccel.rollout import EpisodeInfo, Transition
+
+__all__ = ["POLL_S", "ActorThread", "Batch", "JaxActor", "ParamBoard", "join"]
+
+POLL_S = 0.05  # how often blocked queue operations look at the stop event
+
+
+class ParamBoard:
+    """The newest published actor; one attribute assignment, so readers never see half an update."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    def publish(self, actor: Any) -> None:
+        self.actor = actor
+
+
+class JaxActor:
+    """``actors.policy: jax``: the agent's compiled ``act`` on the actor device.
+
+    Args:
+      actor_params: the agent's ``ActorParams`` (on any device; moved to ``device``).
+      version: the learner update that produced them.
+      act_fn: ``jax.jit(agent.act)``.
+      noise_fn: ``jax.jit(vmap(agent.noise))`` over step keys: ``(keys [T, 2], b) -> noise [T, ...]``.
+      device: the actor device.
+    """
+
+    def __init__(self, actor_params: Any, version: int, act_fn: Any, noise_fn: Any, device: Any):
+        import jax
+
+        self._jax = jax
+        self.version = version
+        self.params = jax.device_put(actor_params, device)
+        self.act_fn, self.noise_fn, self.device = act_fn, noise_fn, device
+
+    def noise(self, rng: np.random.Generator, num_steps: int, num_envs: int) -> list[Any]:
+        """Per-step acting noise for a batch, drawn by the agent's own ``noise`` on the actor device."""
+        jax = self._jax
+        keys = jax.device_put(jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), num_steps), self.device)
+        stacked = self.noise_fn(keys, num_envs)
+        return [jax.tree.map(lambda x, t=t: x[t], stacked) for t in range(num_steps)]
+
+    def act(self, obs: np.ndarray, noise: Any) -> tuple[np.ndarray, Any]:
+        action, extras = self.act_fn(self.params, self._jax.device_put(obs, self.device), noise)
+        return np.asarray(action), self._jax.tree.map(np.asarray, extras)
+
+
+@dataclasses.dataclass
+class Batch:
+    """What one actor pushes: ``T`` steps of its ``b`` envs."""
+
+    actor: int
+    version: int  # parameter version the actor acted with
+    transitions: Transition  # numpy [T, b, ...]
+    episodes: EpisodeInfo  # numpy [T, b]
+    latency_s: np.ndarray  # [T] seconds per policy call
+    collect_s: float  # wall time of the whole batch
+
+
+class ActorThread(threading.Thread):
+    """Steps a gymnasium vector env with the published actor; pushes :class:`Batch` es.
+
+    Args:
+      index: actor number (names it in messages; seeds its envs and noise).
+      env: an ``rlaccel.envs.gym.GymEnv``.
+      num_envs, num_steps: ``b`` copies, ``T`` steps per batch.
+      board: where the learner publishes actors.
+      out: the bounded batch queue.
+      stop: set by anyone to stop every thread.
+      faults: where a failure is reported (``(index, exception, traceback text)``).
+      seed: base seed.
+    """
+
+    def __init__(self, index: int, env: Any, num_envs: int, num_steps: int, board: ParamBoard, out: queue.Queue, stop: threading.Event, faults: list, seed: int):
+        super().__init__(name=f"actor-{index}", daemon=True)
+        self.index, self.env, self.num_envs, self.num_steps = index, env, num_envs, num_steps
+        self.board, self.out, self.stop, self.faults = board, out, stop, faults
+        self.seed = seed + 1000 * index
+
+    def run(self) -> None:
+        venv = None
+        try:
+            venv = self.env.make_vector(self.num_envs, self.seed)
+            self._loop(venv)
+        except BaseException as e:  # noqa: BLE001 - whatever kills an actor must reach the learner
+            self.faults.append((self.index, e, traceback.format_exc()))
+            self.stop.set()
+        finally:
+            if venv is not None:
+                with contextlib.suppress(Exception):  # a broken env may fail to close too
+                    venv.close()
+
+    def _loop(self, venv: Any) -> None:
+        env, b, T = self.env, self.num_envs, self.num_steps
+        rng = np.random.default_rng(self.seed)
+        box = isinstance(env.action_space, spaces.Box)
+        low, high = (env.action_space.low, env.action_space.high) if box else (None, None)
+        obs, _ = venv.reset(seed=self.seed)
+        ep_ret = np.zeros(b, np.float32)
+        ep_len = np.zeros(b, np.int32)
+        while not self.stop.is_set():
+            actor = self.board.actor
+            o = np.empty((T, b, env.obs_dim), np.float32)
+            next_o = np.empty((T, b, env.obs_dim), np.float32)
+            rew = np.empty((T, b), np.float32)
+            term = np.empty((T, b), bool)
+            trunc = np.empty((T, b), bool)
+            ret = np.empty((T, b), np.float32)
+            length = np.empty((T, b), np.int32)
+            lat = np.empty(T, np.float64)
+            actions, extras = [], []
+            noise = actor.noise(rng, T, b)
+            start = time.perf_counter()
+            for t in range(T):
+                if self.stop.is_set():
+                    return
+                o[t] = obs
+                t0 = time.perf_counter()
+                a, x = actor.act(o[t], noise[t])
+                lat[t] = time.perf_counter() - t0
+                actions.append(a)
+                extras.append(x)
+                obs, rew[t], term[t], trunc[t], info = venv.step(np.clip(a, low, high) if box else a)
+                next_o[t] = obs
+                if "final_obs" in info:  # SAME_STEP autoreset: obs is the next episode's first
+                    for i in np.flatnonzero(info["_final_obs"]):
+                        next_o[t, i] = info["final_obs"][i]
+                ep_ret += rew[t]
+                ep_len += 1
+                ret[t], length[t] = ep_ret, ep_len
+                done_t = term[t] | trunc[t]
+                ep_ret[done_t] = 0.0
+                ep_len[done_t] = 0
+            batch = Batch(
+                actor=self.index,
+                version=actor.version,
+                transitions=Transition(
+                    obs=o, action=np.stack(actions), reward=rew, terminated=term, truncated=trunc, next_obs=next_o, extras=_stack(extras)
+                ),
+                episodes=EpisodeInfo(done=term | trunc, episode_return=ret, episode_length=length),
+                latency_s=lat,
+                collect_s=time.perf_counter() - start,
+            )
+            while not self.stop.is_set():
+                try:
+                    self.out.put(batch, timeout=POLL_S)
+                    break
+                except queue.Full:
+                    continue
+
+
+def _stack(items: list[Any]) -> Any:
+    """Per-step extras (a NamedTuple / tuple of ``[b]`` arrays) stacked to ``[T, b]`` leaves."""
+    first = items[0]
+    if isinstance(first, tuple) and first:
+        stacked = [np.stack(xs) for xs in zip(*items)]
+        return type(first)(*stacked) if hasattr(first, "_fields") else tuple(stacked)
+    return first  # () or None: nothing recorded
+
+
+def join(threads: list[threading.Thread], timeout_s: float) -> list[int]:
+    """Join every thread (all within ``timeout_s``); the indices of those still running."""
+    deadline = time.perf_counter() + timeout_s
+    for t in threads:
+        if t.is_alive() or t.ident is not None:
+            t.join(max(0.0, deadline - time.perf_counter()))
+    return [i for i, t in enumerate(threads) if t.is_alive()]

@@ -45,7 +45,7 @@ from .classic_control import (
     Pendulum,
     PendulumState,
 )
-from .core import AutoReset, Env, Wrapper
+from .core import AutoReset, Env, UnknownEnvError, Wrapper
 
 __all__ = [
     "REGISTRY",
@@ -65,10 +65,6 @@ __all__ = [
     "make",
     "registered_ids",
 ]
-
-
-class UnknownEnvError(ValueError):
-    """Raised by `make` for an id that is not registered."""
 
 
 # id -> constructor taking the env's keyword arguments.
@@ -105,7 +101,7 @@ def make(env_id: str, *, auto_reset: bool = False, **kwargs: Any) -> Env:
     """
     prefix, sep, name = env_id.partition(":")
     if sep and prefix == "gym":
-        from .gym import GymEnv  # host-side: not a JAX env, see `rlaccel.host`
+        from .gym import GymEnv  # host-side: not a JAX env, see `rlaccel.sources.host`
 
         return GymEnv(name, **kwargs)  # type: ignore[return-value]
     if sep and prefix == "brax":

@@ -26,7 +26,7 @@ import numpy as np
 from flax import struct
 from gymnasium import spaces
 
-from .core import Env, EnvState, Info, PRNGKey
+from .core import Env, EnvState, Info, PRNGKey, UnknownEnvError
 
 PREFIX = "brax"
 BACKENDS = ("spring", "positional", "generalized", "mjx")
@@ -57,7 +57,6 @@ class BraxEnv(Env):
     def __init__(self, name: str, backend: str = "spring", max_episode_steps: int = EPISODE_LENGTH, **kwargs: Any):
         from brax import envs as brax_envs
 
-        from . import UnknownEnvError
 
         if name not in brax_envs._envs:  # brax exposes its registry only as this dict
             known = sorted(brax_envs._envs)

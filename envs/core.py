@@ -199,3 +199,7 @@ class AutoReset(Wrapper):
         obs_out = jnp.where(done, obs_reset, obs_next)
         info = {**info, "final_obs": obs_next}
         return state_out, obs_out, reward, terminated, truncated, info
+
+
+class UnknownEnvError(ValueError):
+    """Raised by `make` for an id that is not registered."""

@@ -25,7 +25,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from .core import Env
+from .core import Env, UnknownEnvError
 
 PREFIX = "gym"
 
@@ -45,7 +45,6 @@ class GymEnv:
     kind = "gym"
 
     def __init__(self, gym_id: str, **kwargs: Any):
-        from . import UnknownEnvError
 
         self.gym_id = gym_id
         self.id = f"{PREFIX}:{gym_id}"

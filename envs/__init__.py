@@ -20,7 +20,7 @@ environments and stepped inside `jax.lax.scan`::
   ``env.action_dim``, ``env.obs_dim`` summarise them.
 
 Adapters: ``gym:<id>`` is any registered gymnasium env, described by `envs.gym.GymEnv` (not a
-JAX env: host actor threads step it, see ``rlaccel.host``); ``brax:<name>`` is a brax env as
+JAX env: host actor threads step it, see ``rlaccel.sources.host``); ``brax:<name>`` is a brax env as
 a JAX `Env` (`envs.brax.BraxEnv`, options ``backend`` and ``max_episode_steps``).
 
 Registered ids: ``CartPole-v1``, ``Acrobot-v1``, ``Pendulum-v1``, ``MountainCar-v0``,
@@ -73,7 +73,7 @@ REGISTRY: dict[str, Callable[..., Env]] = {
 }
 
 # Ids of the form "<backend>:<name>" name adapters around other simulators: "gym:<id>" any
-# registered gymnasium env (host-side, `envs.gym.GymEnv`, stepped by `rlaccel.host` actor
+# registered gymnasium env (host-side, `envs.gym.GymEnv`, stepped by `rlaccel.sources.host` actor
 # threads), "brax:<name>" a brax env (`envs.brax.BraxEnv`, a JAX `Env`).
 _ADAPTER_PREFIXES = ("gym", "brax")
 

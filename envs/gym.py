@@ -2,7 +2,7 @@
 
 A gymnasium env is stateful Python (or C, for MuJoCo), so it cannot live inside a compiled
 rollout: it is described here by a :class:`GymEnv` (id, spaces, time limit) that the host
-runner (``rlaccel.host``) uses to build one gymnasium vector env per actor thread::
+source (``rlaccel.sources.host``) uses to build one gymnasium vector env per actor thread::
 
     env = envs.make("gym:HalfCheetah-v5")
     env.kind                                  # "gym": the driver picks host actors

@@ -84,7 +84,7 @@ class PlacementConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ActorsConfig:
-    """Host actor threads, the execution mode of ``gym:`` envs (see ``rlaccel.host``)."""
+    """Host actor threads, the execution mode of ``gym:`` envs (see ``rlaccel.sources.host``)."""
 
     num_actors: int = 2
     """Actor threads; each steps a gymnasium vector env of ``n_envs / num_actors`` copies."""

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-ACTIVATION_FNS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu}
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu}
+"""JAX activations by name: the one table of every JAX network and of ``rlaccel.quant``
+(numpy's is ``rlaccel.reference.ACTIVATIONS``; config spellings: ``rlaccel.schema``)."""
 
 
 def orthogonal(gain: float) -> Callable[..., Array]:
@@ -50,7 +52,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``[..., in] -> [..., out_dim]``."""
-        act = ACTIVATION_FNS[self.activation]
+        act = ACTIVATIONS[self.activation]
 
         def init(gain: float) -> Any:
             return orthogonal(gain) if self.ortho_init else nn.initializers.lecun_normal()

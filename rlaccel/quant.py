@@ -27,7 +27,10 @@ config limits hidden widths to 4,096 (tested at the limit in ``tests/test_quant.
 
 The state of the quantiser is Optax-style: ``init`` / ``update`` on an explicit
 :class:`Calibration`, and ``quantize`` / ``apply`` as pure functions, so it runs inside
-the compiled training loop.
+the compiled training loop. ``tables`` turns a :class:`QuantParams` into
+:class:`rlaccel.reference.Int8Tables` (integers, scales and activation tables), from which
+``rlaccel.reference.Int8Network`` computes ``apply``'s outputs bit for bit in numpy (host
+actors, exported policies).
 """
 
 from __future__ import annotations
@@ -38,9 +41,16 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from rlaccel.networks import ACTIVATIONS
+from rlaccel.reference import LEVELS, QMAX, Int8Tables, dense_layers
+
 Array = jax.Array
 
-QMAX = 127
+# QMAX, LEVELS, Int8Tables and dense_layers are defined once, in rlaccel.reference (numpy).
+__all__ = ["BIAS_LIMIT", "LEVELS", "MAX_FAN_IN", "QMAX", "Calibration", "Int8Tables", "QuantLayer", "QuantParams"]
+__all__ += ["apply", "dense_layers", "dequantized_layers", "init", "int8_dense", "quantize", "quantize_input", "quantize_weight"]
+__all__ += ["requantize", "tables", "update", "weight_rel_error", "with_tables"]
+
 MAX_FAN_IN = 65_536
 BIAS_LIMIT = 2**30
 DECAY = 0.99  # per DECAY_SAMPLES observations (a PPO CartPole rollout): ranges forget
@@ -80,11 +90,6 @@ class QuantParams:
     activation: str = struct.field(pytree_node=False, default="tanh")
 
 
-def dense_layers(params: Any) -> list[tuple[Array, Array]]:
-    """``[(kernel [in, out], bias [out]), ...]`` of a flax MLP's ``Dense_0 .. Dense_L``."""
-    return [(params[f"Dense_{i}"]["kernel"], params[f"Dense_{i}"]["bias"]) for i in range(len(params))]
-
-
 def init(in_dim: int, num_layers: int, input_absmax: float = 10.0) -> Calibration:
     """Ranges used before any rollout was seen (only the first rollout acts with them)."""
     return Calibration(
@@ -95,7 +100,7 @@ def init(in_dim: int, num_layers: int, input_absmax: float = 10.0) -> Calibratio
 
 
 def _activate(name: str, x: Array) -> Array:
-    return {"tanh": jnp.tanh, "relu": jax.nn.relu, "elu": jax.nn.elu}[name](x)
+    return ACTIVATIONS[name](x)
 
 
 def update(calib: Calibration, layers: Sequence[tuple[Array, Array]], x: Array, activation: str) -> Calibration:
@@ -191,6 +196,61 @@ def requantize(acc: Array, out_scale: Array, s_next: Array, activation: str) -> 
         return jnp.clip(jnp.round(acc.astype(jnp.float32) * (out_scale / s_next)), 0, QMAX).astype(jnp.int8)
     h = _activate(activation, acc.astype(jnp.float32) * out_scale)
     return quantize_input(h, 1.0 / s_next)
+
+
+TABLE_ITERATIONS = 32  # bisection steps: the widest window, 2 R + 2 <= 2**32 candidates, closes in 32
+
+
+def tables(qp: QuantParams) -> Int8Tables:
+    """The int8 policy as :class:`rlaccel.reference.Int8Tables`: its integers and scales, plus
+    each hidden layer's activation table (jittable; run it where the int8 actors run, since the
+    tables reproduce that device's tanh / elu).
+
+    ``thresholds[i][j, k]`` is the smallest accumulator ``a`` in ``[-R_j, R_j + 1]`` (``R_j``
+    the largest reachable ``|acc|`` of channel ``j``; above ``R_j`` means "never") whose
+    :func:`requantize` is ``>= k - 126``, found by bisection on ``requantize`` itself with the
+    scales as runtime values, as in the actors (no constant folding changes the arithmetic).
+    All ``254 x out`` searches of a layer step together for :data:`TABLE_ITERATIONS` steps
+    and stop together once every one has closed (``lo == hi``), so a converged "never" entry
+    may sit at ``R_j + 2``: the numpy reference treats every value above ``R_j`` alike.
+
+    Returns:
+      ``Int8Tables`` with ``thresholds[i]`` int32 ``[out_i, 254]``, ``i < L - 1``.
+    """
+    thresholds = tuple(_thresholds(layer, qp.act_scales[i], qp.activation) for i, layer in enumerate(qp.layers[:-1]))
+    return Int8Tables(
+        input_mult=qp.input_mult,
+        w_q=tuple(layer.w_q for layer in qp.layers),
+        b_q=tuple(layer.b_q for layer in qp.layers),
+        out_scale=tuple(layer.out_scale for layer in qp.layers),
+        act_scales=qp.act_scales,
+        thresholds=thresholds,
+    )
+
+
+def _thresholds(layer: QuantLayer, s_next: Array, activation: str) -> Array:
+    """One hidden layer's table, ``int32 [out, 254]`` (see :func:`tables`)."""
+    # R_j < 2**31 - 1 by quantize's bounds (fan-in <= MAX_FAN_IN, |b_q| <= BIAS_LIMIT), so int32 holds R_j + 2.
+    reach = QMAX * jnp.sum(jnp.abs(layer.w_q.astype(jnp.int32)), axis=0) + jnp.abs(layer.b_q)  # [out]
+    target = (jnp.arange(LEVELS, dtype=jnp.int32) - (QMAX - 1))[:, None]  # [254, 1]: levels -126 .. 127
+    shape = (LEVELS, reach.shape[0])
+    lo, hi = jnp.broadcast_to(-reach, shape), jnp.broadcast_to(reach + 1, shape)
+
+    def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bounds
+        active = jnp.any(lo < hi)  # every search steps until the last one closes
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without int32 overflow
+        above = requantize(mid, layer.out_scale, s_next, activation) >= target
+        return jnp.where(active & ~above, mid + 1, lo), jnp.where(active & above, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, TABLE_ITERATIONS, step, (lo, hi))
+    return lo.T
+
+
+def with_tables(tree: Any) -> Any:
+    """``tree`` (e.g. an agent's ``ActorParams``) with every :class:`QuantParams` replaced by
+    its :func:`tables`: what numpy actors act with (jittable)."""
+    return jax.tree.map(lambda x: tables(x) if isinstance(x, QuantParams) else x, tree, is_leaf=lambda x: isinstance(x, QuantParams))
 
 
 def dequantized_layers(qp: QuantParams) -> list[tuple[Array, Array]]:

@@ -1,4 +1,4 @@
-"""Pieces of the config schema shared by every algorithm section (no JAX here).
+"""Pieces of the config schema shared by every algorithm section (no JAX here: numpy at most).
 
 ``rlaccel.config`` assembles the whole config; algorithm sections (``agents/*/config.py``)
 build on these.
@@ -7,6 +7,8 @@ build on these.
 from __future__ import annotations
 
 import dataclasses
+
+from rlaccel.reference import ACTIVATIONS as _ACTIVATION_FNS
 
 
 class ConfigError(ValueError):
@@ -32,7 +34,10 @@ def parse_learning_rate(value: float | str, schedule: str) -> tuple[float, str]:
         raise  # unreachable: check raised
 
 
-ACTIVATIONS = {"tanh": "tanh", "nn.Tanh": "tanh", "relu": "relu", "nn.ReLU": "relu", "elu": "elu", "nn.ELU": "elu"}
+_TORCH_NAMES = {"tanh": "nn.Tanh", "relu": "nn.ReLU", "elu": "nn.ELU"}
+ACTIVATION_ALIASES = {alias: name for name in _ACTIVATION_FNS for alias in (name, _TORCH_NAMES[name])}
+"""Config spellings of the activations -> the name in the activation tables
+(``rlaccel.reference.ACTIVATIONS``, ``rlaccel.networks.ACTIVATIONS``): the name itself, or RL Zoo's torch name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +56,9 @@ class PolicyKwargs:
     def __post_init__(self) -> None:
         check(len(self.net_arch) >= 1 and all(n >= 1 for n in self.net_arch), "net_arch", "needs at least one positive layer size")
         check(max(self.net_arch) <= 4096, "net_arch", "layers wider than 4096 are not supported (int8 accumulation bound)")
-        check(self.activation_fn in ACTIVATIONS, "activation_fn", f"expected one of {', '.join(ACTIVATIONS)}, got {self.activation_fn!r}")
+        check(self.activation_fn in ACTIVATION_ALIASES, "activation_fn", f"expected one of {', '.join(ACTIVATION_ALIASES)}, got {self.activation_fn!r}")
 
     @property
     def activation(self) -> str:
         """Canonical activation name (``tanh``, ``relu`` or ``elu``)."""
-        return ACTIVATIONS[self.activation_fn]
+        return ACTIVATION_ALIASES[self.activation_fn]

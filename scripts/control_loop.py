@@ -29,7 +29,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--policy", required=True, help="a .rlpolicy file (scripts/export.py)")
+    p.add_argument("--policy", required=True, help="a .rlpolicy file (rlaccel export --run RUN_DIR)")
     p.add_argument("--backend", default="numpy-int8", help="numpy-int8 | numpy-fp32 | onnx-int8 | onnx-fp32 | jax")
     p.add_argument("--env", help="gymnasium env id (default: the one the policy was trained on)")
     p.add_argument("--rate", type=float, default=500.0, help="control rate, Hz")

@@ -1,4 +1,4 @@
-"""Tests for the command line (``rlaccel.cli.main``, what ``scripts/train.py`` runs), in process.
+"""Tests for the ``rlaccel`` command (``rlaccel.cli.main``), in process, and the Python API.
 
 Bad input: exit code 2, one line on stderr starting with ``error:`` that names the key, and
 nothing written. A tiny run: ``summary.json``, ``config.yaml``, checkpoints and TensorBoard
@@ -261,3 +261,54 @@ def test_refused_resume_leaves_the_run_untouched(finished_run, tmp_path):
     assert not changed, f"changed by a refused --resume: {changed}"
     # Like every other input error, one line and nothing before it (now: a "placement:" line).
     assert err.count("\n") == 1 and err.startswith("error: "), err
+
+
+# --------------------------------------------------------------------------------------------
+# One command: --check, eval, the Python API.
+
+
+def test_check_validates_prints_the_resolved_config_and_writes_nothing(tmp_path, monkeypatch, cartpole_yaml, tiny_overrides):
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    rc, out, err = run_main(["train", "--config", str(cartpole_yaml), *set_args([*tiny_overrides, "ppo.gamma=0.9"]), "--check"])
+    assert rc == 0, err
+    assert out.startswith("# resolved config: valid; the run would write to runs/ppo_CartPole-v1_s0_")
+    resolved = yaml.safe_load(out)
+    assert resolved["ppo"]["gamma"] == 0.9 and resolved["total_timesteps"] == 1024 and "agent" not in resolved
+    assert config_lib.build(resolved) == config_lib.load(cartpole_yaml, [*tiny_overrides, "ppo.gamma=0.9"])
+    rc, out, err = run_main(["train", "--config", str(cartpole_yaml), "--set", "ppo.gama=0.9", "--check"])
+    assert rc == 2 and err.count("\n") == 1 and "did you mean 'ppo.gamma'?" in err and out == ""
+    assert tree(tmp_path) == before
+
+
+def test_eval_runs_the_saved_int8_policy_on_gymnasium(finished_run, tmp_path):
+    out_json = tmp_path / "eval.json"
+    rc, out, err = run_main(["eval", "--run", str(finished_run["dir"]), "--episodes", "3", "--json", str(out_json)])
+    assert rc == 0, err
+    assert out.startswith("CartPole-v1 numpy-int8: mean return") and "over 3 episodes" in out
+    report = json.loads(out_json.read_text())
+    assert len(report["returns"]) == 3 and report["mean"] == pytest.approx(sum(report["returns"]) / 3)
+    rc, _, err = run_main(["eval", "--run", str(tmp_path / "nope")])
+    assert rc == 2 and err.count("\n") == 1 and "not a finished run directory" in err
+
+
+def test_python_api_run_and_policy(finished_run):
+    import numpy as np
+
+    import rlaccel
+
+    run = rlaccel.Run.load(finished_run["dir"])
+    assert run.summary == finished_run["summary"]
+    policy = run.policy("numpy-int8")
+    assert policy.act(np.zeros(4, np.float32)) in (0, 1)
+    assert (finished_run["dir"] / "policy.rlpolicy").is_file()
+
+
+def test_rlaccel_command_lists_its_subcommands():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "rlaccel", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    for command in ("train", "sweep", "export", "eval", "bench"):
+        assert command in res.stdout

@@ -1,6 +1,6 @@
 """Tests for ``rlaccel.deploy``: export, the numpy / onnxruntime / jax runtimes, bad artifacts.
 
-One small CartPole policy is trained once per session with ``rlaccel.driver.train`` (the
+One small CartPole policy is trained once per session with ``rlaccel.api.train`` (the
 shipped config, shortened); a Pendulum PPO policy (observation normalisation, Gaussian
 mean) and a DQN policy (ReLU) are exported from freshly initialised, calibrated states, which
 is enough for arithmetic checks. Oracles nobody here wrote: JAX's own compiled int8 actor
@@ -20,46 +20,36 @@ import numpy as np
 import onnx
 import pytest
 
-from rlaccel import agents, checkpoint, envs, quant
+from rlaccel import api, checkpoint, normalize, quant, reference, sources
 from rlaccel import config as config_lib
 from rlaccel.deploy import PolicyError, load_policy
 from rlaccel.deploy import artifact as artifact_lib
+from rlaccel.deploy import runtime
 from rlaccel.deploy.evaluate import episode_returns, gym_id
 from rlaccel.deploy.export import export
 from rlaccel.deploy.onnx_model import save_model
-from rlaccel.runners import Runner
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["numpy-int8", "numpy-fp32", "onnx-int8", "onnx-fp32", "jax", "jax-fp32"]
 
 
 def _restore(run_dir: Path):
-    """``(agent, runner, state)`` of a run, restored as ``rlaccel.driver`` / ``rlaccel.host`` do."""
+    """``(agent, source, state)`` of a run, restored as ``rlaccel.loop`` does (any step source)."""
     config = config_lib.load(run_dir / "config.yaml")
-    if config.env_kind == "gym":
-        from rlaccel.host import HostRunner
-
-        runner = HostRunner(config)
-        state, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), jax.eval_shape(runner.init, jax.random.PRNGKey(config.seed)))
-        return runner.agent, runner, state
-    env = envs.make(config.env, auto_reset=True)
-    spec = agents.make(config, env)
-    runner = Runner(spec.agent, env, spec.num_envs, spec.num_steps)
-    state, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), jax.eval_shape(runner.init, jax.random.PRNGKey(config.seed)))
-    return spec.agent, runner, state
+    source = sources.make(config)
+    state, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), jax.eval_shape(source.init, jax.random.PRNGKey(config.seed)))
+    return source.agent, source, state
 
 
 @pytest.fixture(scope="session")
 def cartpole_run(tmp_path_factory) -> Path:
     """PPO CartPole-v1 (shipped config, int8 actors) trained for 295k steps, exported."""
-    from rlaccel import driver
-
     run_dir = tmp_path_factory.mktemp("deploy") / "ppo_cartpole"
     cfg = config_lib.load(
         REPO / "configs" / "ppo_cartpole.yaml",
         ["total_timesteps=294912", "logging.progress=false", "logging.tensorboard=false", "logging.log_interval=96"],
     )
-    driver.train(cfg, run_dir)
+    api.train(cfg, run_dir=run_dir, progress=False)
     export(run_dir)
     export(run_dir, fmt="onnx-int8")  # RUN_DIR/policy_int8.onnx
     return run_dir
@@ -67,30 +57,23 @@ def cartpole_run(tmp_path_factory) -> Path:
 
 def _fake_run(root: Path, config_file: str, overrides: list[str], calibrate: bool = True) -> Path:
     """A run directory whose checkpoint is a freshly initialised state with non-trivial
-    observation statistics and int8 calibration (no training: arithmetic checks only).
-    ``calibrate=False`` leaves the calibration at ``quant.init``, as a run with fp32 actors does."""
+    observation statistics and int8 calibration (``agent.calibrate``; no training: arithmetic
+    checks only). ``calibrate=False`` leaves the calibration at ``quant.init``, as a run with
+    fp32 actors does."""
     run_dir = root / (Path(config_file).stem + ("" if calibrate else "_uncalibrated"))
     config = config_lib.load(REPO / "configs" / config_file, overrides)
-    env = envs.make(config.env, auto_reset=True)
-    spec = agents.make(config, env)
-    runner = Runner(spec.agent, env, spec.num_envs, spec.num_steps)
-    state = jax.jit(runner.init)(jax.random.PRNGKey(3))
+    source = sources.make(config)
+    state = jax.jit(source.init)(jax.random.PRNGKey(3))
     rng = np.random.default_rng(0)
-    obs_dim = env.observation_space.shape[0]
+    obs_dim = source.env.observation_space.shape[0]
     raw = jnp.asarray(rng.standard_normal((512, obs_dim)) * 2.0 + 0.5, jnp.float32)
     agent_state = state.agent
     if config.algo == "ppo":
-        from rlaccel import normalize
-
         stats = normalize.RunningStats(mean=jnp.asarray(rng.standard_normal(obs_dim), jnp.float32), var=jnp.asarray(rng.random(obs_dim) * 3 + 0.1, jnp.float32), count=jnp.float32(512))
         agent_state = agent_state.replace(obs_stats=stats)
-        seen = normalize.normalize(stats, raw)
-        layers = quant.dense_layers(agent_state.params["policy"])
-    else:
-        seen, layers = raw, quant.dense_layers(agent_state.params)
-    activation = getattr(config, config.algo).policy_kwargs.activation
-    calib = quant.update(agent_state.calib, layers, seen, activation) if calibrate else agent_state.calib
-    state = state.replace(agent=agent_state.replace(calib=calib))
+    if calibrate:
+        agent_state = jax.jit(source.agent.calibrate)(agent_state, raw)
+    state = state.replace(agent=agent_state)
     checkpoint.save(run_dir / "checkpoints", 1, state, {"config": config.to_dict()})
     (run_dir / "config.yaml").write_text(json.dumps(config.to_dict()))
     export(run_dir)
@@ -169,14 +152,12 @@ def test_numpy_int8_is_bit_exact_with_the_training_actor_cartpole(cartpole_run):
 
 def test_host_actor_mujoco_run_exports_bit_exact(tmp_path_factory):
     """HalfCheetah-v5 through host actors (gymnasium MuJoCo): 17-64-64-6 tanh, normalised obs."""
-    from rlaccel import driver
-
     run_dir = tmp_path_factory.mktemp("deploy_gym") / "halfcheetah"
     cfg = config_lib.load(
         REPO / "configs" / "ppo_halfcheetah.yaml",
         ["total_timesteps=4096", "logging.log_interval=1", "logging.progress=false", "logging.tensorboard=false"],
     )
-    driver.train(cfg, run_dir)
+    api.train(cfg, run_dir=run_dir, progress=False)
     export(run_dir)
     assert artifact_lib.read(run_dir / "policy.rlpolicy").meta["env"] == "gym:HalfCheetah-v5"
     _check_bit_exact(run_dir)
@@ -186,6 +167,20 @@ def test_host_actor_mujoco_run_exports_bit_exact(tmp_path_factory):
 def test_numpy_int8_is_bit_exact_normalised_gaussian_and_relu(other_runs, name):
     """Pendulum: observation normaliser folded in, continuous mean; DQN: ReLU, 120-84 widths."""
     _check_bit_exact(other_runs[name])
+
+
+def test_artifact_normaliser_is_the_actors(other_runs):
+    """``obs.mean`` / ``obs.inv_std`` are the actor parameters' own values; ``obs.var`` (for
+    older readers) is the variance they came from, to float32 rounding."""
+    agent, _, state = _restore(other_runs["pendulum"])
+    norm = jax.jit(agent.actor_params, static_argnums=1)(state.agent, "int8").obs_norm
+    art = artifact_lib.read(other_runs["pendulum"] / "policy.rlpolicy")
+    np.testing.assert_array_equal(art.arrays["obs.mean"], np.asarray(norm.mean))
+    np.testing.assert_array_equal(art.arrays["obs.inv_std"], np.asarray(norm.inv_std))
+    np.testing.assert_allclose(art.arrays["obs.var"], np.asarray(state.agent.obs_stats.var), rtol=1e-5)
+    assert art.meta["normalization"] == {"norm_obs": True, "clip_obs": 10.0, "eps": 1e-8}
+    assert art.meta["policy"]["head"] == "gaussian_mean" and art.arrays["log_std"].shape == (1,)
+    assert artifact_lib.read(other_runs["dqn"] / "policy.rlpolicy").meta["policy"]["head"] == "q_values"
 
 
 def test_activation_table_equals_requantize_on_every_accumulator(other_runs):
@@ -234,9 +229,10 @@ def test_every_backend_acts_on_one_and_on_a_batch(cartpole_run, other_runs):
 
 def test_gaussian_mean_is_clipped_to_the_action_bounds(other_runs):
     p = load_policy(other_runs["pendulum"] / "policy.rlpolicy", "numpy-int8")
-    p._scale = p._scale * 1e6  # blow the mean far outside [-2, 2]; the clip must hold
+    tables = runtime.int8_tables(p.artifact)
+    blown = tables._replace(out_scale=(*tables.out_scale[:-1], tables.out_scale[-1] * 1e6))  # the mean far outside [-2, 2]; the clip must hold
+    p.net = reference.Int8Network(blown, *runtime.normalizer(p.artifact))
     p._act_single = p._make_single()
-    p._batches.clear()
     obs = np.random.default_rng(0).standard_normal((200, 3)).astype(np.float32)
     acts = p.act(obs)
     assert set(np.unique(acts)) <= {-2.0, 2.0}
@@ -326,20 +322,18 @@ def test_observation_that_does_not_match_the_space_is_refused(cartpole_run):
 def test_search_fallback_computes_the_same_integers_as_the_lookup(cartpole_run, monkeypatch):
     """The binary-search path (used when a table would be too large or one accumulator value
     jumps two levels) against the branch-free lookup, on the same observations."""
-    from rlaccel.deploy import runtime
-
     path = cartpole_run / "policy.rlpolicy"
     lut = load_policy(path)
-    monkeypatch.setattr(runtime._Hidden, "MAX_CELLS", 0)
+    monkeypatch.setattr(reference._Hidden, "MAX_CELLS", 0)
     search = load_policy(path)
-    assert [h.mode for h in lut._hidden] == ["lut", "lut"] and [h.mode for h in search._hidden] == ["search", "search"]
+    assert [h.mode for h in lut.net._hidden] == ["lut", "lut"] and [h.mode for h in search.net._hidden] == ["search", "search"]
     obs = _observations(lut, n_random=5000)
     np.testing.assert_array_equal(search.head(obs), lut.head(obs))
     assert [search.act(o) for o in obs[:500]] == [lut.act(o) for o in obs[:500]]
 
 
 def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cartpole_run, tmp_path):
-    script = str(REPO / "scripts" / "export.py")
+    command = [sys.executable, "-m", "rlaccel", "export"]
     ckpt = checkpoint.latest(cartpole_run / "checkpoints")
     cases = [
         ["--run", str(tmp_path / "nope")],  # not a run directory
@@ -353,7 +347,7 @@ def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cartpole_run
     assert not (tmp_path / "never.rlpolicy").exists()
     for args in cases:
         out = tmp_path / "out.rlpolicy"
-        res = subprocess.run([sys.executable, script, *args, "--out", str(out)], check=False, capture_output=True, text=True, timeout=120)
+        res = subprocess.run([*command, *args, "--out", str(out)], check=False, capture_output=True, text=True, timeout=120, cwd=REPO)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: ")
         assert not out.exists()

@@ -1,13 +1,12 @@
-"""Host actors (``rlaccel.host``) for ``gym:`` envs.
+"""Host actors (``rlaccel.sources.host``) for ``gym:`` envs, every registered algorithm.
 
-* The numpy actor policy against the agent's own JAX functions: the int8 forward against
-  ``rlaccel.quant.apply`` (same integer codes), fp32 heads and behaviour log-probabilities
-  against ``agents.ppo`` (the learner recomputes them with these formulas).
+* The numpy actor against the compiled JAX ``act`` (``actors.policy: jax``): same actions,
+  same behaviour log-probabilities (the numpy maths itself: ``tests/test_reference.py``).
 * ``gym:`` ids: spaces from gymnasium, a misspelt id exits 2 with a suggestion.
 * End to end: PPO through host actor threads learns gymnasium's own CartPole-v1 (>= 475);
   an env that raises inside ``step`` stops the run with exit code 1, a message naming the
   env id and the actor, a checkpoint, and every thread joined; SIGINT exits 130 with a
-  checkpoint.
+  checkpoint. DQN through host actors: its greedy int8 policy learns gymnasium's CartPole.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ import numpy as np
 import pytest
 from cli_helpers import run_main, set_args
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
-from rlaccel.agents.ppo import networks as nets_lib
 
-from rlaccel import agent as agent_lib, checkpoint, envs, host, quant
+from rlaccel import checkpoint, envs, placement
 from rlaccel import config as config_lib
+from rlaccel.sources.host import HostSource, JaxActor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAILING_ID = "rlaccel-test/FailingCartPole-v0"
@@ -54,83 +53,21 @@ class FailingCartPole(CartPoleEnv):
 gymnasium.register(FAILING_ID, entry_point=FailingCartPole, max_episode_steps=500)
 
 GYM_CARTPOLE = os.path.join(REPO, "configs", "ppo_gym_cartpole.yaml")
-def ppo_agent(env_id: str, precision: str = "int8", activation: str = "tanh"):
-    cfg = config_lib.load(overrides=[f"env={env_id}", f"ppo.policy_kwargs.activation_fn={activation}", "ppo.normalize=true"])
-    env = envs.make(env_id)
-    return cfg, agent_lib.make(cfg, env).agent, env
-
-
-def calibrated_state(agent, cfg, obs):
-    """Fresh PPO state with observation statistics and int8 ranges from ``obs [N, obs_dim]``."""
-    from rlaccel import normalize
-
-    state = agent.init(jax.random.PRNGKey(3))
-    stats = normalize.update(state.obs_stats, jnp.asarray(obs))
-    seen = normalize.normalize(stats, jnp.asarray(obs))
-    calib = quant.update(state.calib, quant.dense_layers(state.params["policy"]), seen, cfg.ppo.policy_kwargs.activation)
-    return state.replace(obs_stats=stats, calib=calib)
-
-
-def numpy_policy(agent, cfg, state, precision):
-    norm = cfg.ppo.normalization
-    params = jax.device_get(agent.actor_params(state, precision))
-    return host.NumpyPolicy(params, 0, cfg.ppo.policy_kwargs.activation, norm.norm_obs, norm.clip_obs)
-
-
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_numpy_int8_forward_matches_quant_apply(activation):
-    cfg, agent, _ = ppo_agent("Pendulum-v1", activation=activation)
-    rng = np.random.default_rng(0)
-    obs = (rng.standard_normal((2048, 3)) * [0.7, 0.7, 3.0]).astype(np.float32)
-    state = calibrated_state(agent, cfg, obs)
-    qp = agent.actor_params(state, "int8").policy
-    x = np.asarray(jnp.clip((obs - state.obs_stats.mean) / jnp.sqrt(state.obs_stats.var + 1e-8), -10, 10))
-    want = np.asarray(quant.apply(qp, jnp.asarray(x)))
-    got = host.int8_forward(jax.device_get(qp), x)
-    assert got.dtype == np.float32 and got.shape == want.shape == (2048, 1)
-    # Same integer codes: outputs are equal except where XLA's and numpy's tanh differ by an
-    # ulp right at a rounding boundary and one hidden code moves by 1.
-    exact = np.mean(got == want)
-    assert exact >= 0.99, exact
-    assert np.max(np.abs(got - want)) <= 0.02 * np.max(np.abs(want))
-
-
-def test_numpy_policy_heads_and_log_probs_match_the_agent():
-    for env_id in ("CartPole-v1", "Pendulum-v1"):
-        cfg, agent, env = ppo_agent(env_id)
-        rng = np.random.default_rng(1)
-        obs = rng.standard_normal((256, env.obs_dim)).astype(np.float32)
-        state = calibrated_state(agent, cfg, obs)
-        for precision in ("fp32", "int8"):
-            pol = numpy_policy(agent, cfg, state, precision)
-            params = agent.actor_params(state, precision)
-            want_head = np.asarray(agent.head(params, jnp.asarray(obs)))
-            np.testing.assert_allclose(pol.head(obs), want_head, rtol=1e-4, atol=1e-4 if precision == "fp32" else 2e-3)
-            a_dim = env.action_dim if not env.is_discrete else env.num_actions
-            noise = pol.noise(rng, 1, 256, a_dim)[0]
-            action, logp = pol.act(obs, noise)
-            want_logp = np.asarray(nets_lib.log_prob(jnp.asarray(pol.head(obs)), params.log_std, jnp.asarray(action)))
-            np.testing.assert_allclose(logp, want_logp, rtol=1e-4, atol=1e-4)
-            if env.is_discrete:
-                assert action.shape == (256,) and set(np.unique(action)) <= {0, 1}
-            else:
-                assert action.shape == (256, 1)
-
-
-def test_jax_policy_acts_like_the_numpy_one():
-    """``actors.policy: jax`` (the compiled ``act`` on the actor device) samples the same
-    actions from the same noise as the numpy policy."""
-    cfg, agent, _ = ppo_agent("CartPole-v1")
+def test_jax_actor_acts_like_the_numpy_one():
+    """``actors.policy: jax`` (the compiled ``act`` on the actor device) and the numpy int8
+    actor pick the same actions with the same behaviour log-probabilities for the same noise
+    (the numpy actor's int8 head is bit-exact: ``tests/test_reference.py``)."""
+    cfg = config_lib.load(GYM_CARTPOLE, ["ppo.normalize=true"])
+    source = HostSource(cfg, placement.resolve(cfg.placement))
+    state = source.initial_state(jax.random.PRNGKey(3))
     obs = np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32)
-    state = calibrated_state(agent, cfg, obs)
-    params = agent.actor_params(state, "int8")
-    pol = numpy_policy(agent, cfg, state, "int8")
-    jpol = host.JaxPolicy(params, 0, jax.jit(agent.act), jax.devices()[0], discrete=True)
-    noise = pol.noise(np.random.default_rng(3), 1, 64, 2)[0]
-    (a_np, logp_np), (a_jax, logp_jax) = pol.act(obs, noise), jpol.act(obs, noise)
-    assert np.mean(a_np == a_jax) >= 0.98
-    same = a_np == a_jax
-    np.testing.assert_allclose(logp_np[same], logp_jax[same], rtol=1e-3, atol=1e-3)
+    state = state.replace(agent=source.agent.calibrate(state.agent, jnp.asarray(obs)))
+    numpy_actor = source.make_actor(source._params(state.agent), 0)
+    jax_actor = JaxActor(source.agent.actor_params(state.agent, "int8"), 0, jax.jit(source.agent.act), None, jax.devices()[0])
+    noise = numpy_actor.noise(np.random.default_rng(3), 1, 64)[0]
+    (a_np, x_np), (a_jax, x_jax) = numpy_actor.act(obs, noise), jax_actor.act(obs, noise)
+    np.testing.assert_array_equal(a_np, a_jax)
+    np.testing.assert_allclose(x_np.log_prob, x_jax.log_prob, rtol=1e-5, atol=1e-5)
 
 
 def test_gym_ids():
@@ -174,7 +111,6 @@ def test_host_actors_learn_gym_cartpole(tmp_path):
 
 def test_failing_env_stops_cleanly_with_exit_1(tmp_path):
     run_dir = tmp_path / "run"
-    start = time.perf_counter()
     rc, _, err = run_main(
         ["--config", GYM_CARTPOLE, *set_args([f"env=gym:{FAILING_ID}", "actors.num_actors=2", "ppo.n_steps=8", "ppo.batch_size=64", "total_timesteps=100000"]), "--run-dir", str(run_dir), "--no-progress"]
     )
@@ -188,18 +124,18 @@ def test_failing_env_stops_cleanly_with_exit_1(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["exit_code"] == 1 and "simulator exploded" in summary["error"]
     assert not actor_threads()
-    assert time.perf_counter() - start < 60
 
 
 def test_sigint_exits_130_with_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlaccel", "train", "--config", GYM_CARTPOLE, "--set", "total_timesteps=5000000", "--run-dir", str(run_dir), "--no-progress"]
+    # A checkpoint after every update: the first one is the event that says training runs.
+    overrides = set_args(["total_timesteps=5000000", "logging.log_interval=1", "logging.checkpoint_interval=1"])
+    cmd = [sys.executable, "-m", "rlaccel", "train", "--config", GYM_CARTPOLE, *overrides, "--run-dir", str(run_dir), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     try:
-        deadline = time.time() + 60
-        while not list(run_dir.glob("events.out.tfevents.*")) and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)  # a few updates
+        while checkpoint.latest(run_dir / "checkpoints") is None:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -226,7 +162,7 @@ def test_resume_continues_the_learner_state(tmp_path):
     run_dir = tmp_path / "run"
     first = api.train(config, run_dir=run_dir, stop_at=3).summary
     assert first["status"] == "stopped" and first["updates"] == 3
-    template = jax.jit(host.HostRunner(config).init)(jax.random.PRNGKey(0))
+    template = HostSource(config, placement.resolve(config.placement)).initial_state(jax.random.PRNGKey(0))
     at_3, _ = checkpoint.restore(checkpoint.latest(run_dir / "checkpoints"), template)
     second = api.train(config, run_dir=run_dir, resume=True, stop_at=5).summary
     assert second["updates"] == 5

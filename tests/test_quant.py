@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlaccel import quant
-from rlaccel.quant import BIAS_LIMIT, MAX_FAN_IN, QMAX, QuantLayer
-
-ACT = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
+from rlaccel.quant import BIAS_LIMIT, MAX_FAN_IN, QuantLayer
+from rlaccel.reference import ACTIVATIONS as ACT
+from rlaccel.reference import QMAX
 
 
 def fp32_forward(layers, x, activation):
@@ -414,3 +414,12 @@ def test_quantize_and_apply_are_jittable():
         return quant.apply(quant.quantize(layers, calib, "tanh"), x)
 
     np.testing.assert_array_equal(np.asarray(jax.jit(run)(layers, x)), np.asarray(run(layers, x)))
+
+
+def test_qmax_and_the_tables_types_are_defined_once():
+    from rlaccel import reference
+    from rlaccel.deploy import artifact
+
+    assert quant.QMAX is reference.QMAX == 127 and quant.LEVELS is reference.LEVELS == artifact.LEVELS == 2 * QMAX
+    assert quant.Int8Tables is reference.Int8Tables and quant.dense_layers is reference.dense_layers
+

@@ -1,7 +1,8 @@
-"""DQN as the framework's pure functions: ``init``, ``actor_params``, ``act``, ``update``.
+"""DQN as the framework's pure functions: ``init``, ``actor_params``, ``act``, ``update``,
+``calibrate``.
 
-It shares everything else with PPO: envs, the rollout, the runners (fused or split
-placement), int8 acting (``rlaccel.quant``), logging, checkpoints and the CLI. One update:
+It shares everything else with PPO: envs, the rollout, the step sources (fused, split or host
+actors), int8 acting (``rlaccel.quant``), logging, checkpoints and the CLI. One update:
 
 ``learner_update`` (add the rollout to the replay buffer; once ``learning_starts`` is
 reached, ``gradient_steps`` of ``grad_step`` on one-step or n-step transitions; target update every
@@ -25,7 +26,7 @@ from rlaccel.agents.dqn import networks as nets_lib
 from rlaccel.agents.dqn.config import DQNConfig
 
 from rlaccel import quant, replay
-from rlaccel.agent import Agent
+from rlaccel.agent import Agent, AgentSpec
 from rlaccel.networks import MLP
 from rlaccel.rollout import Transition
 
@@ -45,7 +46,8 @@ class DQNState:
 
 
 class ActorParams(NamedTuple):
-    """What an actor needs: the Q-network (fp32 flax params or int8 ``QuantParams``) and epsilon."""
+    """What an actor needs: the Q-network (fp32 flax params, int8 ``QuantParams``, or for numpy
+    actors ``rlaccel.reference.Int8Tables``) and epsilon."""
 
     policy: Any
     epsilon: Array  # [] exploration rate for this rollout
@@ -77,6 +79,13 @@ def actor_head(actor_params: ActorParams, obs: Array, *, qnet: MLP) -> Array:
 def act(actor_params: ActorParams, obs: Array, noise: nets_lib.ExplorationNoise, *, head_fn: Callable) -> tuple[Array, tuple]:
     """Epsilon-greedy actions ``[B]``; DQN's learner needs nothing recorded at acting time."""
     return nets_lib.epsilon_greedy(head_fn(actor_params, obs), actor_params.epsilon, noise), ()
+
+
+def calibrate_int8(state: DQNState, obs: Array, *, cfg: DQNConfig) -> DQNState:
+    """``Agent.calibrate``: int8 activation ranges re-measured on ``obs [N, obs_dim]`` (DQN's
+    actors see raw observations) for the online Q-network of ``state``."""
+    calib = quant.update(state.calib, quant.dense_layers(state.params), obs, cfg.policy_kwargs.activation)
+    return state.replace(calib=calib)
 
 
 def sample_batch(buffer: replay.ReplayState, key: Array, cfg: DQNConfig) -> tuple[Replayed, Array | float]:
@@ -152,9 +161,6 @@ def learner_update(
     target_params = jax.tree.map(
         lambda t, p: jnp.where(move_target, cfg.tau * p + (1.0 - cfg.tau) * t, t), state.target_params, params
     )
-    calib = state.calib
-    if calibrate:
-        calib = quant.update(calib, quant.dense_layers(params), items.obs, cfg.policy_kwargs.activation)
     metrics = {
         "train/loss": loss,
         "train/q_mean": q_mean,
@@ -163,7 +169,9 @@ def learner_update(
         "train/learning_rate": lr_schedule(jnp.maximum(env_steps - cfg.learning_starts, 0) // cfg.rollout_size * cfg.gradient_steps),
         "rollout/exploration_rate": epsilon_schedule(state.step * cfg.rollout_size),
     }
-    new_state = DQNState(params=params, target_params=target_params, opt_state=opt_state, buffer=buffer, calib=calib, step=state.step + 1)
+    new_state = DQNState(params=params, target_params=target_params, opt_state=opt_state, buffer=buffer, calib=state.calib, step=state.step + 1)
+    if calibrate:
+        new_state = calibrate_int8(new_state, items.obs, cfg=cfg)
     return new_state, metrics
 
 
@@ -229,26 +237,18 @@ def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int,
             learner_update, qnet=qnet, cfg=cfg, optimizer=optimizer, lr_schedule=lr, epsilon_schedule=epsilon, calibrate=calibrate
         ),
         discrete=True,
+        calibrate=functools.partial(calibrate_int8, cfg=cfg),
     )
+
+
+def build(config: Any, env: Any) -> AgentSpec:
+    """The registry's ``make``: DQN for ``config`` (a whole ``rlaccel.config.Config``) and ``env``."""
+    cfg: DQNConfig = config.agent
+    n = num_updates(cfg, config.total_timesteps)
+    agent = make_agent(cfg, env, config.total_timesteps, n, calibrate=config.placement.actor.precision == "int8")
+    return AgentSpec(agent, cfg.n_envs, cfg.train_freq, n)
 
 
 def num_updates(cfg: DQNConfig, total_timesteps: int) -> int:
     """Learner updates in a run: ``total_timesteps // (n_envs * train_freq)``."""
     return total_timesteps // cfg.rollout_size
-
-
-def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
-    """``train(key) -> (final TrainState, metrics [num_updates])``: a whole fused run, pure.
-
-    ``jax.jit(jax.vmap(make_train(config)))(keys)`` trains one agent per key in one compile.
-    """
-    from rlaccel import envs
-    from rlaccel.runners import FusedRunner
-
-    cfg: DQNConfig = config.dqn
-    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
-    n = num_updates(cfg, config.total_timesteps)
-    precision = config.placement.actor.precision
-    agent = make_agent(cfg, env, config.total_timesteps, n, calibrate=precision == "int8")
-    runner = FusedRunner(agent, env, cfg.n_envs, cfg.train_freq, precision=precision)
-    return functools.partial(runner.train, num_updates=n)

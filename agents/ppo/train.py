@@ -1,13 +1,16 @@
-"""PPO as the framework's pure functions: ``init``, ``actor_params``, ``act``, ``update``.
+"""PPO as the framework's pure functions: ``init``, ``actor_params``, ``act``, ``update``,
+``calibrate``.
 
 The learner step is built from named pieces, each a plain function with its static
 arguments bound by ``functools.partial``:
 
 ``learner_update`` (one rollout: values, GAE) -> ``shuffle_minibatches`` (every epoch's
-minibatches) -> a scan of ``minibatch_update`` (grad of ``ppo_loss``, clip, Adam).
+minibatches) -> a scan of ``minibatch_update`` (grad of ``ppo_loss``, clip, Adam). With int8 actors it
+ends with ``calibrate_int8`` (``Agent.calibrate``), as export does for runs without int8 actors.
 
-``make_train(config)`` returns ``train(key)``, a whole run as one pure function, for tests
-and vmapped seeds; the driver (``rlaccel.driver``) calls the runner's chunks instead.
+``build(config, env)`` is the registry's ``make``: where the functions run (one compiled
+program, two devices, host threads) is a step source's business (``rlaccel.sources``); a whole
+run as one pure function is ``rlaccel.sources.device.make_train(config)``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import optax
 from flax import struct
 from rlaccel.agents.ppo import losses
 from rlaccel.agents.ppo import networks as nets_lib
+from rlaccel.agents.ppo.actor import ActorExtras
 from rlaccel.agents.ppo.config import PPOConfig
 
 from rlaccel import normalize as obs_norm_lib
 from rlaccel import quant
 from rlaccel import returns as returns_lib
-from rlaccel.agent import Agent
+from rlaccel.agent import Agent, AgentSpec
+from rlaccel.reference import Normalizer
 from rlaccel.rollout import Transition
 
 Array = jax.Array
@@ -46,18 +51,18 @@ class PPOState:
 
 
 class ActorParams(NamedTuple):
-    """What an actor needs: the policy (fp32 flax params or int8 ``QuantParams``), its log-std
-    and the normaliser."""
+    """What an actor needs: the policy (fp32 flax params, int8 ``QuantParams``, or for numpy
+    actors ``rlaccel.reference.Int8Tables``), its log-std and the observation normaliser.
+
+    ``obs_norm`` is ``None`` without observation normalisation; otherwise ``mean`` and
+    ``inv_std = 1 / sqrt(var + 1e-8)``, computed once by :func:`actor_normalizer`, so the
+    actors' ``clip((obs - mean) * inv_std, -clip_obs, clip_obs)`` is the same float32
+    arithmetic in JAX and in numpy (``agents/ppo/actor.py``).
+    """
 
     policy: Any
     log_std: Array | None
-    obs_stats: obs_norm_lib.RunningStats
-
-
-class ActorExtras(NamedTuple):
-    """Recorded at acting time for the learner."""
-
-    log_prob: Array  # [B] behaviour log-probability of the sampled action
+    obs_norm: Normalizer | None
 
 
 class Minibatch(NamedTuple):
@@ -96,9 +101,14 @@ def normalize_obs(cfg: PPOConfig, stats: obs_norm_lib.RunningStats, obs: Array) 
     return obs_norm_lib.normalize(stats, obs, clip=norm.clip_obs) if norm.norm_obs else obs
 
 
+def actor_normalizer(cfg: PPOConfig, stats: obs_norm_lib.RunningStats) -> Normalizer | None:
+    """The normaliser actors apply (``None`` unless ``normalize`` asks for it)."""
+    return obs_norm_lib.normalizer(stats) if cfg.normalization.norm_obs else None
+
+
 def actor_head(actor_params: ActorParams, obs: Array, *, nets: nets_lib.PPONetworks, cfg: PPOConfig) -> Array:
-    """The actor's policy output for raw ``obs [B, obs_dim]``, in fp32 or int8 arithmetic."""
-    obs = normalize_obs(cfg, actor_params.obs_stats, obs)
+    """The actor's policy output ``[B, A]`` for raw ``obs [B, obs_dim]``, in fp32 or int8 arithmetic."""
+    obs = obs_norm_lib.apply(actor_params.obs_norm, obs, cfg.normalization.clip_obs)
     if isinstance(actor_params.policy, quant.QuantParams):
         return quant.apply(actor_params.policy, obs)
     return policy_head(nets, actor_params.policy, obs)
@@ -114,6 +124,14 @@ def act(actor_params: ActorParams, obs: Array, noise: Array, *, head_fn: Callabl
     head = head_fn(actor_params, obs)
     action = nets_lib.sample(head, actor_params.log_std, noise)
     return action, ActorExtras(log_prob=nets_lib.log_prob(head, actor_params.log_std, action))
+
+
+def calibrate_int8(state: PPOState, obs: Array, *, cfg: PPOConfig) -> PPOState:
+    """``Agent.calibrate``: int8 activation ranges re-measured on raw ``obs [N, obs_dim]``,
+    normalised as the actors of ``state`` normalise them (its statistics, the actors' formula)."""
+    seen = obs_norm_lib.apply(actor_normalizer(cfg, state.obs_stats), obs, cfg.normalization.clip_obs)
+    calib = quant.update(state.calib, quant.dense_layers(state.params["policy"]), seen, cfg.policy_kwargs.activation)
+    return state.replace(calib=calib)
 
 
 def loss_fn(params: Any, mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOConfig) -> tuple[Array, losses.LossInfo]:
@@ -210,10 +228,6 @@ def learner_update(
     (params, opt_state), (infos, grad_norms) = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
 
     obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if norm.norm_obs else state.obs_stats
-    calib = state.calib
-    if calibrate:
-        seen = normalize_obs(cfg, obs_stats, flat(traj.obs))
-        calib = quant.update(calib, quant.dense_layers(params["policy"]), seen, cfg.policy_kwargs.activation)
     metrics = {f"train/{name}": jnp.mean(value) for name, value in infos._asdict().items()}
     metrics["train/loss"] = metrics["train/policy_gradient_loss"] + cfg.vf_coef * metrics["train/value_loss"] + cfg.ent_coef * metrics["train/entropy_loss"]
     metrics["train/explained_variance"] = explained_variance(values, returns)
@@ -229,9 +243,11 @@ def learner_update(
         obs_stats=obs_stats,
         return_stats=return_stats,
         running_return=running_return,
-        calib=calib,
+        calib=state.calib,
         step=state.step + 1,
     )
+    if calibrate:
+        new_state = calibrate_int8(new_state, flat(traj.obs), cfg=cfg)
     return new_state, metrics
 
 
@@ -266,7 +282,7 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
         policy = state.params["policy"]
         if precision == "int8":
             policy = quant.quantize(quant.dense_layers(policy), state.calib, activation)
-        return ActorParams(policy=policy, log_std=state.params.get("log_std"), obs_stats=state.obs_stats)
+        return ActorParams(policy=policy, log_std=state.params.get("log_std"), obs_norm=actor_normalizer(cfg, state.obs_stats))
 
     head = functools.partial(actor_head, nets=nets, cfg=cfg)
     return Agent(
@@ -277,27 +293,18 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
         head=head,
         update=functools.partial(learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule, calibrate=calibrate),
         discrete=nets.discrete,
+        calibrate=functools.partial(calibrate_int8, cfg=cfg),
     )
+
+
+def build(config: Any, env: Any) -> AgentSpec:
+    """The registry's ``make``: PPO for ``config`` (a whole ``rlaccel.config.Config``) and ``env``."""
+    cfg: PPOConfig = config.agent
+    n = num_updates(cfg, config.total_timesteps)
+    agent = make_agent(cfg, env, n, calibrate=config.placement.actor.precision == "int8")
+    return AgentSpec(agent, cfg.n_envs, cfg.n_steps, n)
 
 
 def num_updates(cfg: PPOConfig, total_timesteps: int) -> int:
     """Learner updates in a run: ``total_timesteps // (n_envs * n_steps)``."""
     return total_timesteps // cfg.rollout_size
-
-
-def make_train(config: Any) -> Callable[[Array], tuple[Any, dict[str, Array]]]:
-    """``train(key) -> (final TrainState, metrics [num_updates])``: a whole fused run, pure.
-
-    ``jax.jit(jax.vmap(make_train(config)))(keys)`` trains one agent per key in one compile.
-    Acting precision comes from ``config.placement.actor.precision``.
-    """
-    from rlaccel import envs
-    from rlaccel.runners import FusedRunner
-
-    cfg: PPOConfig = config.ppo
-    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
-    n = num_updates(cfg, config.total_timesteps)
-    precision = config.placement.actor.precision
-    agent = make_agent(cfg, env, n, calibrate=precision == "int8")
-    runner = FusedRunner(agent, env, cfg.n_envs, cfg.n_steps, precision=precision)
-    return functools.partial(runner.train, num_updates=n)

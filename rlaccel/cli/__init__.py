@@ -17,6 +17,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from rlaccel import bench as bench_cli  # argument parsing only: no JAX until a row runs
 from rlaccel.cli import deploy, sweep, train
 
 EXIT_USAGE = 2
@@ -33,16 +34,10 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_parser(sub)
     deploy.add_export_parser(sub)
     deploy.add_eval_parser(sub)
-    bench = sub.add_parser("bench", help="benchmarks against same-run baselines (a developer command, run from a checkout)", add_help=False)
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (rlaccel bench --help)")
-    bench.set_defaults(func=_bench)
+    bench = sub.add_parser("bench", help="benchmarks against same-run baselines (a developer command, run from a checkout)", description=bench_cli.DESCRIPTION)
+    bench_cli.add_arguments(bench)
+    bench.set_defaults(func=bench_cli.run)
     return p
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from rlaccel.bench import main as bench_main
-
-    return bench_main(list(args.args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

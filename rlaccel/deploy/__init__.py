@@ -1,6 +1,6 @@
 """Deployment: a portable policy file and runtimes that need no JAX.
 
-``scripts/export.py --run RUN_DIR`` writes ``RUN_DIR/policy.rlpolicy`` (format in
+``rlaccel export --run RUN_DIR`` writes ``RUN_DIR/policy.rlpolicy`` (format in
 ``rlaccel.deploy.artifact``); ``rlaccel.load_policy(path, backend=...)`` returns an object
 with one method, ``act(obs) -> action``. Importing this package imports numpy only; the
 onnx backends import onnxruntime, the jax backends and the exporter import JAX, each when used.

@@ -22,8 +22,9 @@ Arrays (``L`` dense layers, ``i = 0 .. L-1``; shapes ``[in, out]``):
 
 =========================  ===========  ===================================================
 ``fp32.w{i}``, ``fp32.b{i}``  float32   the learner's fp32 policy
-``obs.mean``, ``obs.var``     float32   observation-normaliser statistics (PPO ``normalize``)
-``obs.inv_std``               float32   ``1 / sqrt(var + eps)`` as XLA computes it (``rsqrt``)
+``obs.mean``                  float32   observation normaliser: ``clip((obs - mean) * inv_std, +-clip_obs)``
+``obs.inv_std``               float32   ``1 / sqrt(var + eps)``, the actors' own value (``ActorParams``)
+``obs.var``                   float32   ``1 / inv_std**2 - eps``, for older readers (unused)
 ``int8.input_mult``           float32   ``[in]`` 1 / per-feature input scale
 ``int8.w{i}``                 int8      per-output-channel symmetric weights
 ``int8.b{i}``                 int32     bias in accumulator units
@@ -36,9 +37,10 @@ Arrays (``L`` dense layers, ``i = 0 .. L-1``; shapes ``[in, out]``):
 ``int8.thresholds{i}[j, k]`` is the smallest int32 accumulator value of channel ``j`` whose
 requantised activation (``rlaccel.quant.requantize``: dequantise, tanh/relu/elu, quantise
 with the next scale) is ``>= k - 126``, found by bisection on JAX's own CPU implementation
-at export time. The requantised activation is then ``#(thresholds <= acc) - 127``: a
-lookup table on the accumulator, as NPUs implement nonlinearities, and exactly the integers
-the training actors compute (their tanh is XLA's approximation, not libm's).
+at export time (``rlaccel.quant.tables``). The requantised activation is then
+``#(thresholds <= acc) - 127``: a lookup table on the accumulator, as NPUs implement
+nonlinearities, and exactly the integers the training actors compute (their tanh is XLA's
+approximation, not libm's). The int8 arrays are the fields of ``rlaccel.reference.Int8Tables``.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ from typing import Any
 
 import numpy as np
 
+from rlaccel.reference import LEVELS
+
 MAGIC = "rlaccel-policy"
 FORMAT_VERSION = 1
-LEVELS = 254  # thresholds per channel: int8 levels -126 .. 127 (the level -127 needs none)
 _MAX_HEADER = 4096
 
 
@@ -117,7 +120,7 @@ def from_bytes(raw: bytes, name: str = "policy") -> Artifact:
     except (json.JSONDecodeError, UnicodeDecodeError):
         header = None
     if not isinstance(header, dict) or header.get("magic") != MAGIC:
-        raise PolicyError(f"{name}: not an rlaccel policy artifact (no '{MAGIC}' header line; export one with scripts/export.py)")
+        raise PolicyError(f"{name}: not an rlaccel policy artifact (no '{MAGIC}' header line; export one with `rlaccel export`)")
     version = header.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise PolicyError(f"{name}: bad format_version {version!r} in the header")
@@ -172,7 +175,7 @@ def _validate(a: Artifact, name: str) -> None:
         if i < L - 1:
             need[f"int8.thresholds{i}"] = ((dims[i + 1], LEVELS), "int32")
     if a.meta["normalization"].get("norm_obs"):
-        for k in ("obs.mean", "obs.var", "obs.inv_std"):
+        for k in ("obs.mean", "obs.inv_std"):  # obs.var: written for older readers, read by none
             need[k] = ((obs_dim,), "float32")
     for key, (shape, dtype) in need.items():
         arr = a.arrays.get(key)

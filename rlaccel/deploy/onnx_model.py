@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rlaccel.deploy.artifact import FORMAT_VERSION, Artifact
 
+if TYPE_CHECKING:  # onnx is imported when a model is built, not with this module
+    import onnx
+
 OPSET = 13
 IR_VERSION = 8
+ONNX_ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu", "elu": "Elu"}  # ONNX op of each name in rlaccel.reference.ACTIVATIONS
 
 
 def build_model(artifact: Artifact, precision: str) -> onnx.ModelProto:
@@ -61,7 +66,7 @@ def build_model(artifact: Artifact, precision: str) -> onnx.ModelProto:
         x = node("Mul", [x, const("obs_inv_std", arr["obs.inv_std"])], "obs_scaled")
         x = node("Clip", [x, const("clip_lo", np.float32(-c)), const("clip_hi", np.float32(c))], "obs_norm")
     L = artifact.num_layers
-    activation = {"tanh": "Tanh", "relu": "Relu", "elu": "Elu"}[meta["policy"]["activation"]]
+    activation = ONNX_ACTIVATIONS[meta["policy"]["activation"]]
     if precision == "int8":
         x = node("Mul", [x, const("input_mult", arr["int8.input_mult"])], "input_scaled")
         x = node("Clip", [x, const("q_lo", np.float32(-127)), const("q_hi", np.float32(127))], "input_clipped")

@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlaccel import quant
 from rlaccel import rollout as rollout_lib

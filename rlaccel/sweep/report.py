@@ -152,7 +152,7 @@ def best_config_data(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_best_config(path: Path, results: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the best setting's config as YAML ready for ``scripts/train.py``; returns the row."""
+    """Write the best setting's config as YAML ready for ``rlaccel train``; returns the row."""
     data = best_config_data(results)
     config_lib.build(data)  # it must load back: a sweep result is only useful if it trains
     best = best_row(results["results"])

@@ -96,10 +96,7 @@ class HostSource(StepSource):
         """What the actors get: the agent's actor parameters, with every int8 policy as the
         threshold tables of the numpy reference (``quant.tables``) unless actors run JAX."""
         params = self.agent.actor_params(agent_state, self.where.precision)
-        if self._jax_policy:
-            return params
-        is_q = lambda x: isinstance(x, quant.QuantParams)
-        return jax.tree.map(lambda x: quant.tables(x) if is_q(x) else x, params, is_leaf=is_q)
+        return params if self._jax_policy else quant.with_tables(params)
 
     def learner_step(self, state: TrainState, transitions: Transition, episodes: EpisodeInfo) -> tuple[TrainState, Any, Any]:
         """One update on the actors' batch ``[T, n_envs]`` and the next actor parameters: one
@@ -191,7 +188,7 @@ class HostSource(StepSource):
         """Zeros shaped like a learner batch ``[T, n_envs]`` (for compiling ahead of time);
         the action and extras shapes come from the agent's own ``act``."""
         T, B, env = self.spec.num_steps, self.spec.num_envs, self.env
-        params = jax.eval_shape(self.agent.actor_params, state.agent, self.where.precision)
+        params = jax.eval_shape(lambda a: self.agent.actor_params(a, self.where.precision), state.agent)
         obs = jax.ShapeDtypeStruct((B, env.obs_dim), np.float32)
         noise = jax.eval_shape(lambda k: self.agent.noise(k, B), jax.random.PRNGKey(0))
         action, extras = jax.eval_shape(self.agent.act, params, obs, noise)

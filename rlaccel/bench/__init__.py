@@ -1,0 +1,73 @@
+"""``rlaccel bench``: PPO and DQN on CartPole-v1 against PureJaxRL and Stable-Baselines3, what
+each placement costs, and the deployment latency of exported policies.
+
+    rlaccel bench                                   # every row: prints a table, writes benchmarks/cartpole_cpu.json
+    rlaccel bench --rows fused_fp32,fused_int8      # a subset (names: rlaccel.bench.rows.ROWS)
+    rlaccel bench latency                           # the deployment latency table (also: --latency)
+    python -m rlaccel.bench ...                     # the same without the console script
+
+A developer command, run from a checkout installed in editable mode (``make bench`` does it
+all): it reads the repository's ``configs/`` and ``benchmarks/baselines/`` and writes
+``benchmarks/*.json`` next to them, found from this package's location
+(``Path(__file__).resolve().parents[2]``). The baselines need the ``bench`` extra plus gymnax
+and flashbax installed with ``--no-deps`` and ``stable-baselines3`` with torch's CPU build.
+
+Every row runs in its own subprocess (``rlaccel.bench.rows``, ``rlaccel.bench.table``), so
+peak RSS is per row; speeds are also shown as ratios to the baseline measured in the same run.
+The exit code is 1 when any row failed (after the table and the JSON are written), 2 for bad
+arguments or a missing checkout.
+
+Modules: ``rows`` (row definitions and their workers), ``table`` (running rows, the table, the
+JSON), ``latency`` (``rlaccel bench latency``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlaccel.bench import latency, table
+from rlaccel.bench.rows import ROOT, ROWS
+
+DESCRIPTION = "Benchmarks: PPO and DQN on CartPole-v1 against PureJaxRL and Stable-Baselines3, each placement's cost, deployment latency."
+
+__all__ = ["ROOT", "ROWS", "add_arguments", "main", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``rlaccel bench`` (and its ``latency`` subcommand) on ``parser``, e.g. the
+    ``bench`` subparser of the ``rlaccel`` command line."""
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
+    parser.add_argument("--out", help=f"JSON output path (default {table.DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument("--latency", action="store_true", help="run the deployment latency bench instead, with its defaults (see `latency --help`)")
+    sub = parser.add_subparsers(dest="bench_command", metavar="{latency}")
+    lat = sub.add_parser("latency", help="decision latency of exported policies on every runtime", description=latency.DESCRIPTION)
+    latency.add_arguments(lat)
+
+
+def _latency_defaults() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    latency.add_arguments(p)
+    return p.parse_args([])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run what ``args`` (parsed with :func:`add_arguments`) asks for; the exit code."""
+    if not (ROOT / "configs").is_dir() or not (ROOT / "benchmarks" / "baselines").is_dir():
+        print(
+            f"error: rlaccel bench is a developer command: it needs the repository checkout (configs/, benchmarks/baselines/) at {ROOT}; install the checkout with `pip install -e .` and run it from there",
+            file=sys.stderr,
+        )
+        return table.EXIT_USAGE
+    if getattr(args, "bench_command", None) == "latency":
+        return latency.run(args)
+    if args.latency:
+        return latency.run(_latency_defaults())
+    return table.run(args.rows, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rlaccel.bench [options]``."""
+    parser = argparse.ArgumentParser(prog="rlaccel bench", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,269 @@
+"""The rows of ``rlaccel bench``: what each measures, and the worker that measures it.
+
+Each row runs in a fresh interpreter (:func:`worker_main`, started by
+``rlaccel.bench.table.run_row``), so its peak RSS is its own and the two-device rows can force
+two CPU devices through ``XLA_FLAGS`` without touching the others. Workers import their
+libraries (JAX, gymnax, torch, ...) inside the function.
+
+Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENCE.md``):
+
+* ``purejaxrl_1`` / ``purejaxrl_16``: PureJaxRL's ``ppo.py`` (re-implemented in
+  ``benchmarks/baselines/purejaxrl_ppo.py``, on gymnax), 1 seed / 16 vmapped seeds.
+* ``fused_fp32`` / ``fused_int8``: ``rlaccel.train`` (what ``rlaccel train`` runs: TensorBoard,
+  checkpoints, probes) with fp32 or int8 actors on one device.
+* ``split_fp32`` / ``split_int8``: learner on ``cpu:0``, actors on ``cpu:1``.
+* ``vmap16_fp32`` / ``vmap16_int8``: 16 seeds vmapped in one compile
+  (``rlaccel.sources.device.make_train``).
+* ``sweep16_fp32`` / ``sweep16_int8``: the same 16 seeds through ``rlaccel.sweep.run_grid``
+  (what ``rlaccel sweep`` runs), the seed axis sharded over two CPU devices, i.e. both cores.
+* ``purejaxrl_dqn``: PureJaxRL's ``dqn.py`` (``benchmarks/baselines/purejaxrl_dqn.py``,
+  gymnax + flashbax); ``dqn_fused_fp32`` / ``dqn_fused_int8``: ``configs/dqn_cartpole.yaml``
+  (same configuration, plus double-DQN targets) through ``rlaccel.train``.
+* ``gym_cartpole_raw``: gymnasium's own vector env stepping ``CartPole-v1`` with random
+  actions (no learning), the baseline of ``gym_cartpole_host``: PPO through host actor
+  threads (``configs/ppo_gym_cartpole.yaml``); ``sb3_ppo_cartpole``: Stable-Baselines3's PPO
+  with the same hyperparameters; ``sb3_ppo_cartpole_1env``: SB3 as ``shared/REFERENCE.md``
+  measured it (1 env x 128 steps, 4 epochs of 4 minibatches).
+* ``halfcheetah_host``: PPO on MuJoCo HalfCheetah-v5 through host actors, 1M steps
+  (``configs/ppo_halfcheetah.yaml``); ``brax_inverted_pendulum``: PPO on brax's
+  inverted_pendulum in the fused mode. Both are learning figures, not ratios.
+
+``sps`` is env steps per second of training with compile time excluded (aggregate over seeds
+for the vmapped rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# The checkout this package lives in (an editable install): configs/ and benchmarks/ are there.
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+BASELINES = ROOT / "benchmarks" / "baselines"
+CONFIG = CONFIGS / "ppo_cartpole.yaml"
+DQN_CONFIG = CONFIGS / "dqn_cartpole.yaml"
+TWO_DEVICES = "--xla_force_host_platform_device_count=2"
+INT8 = {"precision": "int8", "actor": "learner"}  # int8 actors on the learner's device
+
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    # name: (kind, options); ``xla_flags`` goes to the row's environment, the rest to its worker
+    "purejaxrl_1": ("purejaxrl", {"seeds": 1}),
+    "fused_fp32": ("train", {"precision": "fp32", "actor": "learner"}),
+    "fused_int8": ("train", {"precision": "int8", "actor": "learner"}),
+    "split_fp32": ("train", {"precision": "fp32", "actor": "cpu:1", "xla_flags": TWO_DEVICES}),
+    "split_int8": ("train", {"precision": "int8", "actor": "cpu:1", "xla_flags": TWO_DEVICES}),
+    "purejaxrl_16": ("purejaxrl", {"seeds": 16}),
+    "vmap16_fp32": ("vmap", {"seeds": 16, "precision": "fp32"}),
+    "vmap16_int8": ("vmap", {"seeds": 16, "precision": "int8"}),
+    "sweep16_fp32": ("sweep", {"seeds": 16, "precision": "fp32", "xla_flags": TWO_DEVICES}),
+    "sweep16_int8": ("sweep", {"seeds": 16, "precision": "int8", "xla_flags": TWO_DEVICES}),
+    "purejaxrl_dqn": ("purejaxrl_dqn", {}),
+    "dqn_fused_fp32": ("train", {"precision": "fp32", "actor": "learner", "config": "dqn_cartpole.yaml"}),
+    "dqn_fused_int8": ("train", {"precision": "int8", "actor": "learner", "config": "dqn_cartpole.yaml"}),
+    "gym_cartpole_raw": ("gym_raw", {}),
+    "gym_cartpole_host": ("train", {"config": "ppo_gym_cartpole.yaml", **INT8}),
+    "sb3_ppo_cartpole": ("sb3", {}),
+    "sb3_ppo_cartpole_1env": ("sb3", {"total_timesteps": 8192, "n_envs": 1, "n_steps": 128, "n_epochs": 4, "batch_size": 32}),
+    "halfcheetah_host": ("train", {"config": "ppo_halfcheetah.yaml", **INT8}),
+    "brax_inverted_pendulum": ("train", {"config": "ppo_brax_inverted_pendulum.yaml", **INT8}),
+}
+
+BASELINE_FOR = {
+    **dict.fromkeys(["fused_fp32", "fused_int8", "split_fp32", "split_int8"], "purejaxrl_1"),
+    **dict.fromkeys(["vmap16_fp32", "vmap16_int8", "sweep16_fp32", "sweep16_int8"], "purejaxrl_16"),
+    **dict.fromkeys(["dqn_fused_fp32", "dqn_fused_int8"], "purejaxrl_dqn"),
+    "gym_cartpole_host": "gym_cartpole_raw",
+}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM), MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _baseline(module: str) -> Any:
+    """A module of ``benchmarks/baselines`` (PureJaxRL re-implemented on gymnax)."""
+    import importlib
+
+    sys.path.insert(0, str(BASELINES))
+    return importlib.import_module(module)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one per kind of row; each returns the row's JSON.
+
+
+def work_purejaxrl(seeds: int) -> dict:
+    out = _baseline("purejaxrl_ppo").run(num_seeds=seeds)
+    return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return_mean"], "final_return_min": out["final_return_min"], "env_steps": out["env_steps"]}
+
+
+def work_purejaxrl_dqn() -> dict:
+    out = _baseline("purejaxrl_dqn").run()
+    return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return"], "env_steps": out["env_steps"]}
+
+
+def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, actor: str | None = None) -> dict:
+    """``configs/<config>`` through ``rlaccel.train`` (the whole ``rlaccel train`` path), with
+    the actors' precision and device overridden when given."""
+    import rlaccel
+
+    overrides = []
+    if precision is not None:
+        overrides.append(f"placement.actor.precision={precision}")
+    if actor is not None:
+        overrides.append(f"placement.actor.device={actor}")
+    with tempfile.TemporaryDirectory(prefix="rlaccel_bench_") as tmp:
+        run = rlaccel.train(str(CONFIGS / config), overrides=overrides, run_dir=Path(tmp) / "run", progress=False)
+        s = dict(run.summary)
+    return {
+        "sps": s["sps"],
+        "compile_s": s.get("compile_s"),
+        "final_return": s.get("final_return"),
+        "env_steps": s.get("env_steps"),
+        "wall_s": s.get("wall_s"),
+        "actor_sps": s.get("time/actor_sps"),
+        "learner_sps": s.get("time/learner_sps"),
+        "latency_us_p50": s.get("actor/decision_latency_us_p50"),
+        "latency_us_p99": s.get("actor/decision_latency_us_p99"),
+        "action_agreement": s.get("quant/action_agreement"),
+        "placement": s.get("placement"),
+        "policy_lag": s.get("actor/policy_lag"),
+    }
+
+
+def work_vmap(seeds: int, precision: str) -> dict:
+    """``seeds`` PPO runs vmapped in one compiled program (``rlaccel.sources.device.make_train``)."""
+    import jax
+    import numpy as np
+
+    from rlaccel import config as config_lib
+    from rlaccel.sources.device import make_train
+
+    config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}"])
+    keys = jax.random.split(jax.random.PRNGKey(42), seeds)
+    start = time.perf_counter()
+    compiled = jax.jit(jax.vmap(make_train(config))).lower(keys).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _, metrics = jax.block_until_ready(compiled(keys))
+    train_s = time.perf_counter() - start
+    returns = np.asarray(metrics["rollout/ep_rew_mean"])  # [seeds, updates]
+    final = returns[:, -1]
+    steps = seeds * returns.shape[1] * config.agent.rollout_size
+    return {"sps": steps / train_s, "compile_s": compile_s, "final_return": float(final.mean()), "final_return_min": float(final.min()), "env_steps": steps}
+
+
+def work_sweep(seeds: int, precision: str) -> dict:
+    """The same seeds through ``rlaccel.sweep.run_grid`` (chunked, sharded over the devices)."""
+    from rlaccel import config as config_lib
+    from rlaccel.sweep.run import run_grid
+
+    config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}"])
+    with tempfile.TemporaryDirectory(prefix="rlaccel_bench_") as tmp:
+        report = run_grid(config, grid={}, seeds=[42 + i for i in range(seeds)], out_dir=Path(tmp) / "sweep", progress=False)
+    rows = report.get("results") or [{}]
+    return {
+        "sps": report["aggregate_steps_per_s"],
+        "compile_s": report["compile_s"],
+        "final_return": rows[0].get("final_return_mean"),
+        "final_return_min": rows[0].get("final_return_min"),
+        "env_steps": round(report["aggregate_steps_per_s"] * report["train_s"]),
+        "devices": report.get("devices"),
+    }
+
+
+def work_gym_raw(seconds: float = 10.0) -> dict:
+    """gymnasium vector-env stepping alone (random actions, one thread), at the vector-env size
+    of one actor of ``configs/ppo_gym_cartpole.yaml``: the ceiling host actors are measured against."""
+    import gymnasium
+    import numpy as np
+
+    from rlaccel import config as config_lib
+
+    config = config_lib.load(CONFIGS / "ppo_gym_cartpole.yaml")
+    num_envs = config.agent.n_envs // config.actors.num_actors
+    venv = gymnasium.make_vec(config.env.partition(":")[2], num_envs=num_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP})
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        venv.step(rng.integers(0, 2, num_envs))
+        steps += num_envs
+    return {"sps": steps / (time.perf_counter() - start), "compile_s": 0.0, "final_return": None, "env_steps": steps, "num_envs": num_envs}
+
+
+def work_sb3(total_timesteps: int = 30_000, **shape: int) -> dict:
+    """Stable-Baselines3's PPO on gymnasium CartPole-v1 with ``configs/ppo_gym_cartpole.yaml``'s
+    hyperparameters (16 envs in a ``DummyVecEnv``, 32 steps, 10 epochs, minibatch 256, 64-64
+    tanh): the peer ``gym_cartpole_host`` is compared with. ``shape`` overrides ``n_envs``,
+    ``n_steps``, ``n_epochs``, ``batch_size`` (the ``_1env`` row: ``shared/REFERENCE.md``'s
+    1 env x 128 steps). ``sps`` is steps over wall time of a shortened run (SB3's speed is
+    flat after the first update)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rlaccel import config as config_lib
+
+    config = config_lib.load(CONFIGS / "ppo_gym_cartpole.yaml")
+    cfg = dataclasses.replace(config.agent, **shape)
+    venv = make_vec_env(config.env.partition(":")[2], n_envs=cfg.n_envs, seed=0)
+    model = PPO(
+        "MlpPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+        learning_rate=lambda f: f * cfg.learning_rate, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
+        policy_kwargs={"net_arch": list(cfg.policy_kwargs.net_arch), "activation_fn": torch.nn.Tanh}, device="cpu", seed=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    model.learn(total_timesteps)
+    elapsed = time.perf_counter() - start
+    returns = [ep["r"] for ep in model.ep_info_buffer]
+    return {
+        "sps": model.num_timesteps / elapsed,
+        "compile_s": 0.0,
+        "final_return": float(sum(returns) / len(returns)) if returns else None,
+        "env_steps": model.num_timesteps,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+WORKERS = {
+    "purejaxrl": work_purejaxrl,
+    "purejaxrl_dqn": work_purejaxrl_dqn,
+    "train": work_train,
+    "vmap": work_vmap,
+    "sweep": work_sweep,
+    "gym_raw": work_gym_raw,
+    "sb3": work_sb3,
+}
+
+
+def worker(name: str) -> dict:
+    """Measure row ``name`` in this process; its JSON, with this process's peak RSS."""
+    kind, opts = ROWS[name]
+    result = WORKERS[kind](**{k: v for k, v in opts.items() if k != "xla_flags"})
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def worker_main(argv: list[str]) -> int:
+    """``worker_main([row, result_path])``: the entry of a row's subprocess."""
+    name, result_path = argv
+    Path(result_path).write_text(json.dumps(worker(name)))
+    return 0

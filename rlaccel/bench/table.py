@@ -1,0 +1,159 @@
+"""The main ``rlaccel bench`` table: run rows in subprocesses, print, write JSON.
+
+Speeds are compared as ratios to the baseline row measured in the same invocation
+(``rows.BASELINE_FOR``): absolute figures drift on shared machines. A row that fails is shown
+as ``error`` in the table and the JSON, and makes the command exit 1 after both are written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rlaccel.bench.rows import BASELINE_FOR, CONFIG, ROOT, ROWS
+
+EXIT_ROWS_FAILED = 1
+EXIT_USAGE = 2
+DEFAULT_OUT = ROOT / "benchmarks" / "cartpole_cpu.json"
+TITLE = "CartPole-v1, 500k env steps per seed: PPO (4 envs x 128 steps, 2x64 tanh) and DQN (10 envs, PureJaxRL's configuration)"
+# CPU features that decide JAX/XLA's CPU kernels and int8 speed (shown when present)
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault)\b")
+_WORKER = "import sys; from rlaccel.bench.rows import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+
+
+def run_row(name: str) -> dict:
+    """One row in a fresh interpreter; its JSON, or ``{"error": ...}`` (the last line of its
+    stderr; the last 30 are echoed to this process's stderr)."""
+    env = dict(os.environ)
+    flags = ROWS[name][1].get("xla_flags")
+    if flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+    with tempfile.TemporaryDirectory(prefix="rlaccel_bench_") as tmp:
+        result = Path(tmp) / "result.json"
+        proc = subprocess.run([sys.executable, "-c", _WORKER, name, str(result)], check=False, env=env, capture_output=True, text=True)
+        if proc.returncode == 0 and result.is_file():
+            return json.loads(result.read_text())
+    output = (proc.stderr or proc.stdout or f"exit code {proc.returncode}").strip()
+    print(f"  {name} failed (exit code {proc.returncode}):\n" + "\n".join("    " + line for line in output.splitlines()[-30:]), file=sys.stderr)
+    return {"error": error_line(output)}
+
+
+def error_line(output: str) -> str:
+    """The exception line of a traceback in ``output`` (the last one; JAX adds lines after
+    it), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION.match(line):
+            return line
+    return lines[-1] if lines else "no output"
+
+
+def cpu_info() -> dict:
+    """CPU model and the features in ``CPU_FLAGS`` it has (from ``/proc/cpuinfo``)."""
+    model, flags = None, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features") and flags is None:
+                    flags = [x for x in CPU_FLAGS if x in set(value.split())]
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor() or platform.machine(), "cpu_flags": flags or [], "cores": os.cpu_count()}
+
+
+def machine() -> dict:
+    import jax
+
+    return {**cpu_info(), "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend()}
+
+
+def describe_cpu(m: dict) -> str:
+    """CPU model, cores and features, in one line."""
+    return f"{m['cpu']}, {m['cores']} cores, flags: {' '.join(m['cpu_flags']) or '-'}"
+
+
+def describe(m: dict) -> str:
+    """One line: CPU model, cores, features, Python and JAX."""
+    return f"{describe_cpu(m)}; Python {m['python']}, JAX {m['jax']} ({m['backend']})"
+
+
+def fmt(value: object, spec: str = ",.0f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def print_table(results: dict[str, dict], machine_info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=TITLE, caption=describe(machine_info))
+    columns = ("row", "env steps/s", "peak RSS MiB", "vs baseline", "compile s", "return", "actor sps", "learner sps", "latency p50 us", "p99 us")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for name, r in results.items():
+        if "error" in r:
+            table.add_row(name, f"error: {r['error'][:80]}", *[""] * (len(columns) - 2))
+            continue
+        base = results.get(BASELINE_FOR.get(name, ""), {})
+        ratio = f"{r['sps'] / base['sps']:.2f}x" if base.get("sps") else "-"
+        ret = fmt(r.get("final_return"), ".1f") + (f" (min {r['final_return_min']:.0f})" if r.get("final_return_min") is not None else "")
+        table.add_row(
+            name, fmt(r["sps"]), fmt(r.get("peak_rss_mib"), ".0f"), ratio, fmt(r.get("compile_s"), ".1f"), ret, fmt(r.get("actor_sps")),
+            fmt(r.get("learner_sps")), fmt(r.get("latency_us_p50"), ".0f"), fmt(r.get("latency_us_p99"), ".0f"),
+        )  # fmt: skip
+    Console(width=max(Console().width, 170)).print(table)
+    fp, q = results.get("fused_fp32", {}), results.get("fused_int8", {})
+    if fp.get("sps") and q.get("sps"):
+        print(f"fused int8 actors vs fused fp32 actors: {100 * (q['sps'] / fp['sps'] - 1):+.1f} % env steps/s")
+
+
+def parse_rows(text: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; raises ``ValueError`` naming unknown rows."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or not names:
+        raise ValueError(f"unknown row(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}")
+    return names
+
+
+def run(rows: str, out: str | Path | None = None) -> int:
+    """Run ``rows`` (comma-separated names), print the table, write the JSON; 0, or 1 if a row
+    failed (after printing and writing), or 2 for unknown rows."""
+    try:
+        names = parse_rows(rows)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    results = {}
+    for name in names:
+        start = time.perf_counter()
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_row(name)
+        print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    info = machine()
+    print_table(results, info)
+    path = Path(out) if out else DEFAULT_OUT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "cartpole_ppo_dqn", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "config": str(CONFIG.relative_to(ROOT)), "rows": results}
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    failed = [n for n, r in results.items() if "error" in r]
+    if failed:
+        print(f"error: {len(failed)} row(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_ROWS_FAILED
+    return 0

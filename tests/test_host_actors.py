@@ -53,6 +53,7 @@ class FailingCartPole(CartPoleEnv):
 gymnasium.register(FAILING_ID, entry_point=FailingCartPole, max_episode_steps=500)
 
 GYM_CARTPOLE = os.path.join(REPO, "configs", "ppo_gym_cartpole.yaml")
+DQN_GYM_CARTPOLE = os.path.join(REPO, "configs", "dqn_gym_cartpole.yaml")
 def test_jax_actor_acts_like_the_numpy_one():
     """``actors.policy: jax`` (the compiled ``act`` on the actor device) and the numpy int8
     actor pick the same actions with the same behaviour log-probabilities for the same noise
@@ -176,4 +177,20 @@ def test_resume_continues_the_learner_state(tmp_path):
     steps_per_update = config.ppo.n_epochs * (samples // config.ppo.batch_size)
     assert counts(at_3) == [3 * steps_per_update] * len(counts(at_3))
     assert counts(at_5) == [5 * steps_per_update] * len(counts(at_5))
+    assert not actor_threads()
+
+
+@pytest.mark.slow
+def test_dqn_on_host_actors_learns_gym_cartpole_greedy_int8(tmp_path):
+    """The must-reach figure: DQN through host actors, its greedy int8 policy >= 475 on 100
+    episodes of gymnasium's CartPole-v1 within 200k env steps (the config trains 50k)."""
+    import rlaccel
+    from rlaccel.deploy.evaluate import episode_returns
+
+    run = rlaccel.train(DQN_GYM_CARTPOLE, run_dir=tmp_path / "run", progress=False)
+    assert run.summary["status"] == "completed" and run.summary["env_steps"] <= 200_000
+    assert run.summary["placement"].startswith("host actors") and run.summary["config"]["algo"] == "dqn"
+    policy = run.policy("numpy-int8")  # greedy: argmax of the int8 Q-values
+    returns = episode_returns(policy, "CartPole-v1", 100, seed=1000)
+    assert returns.mean() >= 475, (returns.mean(), returns.min())
     assert not actor_threads()

@@ -28,11 +28,11 @@ train: $(VENV)/.installed
 
 ## Run the whole test suite (learning tests included), on every core (pytest-xdist).
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadscope $(PYTEST_ARGS)
 
 ## The inner loop: unit tests and CLI smoke tests, no learning (under a minute).
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n auto -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks: `rlaccel bench` (rlaccel/bench/), then `rlaccel bench latency`; prints the tables and
 ## writes benchmarks/*.json. ARGS go to the main table (e.g. ARGS="--rows purejaxrl_1,fused_int8").

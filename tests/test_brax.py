@@ -21,6 +21,7 @@ def pendulum():
     return envs.make("brax:inverted_pendulum", backend="spring", max_episode_steps=5)
 
 
+@pytest.mark.slow
 def test_reset_and_step_match_brax(pendulum):
     assert pendulum.kind == "brax" and pendulum.obs_dim == 4 and pendulum.action_dim == 1
     assert not pendulum.is_discrete and float(pendulum.action_space.low[0]) == -1.0
@@ -58,6 +59,7 @@ def test_unknown_name_and_backend():
         envs.make("brax:ant", backend="warp")
 
 
+@pytest.mark.slow
 def test_short_fused_ppo_run():
     cfg = config.load(
         "configs/ppo_brax_inverted_pendulum.yaml",

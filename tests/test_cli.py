@@ -219,6 +219,7 @@ def test_tiny_run_tensorboard_events(finished_run):
     assert 0.0 <= last["train/clip_fraction"] <= 1.0 and last["train/entropy_loss"] < 0
 
 
+@pytest.mark.slow
 def test_resume_continues_a_finished_run(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run["dir"], run_dir)

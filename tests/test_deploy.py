@@ -90,6 +90,7 @@ def other_runs(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow
 def test_run_trained_with_fp32_actors_is_calibrated_at_export(other_runs):
     art = artifact_lib.read(other_runs["uncalibrated"] / "policy.rlpolicy")
     assert art.meta["source"]["calibrated_rollouts"] == 8
@@ -146,10 +147,12 @@ def agent_bounds(policy) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(space["low"], np.float32), np.asarray(space["high"], np.float32)
 
 
+@pytest.mark.slow
 def test_numpy_int8_is_bit_exact_with_the_training_actor_cartpole(cartpole_run):
     _check_bit_exact(cartpole_run)
 
 
+@pytest.mark.slow
 def test_host_actor_mujoco_run_exports_bit_exact(tmp_path_factory):
     """HalfCheetah-v5 through host actors (gymnasium MuJoCo): 17-64-64-6 tanh, normalised obs."""
     run_dir = tmp_path_factory.mktemp("deploy_gym") / "halfcheetah"
@@ -163,12 +166,14 @@ def test_host_actor_mujoco_run_exports_bit_exact(tmp_path_factory):
     _check_bit_exact(run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pendulum", "dqn"])
 def test_numpy_int8_is_bit_exact_normalised_gaussian_and_relu(other_runs, name):
     """Pendulum: observation normaliser folded in, continuous mean; DQN: ReLU, 120-84 widths."""
     _check_bit_exact(other_runs[name])
 
 
+@pytest.mark.slow
 def test_artifact_normaliser_is_the_actors(other_runs):
     """``obs.mean`` / ``obs.inv_std`` are the actor parameters' own values; ``obs.var`` (for
     older readers) is the variance they came from, to float32 rounding."""
@@ -183,6 +188,7 @@ def test_artifact_normaliser_is_the_actors(other_runs):
     assert artifact_lib.read(other_runs["dqn"] / "policy.rlpolicy").meta["policy"]["head"] == "q_values"
 
 
+@pytest.mark.slow
 def test_activation_table_equals_requantize_on_every_accumulator(other_runs):
     """The tabulated activation against ``quant.requantize`` on every integer of a channel's
     transition window (not just sampled points), for tanh."""
@@ -197,6 +203,7 @@ def test_activation_table_equals_requantize_on_every_accumulator(other_runs):
         np.testing.assert_array_equal(table, q)
 
 
+@pytest.mark.slow
 def test_import_rlaccel_and_numpy_backends_do_not_import_jax(cartpole_run):
     code = (
         "import sys, numpy as np, rlaccel\n"
@@ -212,6 +219,7 @@ def test_import_rlaccel_and_numpy_backends_do_not_import_jax(cartpole_run):
     assert len(out.stdout.splitlines()) == 2 and all(line.endswith(" (3,)") for line in out.stdout.splitlines())
 
 
+@pytest.mark.slow
 def test_every_backend_acts_on_one_and_on_a_batch(cartpole_run, other_runs):
     for run_dir in (cartpole_run, other_runs["pendulum"]):
         for backend in BACKENDS:
@@ -227,6 +235,7 @@ def test_every_backend_acts_on_one_and_on_a_batch(cartpole_run, other_runs):
             assert np.array_equal(np.asarray(p.act(list(map(float, obs[0])))), np.asarray(one))  # a list works too
 
 
+@pytest.mark.slow
 def test_gaussian_mean_is_clipped_to_the_action_bounds(other_runs):
     p = load_policy(other_runs["pendulum"] / "policy.rlpolicy", "numpy-int8")
     tables = runtime.int8_tables(p.artifact)
@@ -239,6 +248,7 @@ def test_gaussian_mean_is_clipped_to_the_action_bounds(other_runs):
     assert np.array_equal(np.stack([p.act(o) for o in obs]), acts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cartpole", "pendulum", "dqn"])
 def test_onnx_models_pass_the_checker_and_agree_with_numpy_int8(cartpole_run, other_runs, name, tmp_path):
     run_dir = cartpole_run if name == "cartpole" else other_runs[name]
@@ -292,6 +302,7 @@ def _corrupt(src: Path, dst: Path, how: str) -> Path:
     "how, message",
     [("truncated", "truncated"), ("edited", "sha256"), ("future", "newer than this rlaccel"), ("not_a_policy", "not an rlaccel policy")],
 )
+@pytest.mark.slow
 def test_bad_artifacts_give_one_clear_error(cartpole_run, tmp_path, how, message):
     bad = _corrupt(cartpole_run / "policy.rlpolicy", tmp_path / "bad.rlpolicy", how)
     for backend in ("numpy-int8", "onnx-int8"):
@@ -300,6 +311,7 @@ def test_bad_artifacts_give_one_clear_error(cartpole_run, tmp_path, how, message
         assert str(bad) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_observation_that_does_not_match_the_space_is_refused(cartpole_run):
     import gymnasium as gym
 
@@ -319,6 +331,7 @@ def test_observation_that_does_not_match_the_space_is_refused(cartpole_run):
         load_policy(cartpole_run / "policy.rlpolicy", "tflite")
 
 
+@pytest.mark.slow
 def test_search_fallback_computes_the_same_integers_as_the_lookup(cartpole_run, monkeypatch):
     """The binary-search path (used when a table would be too large or one accumulator value
     jumps two levels) against the branch-free lookup, on the same observations."""
@@ -332,6 +345,7 @@ def test_search_fallback_computes_the_same_integers_as_the_lookup(cartpole_run, 
     assert [search.act(o) for o in obs[:500]] == [lut.act(o) for o in obs[:500]]
 
 
+@pytest.mark.slow
 def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cartpole_run, tmp_path):
     command = [sys.executable, "-m", "rlaccel", "export"]
     ckpt = checkpoint.latest(cartpole_run / "checkpoints")
@@ -353,6 +367,7 @@ def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cartpole_run
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_exported_int8_returns_match_fp32_on_100_cartpole_episodes(cartpole_run):
     """Must-reach: int8 within 2 % of fp32 over 100 evaluation episodes (gymnasium's CartPole)."""
     path = cartpole_run / "policy.rlpolicy"
@@ -363,6 +378,7 @@ def test_exported_int8_returns_match_fp32_on_100_cartpole_episodes(cartpole_run)
     assert abs(int8.mean() - fp32.mean()) <= 0.02 * abs(fp32.mean())
 
 
+@pytest.mark.slow
 def test_artifact_round_trip_and_contents(cartpole_run):
     art = artifact_lib.read(cartpole_run / "policy.rlpolicy")
     meta = art.meta

@@ -93,6 +93,7 @@ def test_dqn_on_continuous_actions_is_a_config_error(tmp_path, capsys) -> None:
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
 def test_short_dqn_run_logs_sb3_tags(tmp_path, precision: str) -> None:
     run_dir = tmp_path / precision

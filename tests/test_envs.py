@@ -470,6 +470,7 @@ def test_unknown_id_without_close_names_lists_known_ids():
         envs.make("Hopper-v4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id, kind", [("gym:CartPole-v1", "gym"), ("brax:inverted_pendulum", "brax")])
 def test_backend_prefixes_dispatch_to_their_adapters(env_id: str, kind: str):
     """``gym:`` / ``brax:`` ids make adapters (tested in test_host_actors.py / test_brax.py)."""

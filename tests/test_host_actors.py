@@ -54,6 +54,7 @@ gymnasium.register(FAILING_ID, entry_point=FailingCartPole, max_episode_steps=50
 
 GYM_CARTPOLE = os.path.join(REPO, "configs", "ppo_gym_cartpole.yaml")
 DQN_GYM_CARTPOLE = os.path.join(REPO, "configs", "dqn_gym_cartpole.yaml")
+@pytest.mark.slow
 def test_jax_actor_acts_like_the_numpy_one():
     """``actors.policy: jax`` (the compiled ``act`` on the actor device) and the numpy int8
     actor pick the same actions with the same behaviour log-probabilities for the same noise
@@ -96,6 +97,7 @@ def actor_threads():
     return [t for t in threading.enumerate() if t.name.startswith("actor-")]
 
 
+@pytest.mark.slow
 def test_host_actors_learn_gym_cartpole(tmp_path):
     """The must-reach figure: >= 475 within 500k steps (here within the config's 150k)."""
     run_dir = tmp_path / "run"
@@ -110,6 +112,7 @@ def test_host_actors_learn_gym_cartpole(tmp_path):
     assert not actor_threads()
 
 
+@pytest.mark.slow
 def test_failing_env_stops_cleanly_with_exit_1(tmp_path):
     run_dir = tmp_path / "run"
     rc, _, err = run_main(
@@ -127,6 +130,7 @@ def test_failing_env_stops_cleanly_with_exit_1(tmp_path):
     assert not actor_threads()
 
 
+@pytest.mark.slow
 def test_sigint_exits_130_with_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     # A checkpoint after every update: the first one is the event that says training runs.
@@ -150,6 +154,7 @@ def test_sigint_exits_130_with_a_checkpoint(tmp_path):
     assert checkpoint.read_meta(ckpt)["update"] == summary["updates"] >= 1
 
 
+@pytest.mark.slow
 def test_resume_continues_the_learner_state(tmp_path):
     """Host mode resumes without losing learner state: parameters, Adam's step count and the
     observation statistics carry on from the checkpoint. Not bitwise exact, by design: the

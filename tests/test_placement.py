@@ -116,6 +116,7 @@ def devices_of(tree):
     return {d for leaf in jax.tree.leaves(tree) for d in leaf.devices()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_split_runner_keeps_learner_and_actor_state_apart(runs, cpus, precision):
     learner, actor = cpus
@@ -159,12 +160,14 @@ def test_split_runner_keeps_learner_and_actor_state_apart(runs, cpus, precision)
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_same_device_gives_the_fused_runner(runs, cpus):
     runner, state, _, _ = runs["fused", "int8"]
     assert isinstance(runner, FusedSource)
     assert devices_of(state) == {cpus[0]}
 
 
+@pytest.mark.slow
 def test_split_and_fused_runners_compute_the_same_run(runs):
     """Same seed, same maths, two devices vs one program: the same episodes and parameters."""
     _, split, split_metrics, initial_params = runs["split", "int8"]
@@ -183,6 +186,7 @@ def test_split_and_fused_runners_compute_the_same_run(runs):
     assert min(moved) > 1e-6
 
 
+@pytest.mark.slow
 def test_fused_probe_never_reports_an_impossible_learner_speed(runs):
     runner, state, _, _ = runs["fused", "int8"]
     # The last chunk took less time per update than one rollout alone takes in the probe.

@@ -218,6 +218,7 @@ def rounding_noise_std(layers, x, activation):
 
 @settings(deadline=None, max_examples=25)
 @given(mlps())
+@pytest.mark.slow
 def test_int8_logits_match_fp32(case):
     """Random MLPs calibrated on their own inputs: int8 logits within 6 predicted standard
     deviations of int8 rounding noise, scales as documented, every weight within half a step.

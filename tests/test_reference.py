@@ -237,6 +237,7 @@ def test_ppo_actor_matches_the_jax_actor(env_id, precision):
     np.testing.assert_allclose(extras.log_prob, np.asarray(jax_extras.log_prob), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ppo_actor_noise_distributions():
     config, agent, state, _ = _agent(["env=CartPole-v1"])
     _, host_params = _actor_params(agent, state, "int8")

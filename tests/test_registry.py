@@ -142,6 +142,7 @@ def test_unknown_without_registration():
         rlaccel.api.load_config(CONFIG)
 
 
+@pytest.mark.slow
 def test_toy_algorithm_trains_through_the_public_api(toy, tmp_path):
     run = rlaccel.train(CONFIG, run_dir=tmp_path / "api", progress=False)
     s = run.summary
@@ -152,6 +153,7 @@ def test_toy_algorithm_trains_through_the_public_api(toy, tmp_path):
     assert (tmp_path / "api" / "checkpoints").is_dir() and json.loads((tmp_path / "api" / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_toy_algorithm_through_the_cli_check_resume_and_sweep_keys(toy, tmp_path):
     path = tmp_path / "reinforce.yaml"
     path.write_text(yaml.safe_dump({**CONFIG, "total_timesteps": 16 * 128 * 4, "logging": {**CONFIG["logging"], "checkpoint_interval": 2}}))

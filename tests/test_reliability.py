@@ -135,6 +135,7 @@ def resumed_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 def test_resume_is_bitwise_exact(resumed_runs, algo):
     run = resumed_runs[algo]
@@ -168,6 +169,7 @@ def test_resume_is_bitwise_exact(resumed_runs, algo):
     assert first and run["at_stop"][first[0]] != b.read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 def test_resume_logs_the_same_curves(resumed_runs, algo):
     root = resumed_runs[algo]["root"]
@@ -218,6 +220,7 @@ def diverged(rc, out, err, run_dir):
     return update, metric, line
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_stops_and_keeps_the_last_good_checkpoint(resumed_runs, tmp_path):
     # A finished 6-update run, continued with an absurd learning rate.
     run_dir = tmp_path / "run"
@@ -246,6 +249,7 @@ class NaNRewardCartPole(envs.CartPole):
         return state, obs, jnp.where(jax.random.uniform(key) < 1 / 2500, jnp.nan, reward), terminated, truncated, info
 
 
+@pytest.mark.slow
 def test_nan_rewards_stop_the_run_naming_update_and_metric(tmp_path, monkeypatch):
     monkeypatch.setitem(envs.REGISTRY, NaNRewardCartPole.id, NaNRewardCartPole)
     run_dir = tmp_path / "run"
@@ -278,6 +282,7 @@ def test_stop_on_signals_records_and_restores():
     assert guards.exit_code(signal.SIGINT) == 130 and guards.exit_code(signal.SIGTERM) == 143
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_finishes_the_chunk_checkpoints_and_exits(tmp_path, monkeypatch, signum):
     # The signal arrives while the first chunk is being processed (deterministically: from
@@ -325,6 +330,7 @@ def wait_for(predicate, proc, timeout=120.0):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigterm_and_kill_9_in_a_real_process(tmp_path, compilation_cache):
     """SIGTERM: exit 143 with a checkpoint and summary.json. ``kill -9`` in the middle of
     writing a checkpoint: the previous one is intact and ``--resume`` continues from it."""
@@ -379,6 +385,7 @@ def test_sigterm_and_kill_9_in_a_real_process(tmp_path, compilation_cache):
 # "nothing written" is checked here).
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_resume_from_a_corrupted_checkpoint_exits_2_and_writes_nothing(resumed_runs, tmp_path, damage):
     run_dir = tmp_path / "run"
@@ -399,6 +406,7 @@ def test_resume_from_a_corrupted_checkpoint_exits_2_and_writes_nothing(resumed_r
     assert tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_resume_and_overwrite_together_exit_2(resumed_runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(resumed_runs["ppo"]["root"] / "straight", run_dir)

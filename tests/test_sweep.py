@@ -70,6 +70,7 @@ def test_traced_and_static_keys(cartpole_yaml):
 # The contract: vmap (and sharding) changes nothing but speed.
 
 
+@pytest.mark.slow
 def test_grid_matches_separate_runs_sharded(cartpole_yaml):
     """2 learning rates (linear schedules) x 2 entropy coefficients x 2 seeds, sharded over the
     two forced CPU devices, against 8 runs of the normal single-run path with the same keys.
@@ -113,6 +114,7 @@ def test_grid_matches_separate_runs_sharded(cartpole_yaml):
     assert not np.array_equal(result.metrics["rollout/ep_rew_mean"][0], result.metrics["rollout/ep_rew_mean"][4])  # lr
 
 
+@pytest.mark.slow
 def test_dqn_hyperparameters_are_traced(tmp_path):
     """DQN's epsilon, learning rate and learning_starts vmapped in one compile (its
     ``lax.cond`` runs under ``shard_map`` too), each member with its own values."""
@@ -136,6 +138,7 @@ def test_dqn_hyperparameters_are_traced(tmp_path):
 # The command line.
 
 
+@pytest.mark.slow
 def test_sweep_cli_writes_results(cartpole_yaml, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -215,6 +218,7 @@ def test_export_best_of_missing_sweep(tmp_path, capsys):
 # Optuna: one study, two worker processes.
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(cartpole_yaml, tmp_path):
     """Two processes on one journal file finish exactly N trials: each trial number once,
     every trial finished (none left RUNNING or WAITING), and the workers' own counts add up."""

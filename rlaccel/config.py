@@ -95,11 +95,17 @@ class ActorsConfig:
     agent's compiled ``act`` on ``placement.actor.device``."""
     timeout_s: float = 60.0
     """Seconds without any trajectory batch, or for a thread to stop, before an env counts as stuck."""
+    max_policy_lag: Optional[int] = None
+    """Updates an actor's parameters may trail the update that consumes its batch (IMPALA's
+    bound): an actor waits for the learner before a batch that would exceed it. ``0`` makes a
+    run reproducible (acting and learning take turns); ``null``: free-running, the lag is
+    whatever ``queue_size`` and the speeds allow."""
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, "actors.num_actors", "must be >= 1")
         _check(self.queue_size >= 1, "actors.queue_size", "must be >= 1")
         _check(self.timeout_s > 0, "actors.timeout_s", "must be > 0")
+        _check(self.max_policy_lag is None or self.max_policy_lag >= 0, "actors.max_policy_lag", "must be >= 0 or null")
 
 
 @dataclasses.dataclass(frozen=True)

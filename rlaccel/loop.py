@@ -260,7 +260,7 @@ def run(
         raise type(failure)(f"{failure}; every actor stopped, checkpoint of the learner's last good state (update {update}): {latest}") from failure
     if failure is not None:
         raise failure
-    if stopped_by is not None:
+    if stopped_by is not None and run_dir is not None:
         console.print(f"stopped by {stopped_by} after update {update}; checkpoint {latest}; continue with --resume {run_dir}")
     return summary
 

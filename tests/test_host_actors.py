@@ -64,7 +64,7 @@ def test_jax_actor_acts_like_the_numpy_one():
     state = source.initial_state(jax.random.PRNGKey(3))
     obs = np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32)
     state = state.replace(agent=source.agent.calibrate(state.agent, jnp.asarray(obs)))
-    numpy_actor = source.make_actor(source._params(state.agent), 0)
+    numpy_actor = source.make_actor(source.host_params(source._params(state.agent)), 0)
     jax_actor = JaxActor(source.agent.actor_params(state.agent, "int8"), 0, jax.jit(source.agent.act), None, jax.devices()[0])
     noise = numpy_actor.noise(np.random.default_rng(3), 1, 64)[0]
     (a_np, x_np), (a_jax, x_jax) = numpy_actor.act(obs, noise), jax_actor.act(obs, noise)
@@ -195,6 +195,7 @@ def test_dqn_on_host_actors_learns_gym_cartpole_greedy_int8(tmp_path):
     run = rlaccel.train(DQN_GYM_CARTPOLE, run_dir=tmp_path / "run", progress=False)
     assert run.summary["status"] == "completed" and run.summary["env_steps"] <= 200_000
     assert run.summary["placement"].startswith("host actors") and run.summary["config"]["algo"] == "dqn"
+    assert run.summary["actor/policy_lag"] == 0  # actors.max_policy_lag: 0, a reproducible run
     policy = run.policy("numpy-int8")  # greedy: argmax of the int8 Q-values
     returns = episode_returns(policy, "CartPole-v1", 100, seed=1000)
     assert returns.mean() >= 475, (returns.mean(), returns.min())

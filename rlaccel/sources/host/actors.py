@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import queue
 import threading
 import time
@@ -35,13 +36,39 @@ POLL_S = 0.05  # how often blocked queue operations look at the stop event
 
 
 class ParamBoard:
-    """The newest published actor; one attribute assignment, so readers never see half an update."""
+    """The newest published actor parameters and their version.
 
-    def __init__(self, actor: Any):
-        self.actor = actor
+    The learner publishes host copies of the parameters (one tuple assignment, so readers
+    never see half an update); each actor thread builds its own actor object from them with
+    ``make(params, version)`` when the version changes, so building (the int8 lookup tables)
+    happens on the actor's thread, not on the learner's critical path.
+    """
 
-    def publish(self, actor: Any) -> None:
-        self.actor = actor
+    def __init__(self, make: Any, params: Any, version: int):
+        self.make = make
+        self.latest = (params, version)
+        self._published = threading.Condition()
+
+    def publish(self, params: Any, version: int) -> None:
+        with self._published:
+            self.latest = (params, version)
+            self._published.notify_all()
+
+    def wait_for(self, version: int, stop: threading.Event) -> bool:
+        """Block until the newest version is ``>= version``; ``False`` if ``stop`` is set first."""
+        with self._published:
+            while self.latest[1] < version:
+                if stop.is_set():
+                    return False
+                self._published.wait(POLL_S)
+        return True
+
+    def actor(self, current: Any = None) -> Any:
+        """``current`` if it acts with the newest version, else a new actor for the newest one."""
+        params, version = self.latest
+        if current is not None and current.version == version:
+            return current
+        return self.make(params, version)
 
 
 class JaxActor:
@@ -94,18 +121,24 @@ class ActorThread(threading.Thread):
       index: actor number (names it in messages; seeds its envs and noise).
       env: an ``rlaccel.envs.gym.GymEnv``.
       num_envs, num_steps: ``b`` copies, ``T`` steps per batch.
-      board: where the learner publishes actors.
+      board: where the learner publishes actor parameters.
       out: the bounded batch queue.
       stop: set by anyone to stop every thread.
       faults: where a failure is reported (``(index, exception, traceback text)``).
       seed: base seed.
+      max_lag: ``actors.max_policy_lag``: batch ``k`` waits for version ``first + k - max_lag``
+        (``first`` the version the thread starts with); ``None`` never waits.
     """
 
-    def __init__(self, index: int, env: Any, num_envs: int, num_steps: int, board: ParamBoard, out: queue.Queue, stop: threading.Event, faults: list, seed: int):
+    def __init__(
+        self, index: int, env: Any, num_envs: int, num_steps: int, board: ParamBoard, out: queue.Queue, stop: threading.Event, faults: list, seed: int,
+        max_lag: int | None = None,
+    ):  # fmt: skip
         super().__init__(name=f"actor-{index}", daemon=True)
         self.index, self.env, self.num_envs, self.num_steps = index, env, num_envs, num_steps
         self.board, self.out, self.stop, self.faults = board, out, stop, faults
         self.seed = seed + 1000 * index
+        self.max_lag = max_lag
 
     def run(self) -> None:
         venv = None
@@ -128,8 +161,14 @@ class ActorThread(threading.Thread):
         obs, _ = venv.reset(seed=self.seed)
         ep_ret = np.zeros(b, np.float32)
         ep_len = np.zeros(b, np.int32)
-        while not self.stop.is_set():
-            actor = self.board.actor
+        actor = None
+        first = self.board.latest[1]
+        for k in itertools.count():
+            if self.stop.is_set():
+                return
+            if self.max_lag is not None and not self.board.wait_for(first + k - self.max_lag, self.stop):
+                return
+            actor = self.board.actor(actor)
             o = np.empty((T, b, env.obs_dim), np.float32)
             next_o = np.empty((T, b, env.obs_dim), np.float32)
             rew = np.empty((T, b), np.float32)

@@ -128,9 +128,12 @@ class HostSource(StepSource):
         self._halt.clear()
         self._faults.clear()
         self._queues = [queue.Queue(maxsize=self.config.actors.queue_size) for _ in range(self.num_actors)]
-        self._board = ParamBoard(self.make_actor(self._params(state.agent), int(state.update)))
+        self._board = ParamBoard(self.make_actor, self.host_params(self._params(state.agent)), int(state.update))
         self._threads = [
-            ActorThread(i, self.env, self.envs_per_actor, self.spec.num_steps, self._board, q, self._halt, self._faults, self.config.seed)
+            ActorThread(
+                i, self.env, self.envs_per_actor, self.spec.num_steps, self._board, q, self._halt, self._faults, self.config.seed,
+                max_lag=self.config.actors.max_policy_lag,
+            )
             for i, q in enumerate(self._queues)
         ]
         for t in self._threads:
@@ -148,7 +151,7 @@ class HostSource(StepSource):
             state, metrics, params = self._compiled(state, transitions, episodes)
             metrics = jax.device_get(metrics)
             update = int(state.update)
-            self._board.publish(self.make_actor(params, update))
+            self._board.publish(self.host_params(params), update)
             self._window.learn_s += time.perf_counter() - t0
             self._window.add(got, update)
             rows.append(metrics)
@@ -178,11 +181,15 @@ class HostSource(StepSource):
 
     # -- helpers --------------------------------------------------------------------------
 
+    def host_params(self, params: Any) -> Any:
+        """What the learner publishes: numpy copies for numpy actors; JAX actors take the arrays."""
+        return params if self._jax_policy else jax.device_get(params)
+
     def make_actor(self, params: Any, version: int) -> Any:
-        """The actors' policy object for actor parameters ``params`` (on the learner device)."""
+        """An actor object (built on the actor's thread) for published parameters."""
         if self._jax_policy:
             return JaxActor(params, version, self._act, self._noise, self.where.actor)
-        return self.actor_cls(jax.device_get(params), version, self.config.agent)
+        return self.actor_cls(params, version, self.config.agent)
 
     def empty_batch(self, state: TrainState) -> tuple[Transition, EpisodeInfo]:
         """Zeros shaped like a learner batch ``[T, n_envs]`` (for compiling ahead of time);

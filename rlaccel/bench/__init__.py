@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlaccel.bench import latency, table
+from rlaccel.bench import latency, returns, table
 from rlaccel.bench.rows import ROOT, ROWS
 
 DESCRIPTION = "Benchmarks: PPO and DQN on CartPole-v1 against PureJaxRL and Stable-Baselines3, each placement's cost, deployment latency."
@@ -40,9 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--out", help=f"JSON output path (default {table.DEFAULT_OUT.relative_to(ROOT)})")
     parser.add_argument("--latency", action="store_true", help="run the deployment latency bench instead, with its defaults (see `latency --help`)")
-    sub = parser.add_subparsers(dest="bench_command", metavar="{latency}")
+    sub = parser.add_subparsers(dest="bench_command", metavar="{latency,returns}")
     lat = sub.add_parser("latency", help="decision latency of exported policies on every runtime", description=latency.DESCRIPTION)
     latency.add_arguments(lat)
+    ret = sub.add_parser("returns", help="returns of exported int8 vs fp32 policies on gymnasium's envs", description=returns.DESCRIPTION)
+    returns.add_arguments(ret)
 
 
 def _latency_defaults() -> argparse.Namespace:
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         return table.EXIT_USAGE
     if getattr(args, "bench_command", None) == "latency":
         return latency.run(args)
+    if getattr(args, "bench_command", None) == "returns":
+        return returns.run(args)
     if args.latency:
         return latency.run(_latency_defaults())
     return table.run(args.rows, args.out)

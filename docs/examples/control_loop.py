@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A fixed-rate control loop driven by an exported policy (what a robot's controller does).
 
-    python scripts/control_loop.py --policy runs/pendulum/policy.rlpolicy --rate 500 --seconds 5
+    python docs/examples/control_loop.py --policy runs/pendulum/policy.rlpolicy --rate 500 --seconds 5
 
 Every ``1 / rate`` seconds: read the observation, ``policy.act`` (timed: the decision
 latency), apply the action with ``env.step`` (here gymnasium's simulator stands in for the

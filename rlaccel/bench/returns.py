@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
-"""Returns of the exported int8 policy against the fp32 one, on 100 evaluation episodes.
+"""``rlaccel bench returns``: returns of the exported int8 policy against the fp32 one.
 
-    python scripts/eval_returns.py                      # trains CartPole (500k) and Pendulum (400k)
-    python scripts/eval_returns.py --run runs/a --run runs/b --episodes 100
+    rlaccel bench returns                                   # trains CartPole (500k) and Pendulum (400k)
+    rlaccel bench returns --run runs/a --run runs/b --episodes 100
 
 Each run is trained with ``rlaccel.train`` from the shipped config (unless ``--run``
 names existing runs), exported with ``rlaccel.deploy.export``, and both the numpy-int8 and
@@ -15,24 +14,28 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from rlaccel.fileio import write_json
+
+from rlaccel.bench.rows import ROOT
+
+DESCRIPTION = "Returns of the exported int8 policy against the fp32 one, on gymnasium's own envs."
 CONFIGS = {"CartPole-v1": ROOT / "configs" / "ppo_cartpole.yaml", "Pendulum-v1": ROOT / "configs" / "ppo_pendulum.yaml"}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``rlaccel bench returns``."""
     p.add_argument("--run", action="append", default=[], help="existing run directory (repeatable); default: train the shipped configs")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "deploy_returns.json"))
-    args = p.parse_args()
 
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or take ``--run``), export, play both runtimes; 0 when int8 is within 2 % of fp32."""
 
     from rlaccel import config as config_lib
     import rlaccel
@@ -69,10 +72,7 @@ def main() -> int:
         print(f"| {r['env']} | {r['env_steps']:,} | {a['mean']:.1f} ({a['std']:.1f}) | {b['mean']:.1f} ({b['std']:.1f}) | {100 * r['rel_diff']:.2f} % | {'yes' if r['within_2pct'] else 'NO'} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.datetime.now().isoformat(timespec="seconds"), "seed": args.seed, "rows": rows}, indent=2))
+    write_json(out, {"date": datetime.datetime.now().isoformat(timespec="seconds"), "seed": args.seed, "rows": rows})
     print(f"\nwrote {out}")
     return 0 if all(r["within_2pct"] for r in rows) else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

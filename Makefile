@@ -1,5 +1,7 @@
 # The two commands a new user needs: `make train` and `make test`.
-# Both create .venv with the system python3 if it is missing and install what they need.
+# Both create .venv with the system python3 if it is missing and install what they need
+# (pip -qq: errors only; the editable install's informational note about the agents/ and envs/
+# folders mapped into the rlaccel package is not one).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,14 +11,14 @@ CONFIG ?= configs/ppo_cartpole.yaml
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -qq --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install -qq -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install -qq -e '.[dev]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -38,13 +40,13 @@ test-fast: $(VENV)/.installed-dev
 ## writes benchmarks/*.json. ARGS go to the main table (e.g. ARGS="--rows purejaxrl_1,fused_int8").
 ## Fails if an install step or any row fails (both tables are still printed and written).
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m pip install -qq -e '.[bench]'
 	# gymnax and flashbax (the PureJaxRL baselines) without their pins (gymnax's would downgrade
 	# gymnasium); the modules they import are in the bench extra. Versions the baselines are checked with.
-	$(BIN)/python -m pip install --quiet --no-deps "gymnax==1.0.1" "flashbax==0.1.3"
+	$(BIN)/python -m pip install -qq --no-deps "gymnax==1.0.1" "flashbax==0.1.3"
 	# Stable-Baselines3 for its rows. torch pinned to the CPU build this machine's pip finds (/opt/wheels);
 	# elsewhere add --extra-index-url https://download.pytorch.org/whl/cpu, or PyPI's wheel brings CUDA.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" stable-baselines3
+	$(BIN)/python -m pip install -qq "torch==2.13.0" stable-baselines3
 	$(BIN)/python -c "import gymnax, flashbax, stable_baselines3"
 	status=0; \
 	$(BIN)/rlaccel bench $(ARGS) || status=1; \

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaccel.bench.rows import CONFIGS, ROOT
+from rlaccel.fileio import write_json
 
 DESCRIPTION = "Decision latency of exported policies on every runtime (numpy, onnxruntime, jax; int8 and fp32), in one run."
 BACKENDS = ["numpy-int8", "numpy-fp32", "onnx-int8", "onnx-fp32", "jax", "jax-fp32"]
@@ -219,6 +220,6 @@ def measure_main(params_json: str) -> int:
         "calls": {"batch1": params["calls"], "batch64": params["batch_calls"]},
         "policies": params["sources"],
     }
-    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_json(out, {**meta, "rows": rows})
     print(f"wrote {out}")
     return 0

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from rlaccel.bench.rows import BASELINE_FOR, CONFIG, ROOT, ROWS
+from rlaccel.fileio import write_json
 
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
@@ -150,7 +151,7 @@ def run(rows: str, out: str | Path | None = None) -> int:
     path = Path(out) if out else DEFAULT_OUT
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "cartpole_ppo_dqn", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "config": str(CONFIG.relative_to(ROOT)), "rows": results}
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     print(f"wrote {path}")
     failed = [n for n, r in results.items() if "error" in r]
     if failed:

@@ -98,18 +98,12 @@ def to_bytes(artifact: Artifact) -> bytes:
 
 
 def write(path: str | Path, artifact: Artifact) -> Path:
-    """Write ``artifact`` to ``path`` atomically (temp file, fsync, rename)."""
-    import os
+    """Write ``artifact`` to ``path`` atomically (``rlaccel.fileio.atomic_write``)."""
+    from rlaccel.fileio import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(to_bytes(artifact))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, to_bytes(artifact))
 
 
 def from_bytes(raw: bytes, name: str = "policy") -> Artifact:

@@ -24,7 +24,7 @@ from rlaccel import config as config_lib
 from rlaccel import registry
 from rlaccel.config import Config, ConfigError
 
-__all__ = ["Run", "load_config", "train", "validate"]
+__all__ = ["Run", "check_run_dir", "default_run_dir", "load_config", "run_checked", "train", "validate"]
 
 
 @dataclasses.dataclass
@@ -163,7 +163,15 @@ def train(
     validate(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if overwrite and run_dir.exists():
+    return run_checked(config, run_dir, resume=resume, overwrite=overwrite, stop_at=stop_at, console=console)
+
+
+def run_checked(
+    config: Config, run_dir: Path, *, resume: bool = False, overwrite: bool = False, stop_at: int | None = None, console: Any = None
+) -> Run:
+    """Train a config that :func:`validate` and :func:`check_run_dir` already accepted (what
+    :func:`train` and ``rlaccel train`` end with; nothing is checked twice)."""
+    if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
 
     from rlaccel import loop, sources

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "LEVELS", "QMAX", "Fp32Network", "Int8Network", "Int8Tables", "Normalizer", "dense_layers", "normalize"]
+__all__ = ["ACTIVATIONS", "LEVELS", "QMAX", "Fp32Network", "Int8Network", "Int8Tables", "Normalizer", "dense_layers", "network", "normalize"]
 
 QMAX = 127  # int8 codes are symmetric: -127 .. 127
 LEVELS = 254  # thresholds per channel: int8 levels -126 .. 127 (the level -127 needs none)
@@ -387,3 +387,17 @@ class Fp32Network(_Network):
             return matmul(last_in, last_w, out=out)
 
         return forward
+
+
+def network(policy: Any, activation: str, normalizer: Normalizer | None = None, clip_obs: float = 10.0) -> Int8Network | Fp32Network:
+    """The numpy network of an actor's ``policy`` (numpy leaves): :class:`Int8Network` for
+    :class:`Int8Tables`, else :class:`Fp32Network` of a flax MLP's ``Dense_i`` params.
+
+    Args:
+      policy: ``Int8Tables`` or flax params ``{"Dense_0": {"kernel", "bias"}, ...}``.
+      activation: the hidden activation (the fp32 network's; the int8 tables encode their own).
+      normalizer, clip_obs: the observation normaliser applied first, or ``None``.
+    """
+    if isinstance(policy, Int8Tables):
+        return Int8Network(policy, normalizer, clip_obs)
+    return Fp32Network(dense_layers(policy), activation, normalizer, clip_obs)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rlaccel.reference import Fp32Network, Int8Network, Int8Tables, dense_layers
+from rlaccel.reference import Fp32Network, Int8Network, network
 from rlaccel.registry import ExportSpec
 
 __all__ = ["NOISE_DTYPE", "DQNActor", "export_spec"]
@@ -42,11 +42,7 @@ class DQNActor:
     def __init__(self, actor_params: Any, version: int, section: Any):
         self.version = version
         self.epsilon = np.float32(actor_params.epsilon)
-        policy = actor_params.policy
-        if isinstance(policy, Int8Tables):
-            self.net: Int8Network | Fp32Network = Int8Network(policy)  # DQN's actors see raw observations
-        else:
-            self.net = Fp32Network(dense_layers(policy), section.policy_kwargs.activation)
+        self.net: Int8Network | Fp32Network = network(actor_params.policy, section.policy_kwargs.activation)  # raw observations
         self.num_actions = self.net.out_dim
 
     def head(self, obs: np.ndarray) -> np.ndarray:

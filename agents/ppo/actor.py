@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from rlaccel.reference import Fp32Network, Int8Network, Int8Tables, Normalizer, dense_layers
+from rlaccel.reference import Fp32Network, Int8Network, Normalizer, network
 from rlaccel.registry import ExportSpec
 
 __all__ = ["ActorExtras", "PPOActor", "export_spec"]
@@ -32,10 +32,7 @@ def _network(actor_params: Any, section: Any) -> Int8Network | Fp32Network:
     """The head network of ``actor_params`` (numpy leaves) with its normaliser folded in."""
     norm = actor_params.obs_norm
     normalizer = None if norm is None else Normalizer(np.asarray(norm.mean, np.float32), np.asarray(norm.inv_std, np.float32))
-    clip_obs = float(section.normalization.clip_obs)
-    if isinstance(actor_params.policy, Int8Tables):
-        return Int8Network(actor_params.policy, normalizer, clip_obs)
-    return Fp32Network(dense_layers(actor_params.policy), section.policy_kwargs.activation, normalizer, clip_obs)
+    return network(actor_params.policy, section.policy_kwargs.activation, normalizer, float(section.normalization.clip_obs))
 
 
 class PPOActor:

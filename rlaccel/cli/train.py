@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from rlaccel import checkpoint, guards, sources
 
     try:
-        result = api.train(config, run_dir=run_dir, progress=config.logging.progress, resume=resume, overwrite=args.overwrite)
+        result = api.run_checked(config, run_dir, resume=resume, overwrite=args.overwrite)
     except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

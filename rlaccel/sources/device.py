@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from rlaccel import quant
 from rlaccel import rollout as rollout_lib
 from rlaccel.agent import Agent, Metrics
+from rlaccel.placement import Placement
 from rlaccel.sources.base import StepSource, latency_percentiles
 from rlaccel.state import TrainState, apply_update, init_state
 
@@ -104,9 +105,7 @@ class DeviceSource(StepSource):
     # -- placement and probes ---------------------------------------------------------------
 
     def describe(self) -> str:
-        mode = "fused" if isinstance(self, FusedSource) else "split"
-        name = lambda d: f"{d.platform}:{d.id}"
-        return f"learner {name(self.learner_device)} fp32, actors {name(self.actor_device)} {self.precision} ({mode})"
+        return Placement(learner=self.learner_device, actor=self.actor_device, precision=self.precision).describe()
 
     def summary_extra(self) -> dict[str, Any]:
         return {"probe_compile_s": self.pieces_compile_s}

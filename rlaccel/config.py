@@ -72,6 +72,11 @@ class ActorPlacement:
     """``learner`` (same device, fused program), ``auto``, ``cpu``, ``gpu`` or ``<platform>:<index>``."""
     precision: Literal["int8", "fp32"] = "int8"
     """``int8``: the NPU-style integer path (see ``rlaccel.quant``); ``fp32``: the learner's params."""
+    int8_profile: Literal["tflite", "pow2"] = "tflite"
+    """The int8 arithmetic (``rlaccel.intmath``): ``tflite``, TFLite Micro's int8 kernels
+    (per-channel weights, fixed-point multipliers; what TFLite Micro, Ethos-U and the C export
+    run), or ``pow2``, power-of-two scales and shift-only requantisation (fixed-point NPUs such
+    as Vitis AI's DPU)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +105,31 @@ class ActorsConfig:
     bound): an actor waits for the learner before a batch that would exceed it. ``0`` makes a
     run reproducible (acting and learning take turns); ``null``: free-running, the lag is
     whatever ``queue_size`` and the speeds allow."""
+    backend: Literal["thread", "ray"] = "thread"
+    """``thread``: actor threads in the learner's process; ``ray``: one Ray actor process per
+    actor, on this machine or a cluster (``pip install 'rlaccel[ray]'``; docs/cluster.md)."""
+    address: Optional[str] = None
+    """Ray backend: ``null`` starts a local Ray cluster for the run (token auth, no dashboard)
+    and stops it after; ``auto`` or ``host:port`` joins a running cluster (needs its token:
+    ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``)."""
+    num_cpus: float = 1.0
+    """Ray backend: CPUs each actor process reserves."""
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Ray backend: custom resources each actor reserves, e.g. ``{actor_node: 1}`` to pin the
+    actors to nodes started with ``ray start --resources='{"actor_node": 8}'``."""
+    max_restarts: int = 3
+    """Ray backend: actor restarts (a process that died, or with ``restart_on_env_error`` an
+    env that raised) before the run stops with a fault."""
+    restart_on_env_error: bool = False
+    """Ray backend: an env that raises gets a fresh env (fresh episodes) instead of stopping the run."""
 
     def __post_init__(self) -> None:
+        _check(self.backend != "ray" or self.policy == "numpy", "actors.policy", "the ray backend acts with the numpy actor; use policy: numpy")
+        _check(self.address is None or (isinstance(self.address, str) and self.address.strip() != ""), "actors.address", "expected 'auto' or host:port")
+        _check(self.address is None or self.backend == "ray", "actors.address", "needs actors.backend: ray")
+        _check(self.num_cpus >= 0, "actors.num_cpus", "must be >= 0")
+        _check(all(v >= 0 for v in self.resources.values()), "actors.resources", "amounts must be >= 0")
+        _check(self.max_restarts >= 0, "actors.max_restarts", "must be >= 0")
         _check(self.num_actors >= 1, "actors.num_actors", "must be >= 1")
         _check(self.queue_size >= 1, "actors.queue_size", "must be >= 1")
         _check(self.timeout_s > 0, "actors.timeout_s", "must be > 0")
@@ -182,6 +210,13 @@ class Config:
         _check(isinstance(self.agent, algo.config), self.algo, f"expected a {algo.config.__name__}, got {type(self.agent).__name__}")
         per_update = self.agent.rollout_size
         _check(self.total_timesteps >= per_update, "total_timesteps", f"must be at least one update ({per_update} env steps for this {self.algo} section)")
+        kwargs = getattr(self.agent, "policy_kwargs", None)
+        if self.placement.actor.precision == "int8" and kwargs is not None:
+            _check(
+                kwargs.activation in ("tanh", "relu"),
+                f"{self.algo}.policy_kwargs.activation_fn",
+                f"int8 actors have integer kernels for tanh and relu only, got {kwargs.activation_fn!r} (or set placement.actor.precision: fp32)",
+            )
         if self.env_kind == "gym":
             _check(
                 self.agent.n_envs % self.actors.num_actors == 0,

@@ -1,36 +1,24 @@
-"""Int8 post-training quantisation of an MLP policy: the integer path an NPU executes.
+"""Int8 post-training quantisation of an MLP policy, in JAX: the integers an NPU computes.
 
 The actors act with an int8 copy of the learner's fp32 policy, re-quantised after every
 learner update (ActorQ, Krishnan et al., https://arxiv.org/abs/1910.01055). The arithmetic is
-what an NPU's integer pipeline does:
+one of two integer profiles (``placement.actor.int8_profile``), defined once in numpy by
+``rlaccel.intmath`` / ``rlaccel.int8model`` (TFLite Micro's reference kernels) and computed
+here with JAX integer ops only (int32, no float64), bit for bit:
 
-* **Weights**: symmetric, per output channel: ``w_q = round(w / s_w)``, ``s_w = max|w[:, j]| / 127``
-  (an all-zero channel gets ``s_w = 1``, so nothing divides by zero).
-* **Activations**: int8 with calibrated scales, from what the actors actually saw: the
-  running observation normaliser is applied first, then the input is quantised per feature
-  with ``s_in[i] = max|x[:, i]| / 127``, a decayed running max over the rollouts. The per-feature input scale
-  is folded into the first layer's weights before they are quantised (input-channel
-  equalisation, which NPU compilers do for free), so every feature gets the full int8
-  range; hidden activations have one scale per tensor (``max|h| / 127``; tanh outputs are
-  bounded by 1).
-* **Products**: int8 x int8 accumulated in int32 (``lax.dot_general(...,
-  preferred_element_type=jnp.int32)``), plus an int32 bias ``round(b / (s_x * s_w))``.
-* **Rescaling to float** happens only where an NPU would: before a nonlinearity it cannot
-  compute in integers (tanh, elu) and at the output. ReLU stays in integers (requantise
-  with the fused multiplier and clip at 0).
+* ``tflite`` (default): per-channel symmetric weights, asymmetric int8 activations,
+  fixed-point multiplier and shift; TANH by TFLite Micro's table; ReLU a clamp.
+* ``pow2``: per-tensor power-of-two scales, shift-only requantisation (fixed-point NPUs).
 
-Overflow bound: ``|x_q|, |w_q| <= 127`` so one product is at most 16,129 in magnitude and a
-dot product over ``K`` inputs at most ``16,129 K``. The bias is clipped to ``|b_q| <= 2**30``,
-so the int32 accumulator (max ``2**31 - 1``) cannot overflow while
-``16,129 K + 2**30 < 2**31``, i.e. ``K <= 66,572``. ``MAX_FAN_IN`` enforces a margin below that;
-config limits hidden widths to 4,096 (tested at the limit in ``tests/test_quant.py``).
+Calibration (what the actors saw, decayed running ranges) sets the scales: per-feature input
+ranges give the float equalisation ``gain`` and QUANTIZE's scale; ReLU maxima and the head's
+range give those layers' output scales; TANH's input scale is the power of two of
+``intmath.TANH_IN_SCALES`` that covers the pre-activation range, its output scale the spec's 1/128.
 
 The state of the quantiser is Optax-style: ``init`` / ``update`` on an explicit
-:class:`Calibration`, and ``quantize`` / ``apply`` as pure functions, so it runs inside
-the compiled training loop. ``tables`` turns a :class:`QuantParams` into
-:class:`rlaccel.reference.Int8Tables` (integers, scales and activation tables), from which
-``rlaccel.reference.Int8Network`` computes ``apply``'s outputs bit for bit in numpy (host
-actors, exported policies).
+:class:`Calibration`, ``quantize`` / ``apply`` as pure functions, so it runs inside the compiled
+training loop. ``tables`` adds to the model each layer's requantisation as a table of
+accumulator thresholds, from which ``rlaccel.reference.Int8Network`` acts in numpy.
 """
 
 from __future__ import annotations
@@ -39,208 +27,332 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
+from rlaccel import intmath
+from rlaccel.int8model import Int8Model
 from rlaccel.networks import ACTIVATIONS
-from rlaccel.reference import LEVELS, QMAX, Int8Tables, dense_layers
+from rlaccel.reference import LEVELS, Int8Tables, dense_layers
 
 Array = jax.Array
 
-# QMAX, LEVELS, Int8Tables and dense_layers are defined once, in rlaccel.reference (numpy).
-__all__ = ["BIAS_LIMIT", "LEVELS", "MAX_FAN_IN", "QMAX", "Calibration", "Int8Tables", "QuantLayer", "QuantParams"]
-__all__ += ["apply", "dense_layers", "dequantized_layers", "init", "int8_dense", "quantize", "quantize_input", "quantize_weight"]
-__all__ += ["requantize", "tables", "update", "weight_rel_error", "with_tables"]
+__all__ = ["BIAS_LIMIT", "MAX_FAN_IN", "PROFILES", "Calibration", "Int8Model", "Int8Tables", "QuantParams", "apply", "dense_layers"]
+__all__ += ["init", "quantize", "quantize_multiplier", "requantize", "tables", "update", "weight_rel_error", "with_tables"]
 
-MAX_FAN_IN = 65_536
+PROFILES = intmath.PROFILES
+MAX_FAN_IN = 32_768  # |acc| <= 255 * 127 * K + 2**30 < 2**31 (int8 inputs minus a zero point: up to 255)
 BIAS_LIMIT = 2**30
 DECAY = 0.99  # per DECAY_SAMPLES observations (a PPO CartPole rollout): ranges forget
 DECAY_SAMPLES = 512  # a state-space corner after a few hundred rollouts
+TANH_LUTS = np.asarray(intmath.TANH_TABLES, np.int32)  # [scales, 256]
 
 
 class Calibration(NamedTuple):
-    """Activation ranges seen by the actors (running max over every rollout so far).
+    """Ranges seen by the actors (decayed running min / max over every rollout so far).
 
     Attributes:
-      input_absmax: ``[in_dim]`` per-feature max |x| of the (normalised) observations.
-      hidden_absmax: ``[num_layers - 1]`` per-tensor max |h| of each hidden activation.
+      input_min, input_max: ``[in]`` per feature, of the (normalised) observations.
+      hidden_max: ``[L-1]`` per hidden layer, the max of its ReLU output, or for tanh the max
+        ``|pre-activation|`` (TANH's input range).
+      head_min, head_max: ``[]`` of the fp32 head.
       rollouts: ``[]`` int32, rollouts calibrated on; 0 means the ranges are ``init``'s guess.
     """
 
-    input_absmax: Array
-    hidden_absmax: Array
+    input_min: Array
+    input_max: Array
+    hidden_max: Array
+    head_min: Array
+    head_max: Array
     rollouts: Array
 
 
 @struct.dataclass
-class QuantLayer:
-    """One int8 dense layer: ``y = (x_q @ w_q + b_q) * out_scale``."""
-
-    w_q: Array  # [in, out] int8
-    b_q: Array  # [out] int32
-    out_scale: Array  # [out] float32 = s_x * s_w (dequantises the int32 accumulator)
-
-
-@struct.dataclass
 class QuantParams:
-    """An int8 policy: input quantisation, layers, and the activation between them."""
+    """An int8 policy: the integers and scales, and how to run them."""
 
-    input_mult: Array  # [in_dim] float32: x_q = round(x_norm * input_mult), 1 / s_in per feature
-    layers: tuple[QuantLayer, ...]
-    act_scales: Array  # [num_layers - 1] per-tensor scales of the hidden activations
+    model: Int8Model
     activation: str = struct.field(pytree_node=False, default="tanh")
+    profile: str = struct.field(pytree_node=False, default="tflite")
 
 
 def init(in_dim: int, num_layers: int, input_absmax: float = 10.0) -> Calibration:
     """Ranges used before any rollout was seen (only the first rollout acts with them)."""
     return Calibration(
-        input_absmax=jnp.full((in_dim,), input_absmax, jnp.float32),
-        hidden_absmax=jnp.ones((num_layers - 1,), jnp.float32),
+        input_min=jnp.full((in_dim,), -input_absmax, jnp.float32),
+        input_max=jnp.full((in_dim,), input_absmax, jnp.float32),
+        hidden_max=jnp.ones((num_layers - 1,), jnp.float32),
+        head_min=jnp.full((), -1.0, jnp.float32),
+        head_max=jnp.full((), 1.0, jnp.float32),
         rollouts=jnp.zeros((), jnp.int32),
     )
-
-
-def _activate(name: str, x: Array) -> Array:
-    return ACTIVATIONS[name](x)
 
 
 def update(calib: Calibration, layers: Sequence[tuple[Array, Array]], x: Array, activation: str) -> Calibration:
     """Calibrate on a batch of actor inputs ``x [N, in_dim]`` (normalised observations).
 
-    Ranges are a decayed running max, ``max(decay * old, this batch's max)`` with
+    Ranges are a decayed running extreme, ``max(decay * old, this batch's max)`` with
     ``decay = 0.99 ** (N / 512)`` so forgetting goes by observations seen, not by calls (the
-    first batch replaces ``init``'s guess). The max of the last rollout alone clips states the
-    policy visits rarely (a cart drifting further than it did in the last 512 steps: greedy
-    agreement fell to 92 % on a trained CartPole policy); an undecayed max keeps the wide
-    ranges of the first random episodes and wastes resolution (98 %); ``decay = 0.99``
-    gave >= 99.3 % on every seed tried.
+    first batch replaces ``init``'s guess). The extreme of the last rollout alone clips states
+    the policy visits rarely; an undecayed one keeps the wide ranges of the first random
+    episodes and wastes resolution.
     """
-    input_absmax = jnp.max(jnp.abs(x), axis=0)
     hidden = []
     h = x
     for w, b in layers[:-1]:
-        h = _activate(activation, h @ w + b)
-        hidden.append(jnp.max(jnp.abs(h)))
-    hidden_absmax = jnp.stack(hidden)
+        pre = h @ w + b
+        h = ACTIVATIONS[activation](pre)
+        hidden.append(jnp.max(jnp.abs(pre)) if activation == "tanh" else jnp.max(h))
+    w, b = layers[-1]
+    out = h @ w + b
+    new = Calibration(jnp.min(x, axis=0), jnp.max(x, axis=0), jnp.stack(hidden), jnp.min(out), jnp.max(out), calib.rollouts + 1)
     decay = DECAY ** (x.shape[0] / DECAY_SAMPLES)
     first = calib.rollouts == 0
+
+    def mix(old: Array, cur: Array, lower: bool) -> Array:
+        kept = -jnp.maximum(-decay * old, -cur) if lower else jnp.maximum(decay * old, cur)
+        return jnp.where(first, cur, kept)
+
     return Calibration(
-        input_absmax=jnp.where(first, input_absmax, jnp.maximum(decay * calib.input_absmax, input_absmax)),
-        hidden_absmax=jnp.where(first, hidden_absmax, jnp.maximum(decay * calib.hidden_absmax, hidden_absmax)),
-        rollouts=calib.rollouts + 1,
+        input_min=mix(calib.input_min, new.input_min, True),
+        input_max=mix(calib.input_max, new.input_max, False),
+        hidden_max=mix(calib.hidden_max, new.hidden_max, False),
+        head_min=mix(calib.head_min, new.head_min, True),
+        head_max=mix(calib.head_max, new.head_max, False),
+        rollouts=new.rollouts,
     )
 
 
-def quantize_weight(w: Array) -> tuple[Array, Array]:
-    """Per-output-channel symmetric int8: ``w [in, out] -> (w_q int8 [in, out], scale [out])``."""
-    absmax = jnp.max(jnp.abs(w), axis=0)
-    scale = jnp.where(absmax > 0, absmax / QMAX, 1.0)
-    return jnp.clip(jnp.round(w / scale), -QMAX, QMAX).astype(jnp.int8), scale
+# --- scales -------------------------------------------------------------------------------
 
 
-def _safe_scale(absmax: Array) -> Array:
-    return jnp.where(absmax > 0, absmax / QMAX, 1.0)
+def _round_scale(s: Array) -> Array:
+    """``intmath.round_scale``: up to ``SCALE_BITS`` significant bits (positive float32)."""
+    m, e = jnp.frexp(s.astype(jnp.float32))
+    return jnp.ldexp(jnp.ceil(m * 2.0**intmath.SCALE_BITS) / 2.0**intmath.SCALE_BITS, e).astype(jnp.float32)
 
 
-def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activation: str) -> QuantParams:
+def _pow2_up(s: Array) -> Array:
+    """The smallest power of two ``>= s`` (positive float32)."""
+    m, e = jnp.frexp(s.astype(jnp.float32))
+    return jnp.ldexp(jnp.ones_like(m), jnp.where(m == 0.5, e - 1, e)).astype(jnp.float32)
+
+
+def _round_half_away(x: Array) -> Array:
+    """``std::round`` on float32 (``jnp.round`` rounds halves to even)."""
+    t = jnp.trunc(x)
+    return t + jnp.sign(x) * (jnp.abs(x - t) >= 0.5)
+
+
+def _asymmetric(lo: Array, hi: Array, levels: int = 255) -> tuple[Array, Array]:
+    """TFLite's asymmetric int8 ``(scale, zero point)`` covering ``[min(lo, 0), max(hi, 0)]``."""
+    lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
+    scale = _round_scale(jnp.maximum((hi - lo) / levels, 1e-8))
+    zero = jnp.clip(_round_half_away(-128.0 - lo / scale), -128, 127).astype(jnp.int32)
+    return scale, zero
+
+
+def quantize_multiplier(num: Array, den: Array) -> tuple[Array, Array]:
+    """TFLite's ``QuantizeMultiplier(num / den)`` in int32 arithmetic: ``(M [..], shift [..])``.
+
+    TFLite computes ``double(num) / double(den)``, takes ``frexp`` and rounds the mantissa to 31
+    bits, half away from zero. With ``num`` = a product of two ``SCALE_BITS``-bit scales (exact
+    in float32) and ``den`` a ``SCALE_BITS``-bit scale, that is the correctly rounded quotient
+    of two integers below ``2**25``, which a 32-step long division gives exactly (the float64
+    quotient's own rounding cannot reach a rounding boundary: it errs by ``2**-22`` units,
+    boundaries are ``>= 2**-14`` away unless hit exactly).
+    """
+    mn, en = jnp.frexp(num.astype(jnp.float32))
+    md, ed = jnp.frexp(jnp.broadcast_to(den, num.shape).astype(jnp.float32))
+    a = (mn * 2.0**24).astype(jnp.int32)
+    b = (md * 2.0**24).astype(jnp.int32)
+    ge = a >= b
+    d = jnp.where(ge, 2 * b, b)  # a / d in [0.5, 1)
+    shift = en - ed + ge.astype(jnp.int32)
+    rem, q = a, jnp.zeros_like(a)
+    for _ in range(31):  # q = floor(a * 2**31 / d) in [2**30, 2**31)
+        rem = rem * 2
+        bit = rem >= d
+        rem = jnp.where(bit, rem - d, rem)
+        q = q * 2 + bit.astype(jnp.int32)
+    up = (rem * 2 >= d).astype(jnp.int32)  # the next bit: round half up (away from zero)
+    top = (q == 2**31 - 1) & (up == 1)
+    m = jnp.where(top, 2**30, q + up)
+    return m, jnp.where(top, shift + 1, shift)
+
+
+# --- integer kernels (int32 only) -----------------------------------------------------------
+
+
+def _high_mul(x: Array, m: Array) -> Array:
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul(x, m)`` for ``m`` in ``[0, 2**31)``, without int64.
+
+    ``|x| * m`` is formed from 16-bit limbs in uint32 (partial products below ``2**32``), then
+    ``(|x| m + 2**30 - [x < 0]) >> 31`` with the sign restored: C's truncating division of the
+    nudged product. ``x = INT32_MIN`` cannot occur (accumulators are bounded far below).
+    """
+    neg = x < 0
+    a = jnp.abs(x).astype(jnp.uint32)
+    b = m.astype(jnp.uint32)
+    a0, a1, b0, b1 = a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16
+    lo, mid, hi = a0 * b0, a1 * b0 + a0 * b1, a1 * b1
+    nudge = jnp.where(neg, jnp.uint32(2**30 - 1), jnp.uint32(2**30))
+    lo2 = lo + nudge
+    low = lo2 + (mid << 16)
+    carry = (lo2 < lo).astype(jnp.uint32) + (low < lo2).astype(jnp.uint32)
+    high = hi + (mid >> 16) + carry
+    r = ((high << 1) | (low >> 31)).astype(jnp.int32)
+    return jnp.where(neg, -r, r)
+
+
+def _rounding_divide_by_pot(x: Array, e: Array) -> Array:
+    """gemmlowp's ``RoundingDivideByPOT`` (``0 <= e <= 30``)."""
+    mask = (jnp.left_shift(jnp.int32(1), e)) - 1
+    threshold = (mask >> 1) + (x < 0).astype(jnp.int32)
+    return (x >> e) + ((x & mask) > threshold).astype(jnp.int32)
+
+
+def requantize(acc: Array, mult: Array, shift: Array, profile: str) -> Array:
+    """int32 accumulators ``[..., out]`` times ``mult * 2**(shift - 31)`` (``tflite``) or ``2**shift`` (``pow2``)."""
+    if profile == "tflite":
+        left, right = jnp.maximum(shift, 0), jnp.maximum(-shift, 0)
+        return _rounding_divide_by_pot(_high_mul(jnp.left_shift(acc, left), mult), right)
+    r = jnp.maximum(-shift, 0)
+    half = jnp.where(r > 0, jnp.left_shift(jnp.int32(1), jnp.maximum(r - 1, 0)), 0)
+    return jnp.where(shift >= 0, jnp.left_shift(acc, jnp.maximum(shift, 0)), (acc + half) >> r)
+
+
+# --- quantise and apply ---------------------------------------------------------------------
+
+
+def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activation: str, profile: str = "tflite") -> QuantParams:
     """fp32 layers + calibration -> :class:`QuantParams` (run after every learner update)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown int8 profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if activation not in ("tanh", "relu"):
+        raise ValueError(f"int8 actors run tanh or relu hidden layers, not {activation!r}")
     if max(w.shape[0] for w, _ in layers) > MAX_FAN_IN:
         raise ValueError(f"int8 layers support fan-in up to {MAX_FAN_IN} (int32 accumulator bound)")
-    in_scale = _safe_scale(calib.input_absmax)  # [in_dim]
-    act_scales = _safe_scale(calib.hidden_absmax)  # [L-1]
-    q_layers = []
+    absmax = jnp.maximum(jnp.maximum(-calib.input_min, calib.input_max), 1e-6)
+    gain = (1.0 / absmax).astype(jnp.float32)
+    if profile == "tflite":
+        in_scale, in_zero = _asymmetric(jnp.min(calib.input_min * gain), jnp.max(calib.input_max * gain))
+    else:  # |u| <= 1: 1/128 keeps every level but +1.0 itself (127/128)
+        in_scale, in_zero = jnp.float32(2.0**-7), jnp.int32(0)
+    f: dict[str, list] = {k: [] for k in Int8Model._fields[3:]}
+    s_in, last = in_scale, len(layers) - 1
     for i, (w, b) in enumerate(layers):
         if i == 0:
-            w = w * in_scale[:, None]  # equalisation: x = x_q * s_in  =>  x @ w = x_q @ (s_in * w)
-            s_x = jnp.ones((), jnp.float32)
+            w = w * absmax[:, None]  # u = x * gain  =>  x @ w = u @ (w / gain)
+        w_absmax = jnp.max(jnp.abs(w), axis=0)
+        if profile == "tflite":
+            w_scale = _round_scale(jnp.maximum(w_absmax, 1e-12) / 127.0)
         else:
-            s_x = act_scales[i - 1]
-        w_q, s_w = quantize_weight(w)
-        out_scale = s_x * s_w
-        b_q = jnp.clip(jnp.round(b / out_scale), -BIAS_LIMIT, BIAS_LIMIT).astype(jnp.int32)
-        q_layers.append(QuantLayer(w_q=w_q, b_q=b_q, out_scale=out_scale.astype(jnp.float32)))
-    return QuantParams(input_mult=1.0 / in_scale, layers=tuple(q_layers), act_scales=act_scales, activation=activation)
+            w_scale = jnp.broadcast_to(_pow2_up(jnp.maximum(jnp.max(w_absmax), 1e-12) / 127.0), w_absmax.shape)
+        w_q = jnp.clip(jnp.round(w / w_scale), -127, 127).astype(jnp.int8)
+        b_q = jnp.clip(jnp.round(b / (s_in * w_scale)), -BIAS_LIMIT, BIAS_LIMIT).astype(jnp.int32)
+        if i < last and activation == "tanh":  # a power of two in TANH_IN_SCALES covering the range
+            s = _pow2_up(jnp.maximum(calib.hidden_max[i], 1e-6) / 127.0)
+            out_scale = jnp.clip(s, intmath.TANH_IN_SCALES[-1], intmath.TANH_IN_SCALES[0]).astype(jnp.float32)
+            out_zero, lo, hi = jnp.int32(0), -128, 127
+        elif i < last:  # relu: the FC's clamp at the zero point
+            r = jnp.maximum(calib.hidden_max[i], 1e-6)
+            if profile == "tflite":
+                out_scale, out_zero, lo, hi = _round_scale(r / 255.0), jnp.int32(-128), -128, 127
+            else:
+                out_scale, out_zero, lo, hi = _pow2_up(r / 127.0), jnp.int32(0), 0, 127
+        elif profile == "tflite":
+            (out_scale, out_zero), lo, hi = _asymmetric(calib.head_min, calib.head_max), -128, 127
+        else:
+            out_scale = _pow2_up(jnp.maximum(jnp.maximum(-calib.head_min, calib.head_max), 1e-6) / 127.0)
+            out_zero, lo, hi = jnp.int32(0), -128, 127
+        if profile == "tflite":
+            mult, shift = quantize_multiplier(s_in * w_scale, out_scale)
+        else:  # every scale a power of two: the ratio's exponent
+            mult, shift = jnp.zeros_like(b_q), (jnp.frexp(s_in * w_scale / out_scale)[1] - 1).astype(jnp.int32)
+        for k, v in zip(Int8Model._fields[3:], (w_q, b_q, w_scale, mult, shift, out_scale, out_zero, jnp.int32(lo), jnp.int32(hi))):
+            f[k].append(v)
+        s_in = jnp.float32(intmath.TANH_OUT_SCALE) if activation == "tanh" else out_scale
+    model = Int8Model(gain, in_scale.astype(jnp.float32), in_zero, **{k: tuple(v) for k, v in f.items()})
+    return QuantParams(model=model, activation=activation, profile=profile)
 
 
-def quantize_input(x: Array, mult: Array) -> Array:
-    """``float [..., in] -> int8``: ``clip(round(x * mult), -127, 127)``."""
-    return jnp.clip(jnp.round(x * mult), -QMAX, QMAX).astype(jnp.int8)
+def quantize_input(u: Array, scale: Array, zero: Array) -> Array:
+    """QUANTIZE: float32 ``[..., in]`` -> int8 values as int32, ``clamp(round_half_away(u / s) + z)``."""
+    q = jnp.clip(_round_half_away(u / scale), -(2.0**24), 2.0**24)  # no int32 overflow far out of range
+    return jnp.clip(q.astype(jnp.int32) + zero, -128, 127)
 
 
-def int8_dense(x_q: Array, layer: QuantLayer) -> Array:
-    """``int8 [N, in] x int8 [in, out] -> int32 [N, out]``, plus the int32 bias."""
-    acc = jax.lax.dot_general(x_q, layer.w_q, (((x_q.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
-    return acc + layer.b_q
+def dense(x_q: Array, qp: QuantParams, i: int) -> Array:
+    """Layer ``i``'s FULLY_CONNECTED (and TANH): int8 values ``[..., in]`` (int32) -> ``[..., out]`` (int32)."""
+    m = qp.model
+    z_in = m.in_zero if i == 0 else (jnp.int32(0) if qp.activation == "tanh" else m.out_zero[i - 1])
+    w = m.w_q[i]
+    acc = jax.lax.dot_general(x_q.astype(jnp.int8), w, (((x_q.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+    acc = acc - z_in * jnp.sum(w.astype(jnp.int32), axis=0) + m.b_q[i]  # sum w (x - z) = sum w x - z sum w
+    y = jnp.clip(requantize(acc, m.mult[i], m.shift[i], qp.profile) + m.out_zero[i], m.act_min[i], m.act_max[i])
+    if qp.activation == "tanh" and i < len(m.w_q) - 1:
+        y = _tanh(y, m.out_scale[i])
+    return y
+
+
+def _tanh(y: Array, in_scale: Array) -> Array:
+    """TANH of int8 values ``y`` (int32) at a TANH_IN_SCALES input scale: its table's entries."""
+    row = -jnp.frexp(in_scale)[1] - 4  # 2**-k has frexp exponent 1 - k; TANH_IN_SCALES[0] = 2**-5
+    return jnp.asarray(TANH_LUTS)[row, y + 128]
 
 
 def apply(qp: QuantParams, x: Array) -> Array:
-    """The int8 forward pass: normalised observations ``[..., in]`` -> float head ``[..., out]``."""
-    h_q = quantize_input(x, qp.input_mult)
-    last = len(qp.layers) - 1
-    for i, layer in enumerate(qp.layers):
-        acc = int8_dense(h_q, layer)
-        if i == last:
-            return acc.astype(jnp.float32) * layer.out_scale
-        h_q = requantize(acc, layer.out_scale, qp.act_scales[i], qp.activation)
-    raise AssertionError("unreachable")
+    """The int8 forward pass: normalised observations ``[..., in]`` -> dequantised head ``[..., out]``."""
+    m = qp.model
+    y = quantize_input(x * m.gain, m.in_scale, m.in_zero)
+    for i in range(len(m.w_q)):
+        y = dense(y, qp, i)
+    return m.out_scale[-1] * (y - m.out_zero[-1]).astype(jnp.float32)
 
 
-def requantize(acc: Array, out_scale: Array, s_next: Array, activation: str) -> Array:
-    """A hidden layer's int32 accumulator ``[..., out]`` -> the next layer's int8 input ``[..., out]``.
-
-    ``out_scale [out]`` dequantises the accumulator, ``s_next []`` is the next activation's
-    scale. Elementwise and monotone in ``acc`` per channel, so ``rlaccel.deploy`` tabulates
-    it (per-channel thresholds on the accumulator) to reproduce it bit for bit without JAX.
-    """
-    if activation == "relu":
-        # Integer-only requantisation, as an NPU does: fused multiplier, clip at 0.
-        return jnp.clip(jnp.round(acc.astype(jnp.float32) * (out_scale / s_next)), 0, QMAX).astype(jnp.int8)
-    h = _activate(activation, acc.astype(jnp.float32) * out_scale)
-    return quantize_input(h, 1.0 / s_next)
-
+# --- threshold tables for the numpy actors ---------------------------------------------------
 
 TABLE_ITERATIONS = 32  # bisection steps: the widest window, 2 R + 2 <= 2**32 candidates, closes in 32
 
 
-def tables(qp: QuantParams) -> Int8Tables:
-    """The int8 policy as :class:`rlaccel.reference.Int8Tables`: its integers and scales, plus
-    each hidden layer's activation table (jittable; run it where the int8 actors run, since the
-    tables reproduce that device's tanh / elu).
+def reach(w_q: Array, b_q: Array) -> Array:
+    """``[out]`` int32: a bound on ``|acc|`` per channel, ``255 sum|w| + |b|`` (``x - z`` within +-255)."""
+    return 255 * jnp.sum(jnp.abs(w_q.astype(jnp.int32)), axis=0) + jnp.abs(b_q)
 
-    ``thresholds[i][j, k]`` is the smallest accumulator ``a`` in ``[-R_j, R_j + 1]`` (``R_j``
-    the largest reachable ``|acc|`` of channel ``j``; above ``R_j`` means "never") whose
-    :func:`requantize` is ``>= k - 126``, found by bisection on ``requantize`` itself with the
-    scales as runtime values, as in the actors (no constant folding changes the arithmetic).
-    All ``254 x out`` searches of a layer step together for :data:`TABLE_ITERATIONS` steps
-    and stop together once every one has closed (``lo == hi``), so a converged "never" entry
-    may sit at ``R_j + 2``: the numpy reference treats every value above ``R_j`` alike.
+
+def tables(qp: QuantParams) -> Int8Tables:
+    """The int8 policy with each layer's output stage as accumulator thresholds (jittable).
+
+    Every layer's ``acc -> int8 output`` (requantise, zero point, clamp, TANH) is nondecreasing
+    in each channel's accumulator: ``thresholds[i][j, k]`` is the smallest accumulator ``a`` in
+    ``[-R_j, R_j + 1]`` (``R_j`` = :func:`reach`; above it means "never") whose output is
+    ``>= k - 127``, found by bisection on the integer kernels themselves. All searches of a
+    layer step together and stop once every one has closed, so a "never" entry may sit at
+    ``R_j + 2``: the numpy reference treats every value above ``R_j`` alike.
 
     Returns:
-      ``Int8Tables`` with ``thresholds[i]`` int32 ``[out_i, 254]``, ``i < L - 1``.
+      ``Int8Tables`` with ``thresholds[i]`` int32 ``[out_i, LEVELS]`` for every layer.
     """
-    thresholds = tuple(_thresholds(layer, qp.act_scales[i], qp.activation) for i, layer in enumerate(qp.layers[:-1]))
-    return Int8Tables(
-        input_mult=qp.input_mult,
-        w_q=tuple(layer.w_q for layer in qp.layers),
-        b_q=tuple(layer.b_q for layer in qp.layers),
-        out_scale=tuple(layer.out_scale for layer in qp.layers),
-        act_scales=qp.act_scales,
-        thresholds=thresholds,
-    )
+    return Int8Tables(model=qp.model, thresholds=tuple(_thresholds(qp, i) for i in range(len(qp.model.w_q))))
 
 
-def _thresholds(layer: QuantLayer, s_next: Array, activation: str) -> Array:
-    """One hidden layer's table, ``int32 [out, 254]`` (see :func:`tables`)."""
-    # R_j < 2**31 - 1 by quantize's bounds (fan-in <= MAX_FAN_IN, |b_q| <= BIAS_LIMIT), so int32 holds R_j + 2.
-    reach = QMAX * jnp.sum(jnp.abs(layer.w_q.astype(jnp.int32)), axis=0) + jnp.abs(layer.b_q)  # [out]
-    target = (jnp.arange(LEVELS, dtype=jnp.int32) - (QMAX - 1))[:, None]  # [254, 1]: levels -126 .. 127
-    shape = (LEVELS, reach.shape[0])
-    lo, hi = jnp.broadcast_to(-reach, shape), jnp.broadcast_to(reach + 1, shape)
+def _thresholds(qp: QuantParams, i: int) -> Array:
+    m = qp.model
+    r = reach(m.w_q[i], m.b_q[i])  # [out]
+    target = (jnp.arange(LEVELS, dtype=jnp.int32) - 127)[:, None]  # [255, 1]: levels -127 .. 127
+    shape = (LEVELS, r.shape[0])
+    lo, hi = jnp.broadcast_to(-r, shape), jnp.broadcast_to(r + 1, shape)
+
+    def out(acc: Array) -> Array:
+        y = jnp.clip(requantize(acc, m.mult[i], m.shift[i], qp.profile) + m.out_zero[i], m.act_min[i], m.act_max[i])
+        return _tanh(y, m.out_scale[i]) if qp.activation == "tanh" and i < len(m.w_q) - 1 else y
 
     def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
         lo, hi = bounds
-        active = jnp.any(lo < hi)  # every search steps until the last one closes
+        active = jnp.any(lo < hi)
         mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without int32 overflow
-        above = requantize(mid, layer.out_scale, s_next, activation) >= target
+        above = out(mid) >= target
         return jnp.where(active & ~above, mid + 1, lo), jnp.where(active & above, mid, hi)
 
     lo, _ = jax.lax.fori_loop(0, TABLE_ITERATIONS, step, (lo, hi))
@@ -253,22 +365,13 @@ def with_tables(tree: Any) -> Any:
     return jax.tree.map(lambda x: tables(x) if isinstance(x, QuantParams) else x, tree, is_leaf=lambda x: isinstance(x, QuantParams))
 
 
-def dequantized_layers(qp: QuantParams) -> list[tuple[Array, Array]]:
-    """The fp32 weights the int8 layers stand for (first layer in equalised input units)."""
-    out = []
-    for i, layer in enumerate(qp.layers):
-        s_x = 1.0 if i == 0 else qp.act_scales[i - 1]
-        s_w = layer.out_scale / s_x
-        out.append((layer.w_q.astype(jnp.float32) * s_w, layer.b_q.astype(jnp.float32) * layer.out_scale))
-    return out
-
-
 def weight_rel_error(layers: Sequence[tuple[Array, Array]], qp: QuantParams) -> Array:
     """Mean over layers of ``||W_deq - W|| / ||W||`` (first layer compared in equalised units)."""
-    in_scale = 1.0 / qp.input_mult
+    m = qp.model
     errors = []
-    for i, ((w, _), (w_deq, _)) in enumerate(zip(layers, dequantized_layers(qp))):
+    for i, (w, _) in enumerate(layers):
         if i == 0:
-            w = w * in_scale[:, None]
+            w = w / m.gain[:, None]
+        w_deq = m.w_q[i].astype(jnp.float32) * m.w_scale[i]
         errors.append(jnp.linalg.norm(w_deq - w) / jnp.maximum(jnp.linalg.norm(w), 1e-12))
     return jnp.mean(jnp.stack(errors))

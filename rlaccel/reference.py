@@ -1,28 +1,21 @@
-"""The numpy reference of the actors' networks: int8 bit-exact with ``rlaccel.quant.apply``.
+"""The numpy actors' networks: the int8 one bit-exact with ``rlaccel.int8model.head``.
 
-numpy only (never JAX), so host actor threads, the deploy runtimes and future C / TFLite
-exports share one definition of the int8 arithmetic. JAX produces :class:`Int8Tables` with
-``rlaccel.quant.tables``; :class:`Int8Network` computes from them exactly the integers (and
-the float head) that ``quant.apply`` computes under ``jax.jit`` on the CPU that made them:
+numpy only (never JAX), so host actor threads and the deploy runtimes share one fast
+implementation of the integer model that ``rlaccel.int8model`` specifies (TFLite Micro's
+arithmetic, ``rlaccel.intmath``) and ``rlaccel.quant`` computes in JAX:
 
-* Input: ``clip(rint(((obs - mean) * inv_std) * input_mult), lo, hi)`` in float32. Clipping
-  the normalised observation to ``+-clip_obs`` before the multiply equals clipping the
-  rounded product to ``rint(clip_obs * input_mult)`` afterwards (rounding is monotone), so
-  ``lo, hi`` fold both clips into one. ``inv_std`` is a stored value (the actors' own
-  ``1 / sqrt(var + eps)``), never recomputed here.
-* Products: the int8 weights are widened once to float64 and the bias becomes one more weight
-  row against a constant-1 input, so ``np.matmul`` / ``np.dot`` return the int32 accumulator.
-  Exact: every product is an integer ``|x_q w_q| <= 127 * 127`` and every partial sum of a dot
-  product over ``K`` inputs an integer bounded by ``16,129 K + |b_q| < 2**31``
-  (``rlaccel.quant``'s overflow bound); integers below ``2**53`` are exact in float64 and sums
-  of them are exact in any order, with or without FMA.
-* Hidden activations: ``quant.requantize`` (dequantise, tanh/relu/elu, quantise with the
-  next scale) is monotone in each channel's accumulator, i.e. a step function, tabulated as
-  per-channel thresholds computed with XLA's own tanh (numpy's tanh differs from XLA's by a
-  few ulp, which moves ~2e-6 of the requantised values one level). :class:`_Hidden` turns the
-  thresholds into a branch-free lookup.
-* Output: ``float32(acc) * out_scale`` (float64 -> float32 rounds the exact integer as
-  int32 -> float32 does).
+* Input: the float32 preprocessing ``clip((obs - mean) * inv_std, -c, c) * gain``, QUANTIZE's
+  float32 division by the input scale, rounding half away from zero (``trunc(y + copysign(0.5,
+  y))`` in float64: exact for float32 ``y``) and the clamp, with the zero point folded into the
+  clamp bounds (the first layer takes ``x_q - z``).
+* Products: the int8 weights widened once to float64, the bias as one more weight row against
+  a constant-1 input, so ``np.matmul`` / ``np.dot`` return the int32 accumulator exactly
+  (every partial sum is an integer far below ``2**53``, exact in any order, with or without FMA).
+* Each layer's output stage (requantise, zero point, clamp, TANH) is nondecreasing in each
+  channel's accumulator, i.e. a step function: ``rlaccel.quant.tables`` tabulates it as
+  per-channel thresholds on the integer kernels themselves, and :class:`_Hidden` turns them
+  into a branch-free lookup whose result is already the next layer's ``x - z`` (or, for the
+  last layer, ``q - out_zero``, dequantised with one float32 multiply).
 
 :class:`Fp32Network` is the learner's fp32 MLP in numpy (``np.tanh``: ~1e-7 from XLA).
 """
@@ -35,10 +28,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "LEVELS", "QMAX", "Fp32Network", "Int8Network", "Int8Tables", "Normalizer", "dense_layers", "network", "normalize"]
+__all__ = ["ACTIVATIONS", "LEVELS", "Fp32Network", "Int8Network", "Int8Tables", "Normalizer", "dense_layers", "network", "normalize", "reach"]
 
-QMAX = 127  # int8 codes are symmetric: -127 .. 127
-LEVELS = 254  # thresholds per channel: int8 levels -126 .. 127 (the level -127 needs none)
+LEVELS = 255  # thresholds per channel: int8 levels -127 .. 127 (the level -128 needs none)
 
 try:  # the clip ufunc itself: np.clip's Python wrapper costs ~1 µs per call
     from numpy._core.umath import clip as _clip
@@ -63,25 +55,22 @@ ACTIVATIONS: dict[str, Callable[..., np.ndarray]] = {"tanh": np.tanh, "relu": _r
 
 
 class Int8Tables(NamedTuple):
-    """An int8 policy as numbers only (a pytree: JAX makes it, numpy and exporters read it).
+    """An int8 policy with its output stages tabulated (a pytree: JAX makes it, numpy reads it).
 
     Attributes:
-      input_mult: ``[in]`` float32, ``1 / s_in`` per input feature (``x_q = rint(x * input_mult)``).
-      w_q: per layer, int8 ``[in, out]`` (the first layer's input scale folded in).
-      b_q: per layer, int32 ``[out]``: the bias in accumulator units.
-      out_scale: per layer, float32 ``[out]``: dequantises the int32 accumulator (``s_x * s_w``).
-      act_scales: ``[L-1]`` float32, scale of each hidden activation.
-      thresholds: per hidden layer, int32 ``[out, LEVELS]``: entry ``[j, k]`` is the smallest
-        accumulator of channel ``j`` whose requantised activation is ``>= k - 126`` (``> R_j``,
-        the channel's largest reachable ``|acc|``, where none is).
+      model: the ``rlaccel.int8model.Int8Model`` (integers and scales).
+      thresholds: per layer, int32 ``[out, LEVELS]``: entry ``[j, k]`` is the smallest
+        accumulator of channel ``j`` whose int8 output is ``>= k - 127`` (``> R_j``, the
+        channel's :func:`reach`, where none is).
     """
 
-    input_mult: Any
-    w_q: tuple[Any, ...]
-    b_q: tuple[Any, ...]
-    out_scale: tuple[Any, ...]
-    act_scales: Any
+    model: Any
     thresholds: tuple[Any, ...]
+
+
+def reach(w_q: np.ndarray, b_q: np.ndarray) -> np.ndarray:
+    """``[out]`` int64: the bound on ``|acc|`` the tables use, ``255 sum|w| + |b|`` (``rlaccel.quant.reach``)."""
+    return 255 * np.abs(np.asarray(w_q, np.int64)).sum(axis=0) + np.abs(np.asarray(b_q, np.int64))
 
 
 class Normalizer(NamedTuple):
@@ -126,10 +115,13 @@ class _Hidden:
 
     MAX_CELLS = 1 << 20
 
-    def __init__(self, w: np.ndarray, b: np.ndarray, thresholds: np.ndarray, index: int):
-        reach = QMAX * np.abs(w).sum(axis=0) + np.abs(b)  # R_j: |accumulator| bound per channel
+    def __init__(self, w: np.ndarray, b: np.ndarray, thresholds: np.ndarray, low: int, index: int):
+        """``w int64 [in, out]``, ``b int64 [out]``; the output is ``level + low + 128`` (``low``: the
+        lowest output, i.e. ``-128 - z`` for a next-layer zero point ``z``)."""
+        self.low = low
+        bound = reach(w, b)  # R_j: |accumulator| bound per channel
         self.out = w.shape[1]
-        lut = self._build_lut(thresholds, reach)
+        lut = self._build_lut(thresholds, bound)
         if lut is not None:
             self.mode = "lut"
             shift, add, self.lut, self.cell_lo, self.cell_hi = lut
@@ -137,13 +129,13 @@ class _Hidden:
             self.w = np.vstack([w.astype(np.float64) * shift, bias[None]])
             return
         self.mode = "search"
-        width = 2 * reach + 2  # channel j's window [-R_j, R_j + 1] shifted by off_j: disjoint, increasing
-        off = np.cumsum(width) - width + reach
+        width = 2 * bound + 2  # channel j's window [-R_j, R_j + 1] shifted by off_j: disjoint, increasing
+        off = np.cumsum(width) - width + bound
         table = (thresholds.astype(np.int64) + off[:, None]).reshape(-1)
         if table[-1] >= 2**50 or np.any(np.diff(table) < 0):
             raise ValueError(f"activation table of layer {index} is not sorted or too wide")
         self.table = table.astype(np.float64) - 0.5  # side="left" on t - 0.5 counts t <= an integer key
-        self.base = np.arange(self.out, dtype=np.int64) * LEVELS + QMAX
+        self.base = np.arange(self.out, dtype=np.int64) * LEVELS - low
         self.w = np.vstack([w, (b + off)[None]]).astype(np.float64)
 
     def _build_lut(self, thresholds: np.ndarray, reach: np.ndarray) -> Any:
@@ -166,7 +158,7 @@ class _Hidden:
         pair = valid[:, 1:] & valid[:, :-1]  # consecutive transitions
         if np.any(pair & (t[:, 1:] == t[:, :-1])):
             return None  # two levels at one accumulator value
-        q_min = -QMAX + np.count_nonzero(t <= -r, axis=1)  # activation at the lowest reachable accumulator
+        q_min = self.low + np.count_nonzero(t <= -r, axis=1)  # activation at the lowest reachable accumulator
         empty = ~valid.any(axis=1)  # constant channel: one transition at R + 1, never reached
         big = np.iinfo(np.int64).max
         first = np.where(empty, reach + 1, np.where(valid, t, big).min(axis=1))
@@ -246,10 +238,11 @@ class _Network:
 
 
 class Int8Network(_Network):
-    """The int8 network of :class:`Int8Tables`, bit-exact with ``rlaccel.quant.apply`` (module docstring).
+    """The int8 network of :class:`Int8Tables`, bit-exact with ``rlaccel.int8model.head`` (module docstring).
 
     Args:
       tables: numpy leaves (``jax.device_get(rlaccel.quant.tables(qp))`` or an artifact's arrays).
+      activation: the hidden activation (``tanh`` or ``relu``): which zero point each layer takes.
       normalizer: the observation normaliser applied first, or ``None`` (inputs used as they are).
       clip_obs: the normaliser's clip.
 
@@ -257,83 +250,80 @@ class Int8Network(_Network):
       ValueError: a threshold table that is not sorted or too wide (a damaged one).
     """
 
-    def __init__(self, tables: Int8Tables, normalizer: Normalizer | None = None, clip_obs: float = 10.0):
-        self._mult = np.asarray(tables.input_mult, np.float32)
-        self.in_dim = self._mult.shape[0]
-        lim = np.full(self.in_dim, np.inf, np.float32)
+    def __init__(self, tables: Int8Tables, activation: str = "tanh", normalizer: Normalizer | None = None, clip_obs: float = 10.0):
+        from rlaccel.int8model import hidden_input_zero
+
+        m = tables.model
+        self._gain = np.asarray(m.gain, np.float32)
+        self._in_scale = np.float32(m.in_scale)
+        self.in_dim = self._gain.shape[0]
         self._norm = normalizer is not None
         if normalizer is not None:
             self._mean = np.asarray(normalizer.mean, np.float32)
             self._inv_std = np.asarray(normalizer.inv_std, np.float32)
-            lim = np.rint(np.float32(clip_obs) * self._mult)
-        self._lo = np.maximum(-lim, -QMAX).astype(np.float32)
-        self._hi = np.minimum(lim, QMAX).astype(np.float32)
-        w_q, b_q = tables.w_q, tables.b_q
-        L = len(w_q)
-        self._hidden = [
-            _Hidden(np.asarray(w_q[i]).astype(np.int64), np.asarray(b_q[i]).astype(np.int64), np.asarray(tables.thresholds[i]), i) for i in range(L - 1)
+            self._clip = np.float32(clip_obs)
+        z_in = int(m.in_zero)
+        self._lo, self._hi = float(-128 - z_in), float(127 - z_in)
+        L = len(m.w_q)
+        lows = [-128 - hidden_input_zero(m, i + 1, activation) for i in range(L - 1)] + [-128 - int(m.out_zero[-1])]
+        self._layers = [
+            _Hidden(np.asarray(m.w_q[i]).astype(np.int64), np.asarray(m.b_q[i]).astype(np.int64), np.asarray(tables.thresholds[i]), lows[i], i) for i in range(L)
         ]
-        self._w_out = np.vstack([np.asarray(w_q[-1]), np.asarray(b_q[-1])[None]]).astype(np.float64)
-        self._scale = np.asarray(tables.out_scale[-1], np.float32)
-        self.out_dim = self._w_out.shape[1]
+        self._scale = np.float32(m.out_scale[-1])
+        self.out_dim = self._layers[-1].out
         super().__init__()
 
-    def _alloc(self, lead: tuple[int, ...]) -> list[Any]:
-        """Buffers for a batch shape ``lead`` (``()`` for one observation); inputs end in a 1 column."""
+    def _make_forward(self, lead: tuple[int, ...], matmul: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """``x float32 [*lead, in] -> head float32 [*lead, out]`` (a view of a reused buffer).
+
+        One closure over preallocated buffers and bound ufuncs: a batch-1 call is ~25 numpy
+        calls, so Python attribute lookups would be a visible share of it.
+        """
 
         def inp(n: int) -> np.ndarray:
             x = np.empty(lead + (n + 1,))
             x[..., -1] = 1.0
             return x
 
-        ins = [inp(self.in_dim)] + [inp(h.out) for h in self._hidden]
-        return [
-            np.empty(lead + (self.in_dim,), np.float32),
-            ins,
-            [h.buffers(lead) for h in self._hidden],
-            np.empty(lead + (self.out_dim,)),
-            np.empty(lead + (self.out_dim,), np.float32),
-        ]
-
-    def _make_forward(self, lead: tuple[int, ...], matmul: Any) -> Callable[[np.ndarray], np.ndarray]:
-        """``x float32 [*lead, in] -> head float32 [*lead, out]`` (a view of a reused buffer).
-
-        One closure over preallocated buffers and bound ufuncs: a batch-1 call is ~20 numpy
-        calls, so Python attribute lookups would be a visible share of it.
-        """
-        tmp, ins, hidden_bufs, acc_out, head = self._alloc(lead)
+        ins = [inp(self.in_dim)] + [inp(h.out) for h in self._layers[:-1]]
+        outs = [x[..., :-1] for x in ins[1:]] + [np.empty(lead + (self.out_dim,))]
         steps = []
-        for h, inp, nxt, hb in zip(self._hidden, ins[:-1], ins[1:], hidden_bufs):
+        for h, x, nxt in zip(self._layers, ins, outs):
+            bufs = h.buffers(lead)
             if h.mode == "lut":
-                steps.append((True, inp, h.w, hb, h.cell_lo, h.cell_hi, h.lut, nxt[..., :-1]))
+                steps.append((True, x, h.w, bufs, h.cell_lo, h.cell_hi, h.lut, nxt))
             else:
-                steps.append((False, inp, h.w, hb, h.table.searchsorted, h.base, None, nxt[..., :-1]))
-        x_q, last_in, w_out, scale = ins[0][..., :-1], ins[-1], self._w_out, self._scale
-        mult, lo, hi = self._mult, self._lo, self._hi
-        mean, inv_std, norm = (self._mean, self._inv_std, True) if self._norm else (None, None, False)
-        copyto, multiply, floor, add, subtract, rint, clip = np.copyto, np.multiply, np.floor, np.add, np.subtract, np.rint, _clip
+                steps.append((False, x, h.w, bufs, h.table.searchsorted, h.base, None, nxt))
+        tmp, y, half = np.empty(lead + (self.in_dim,), np.float32), np.empty(lead + (self.in_dim,)), np.empty(lead + (self.in_dim,))
+        x_q, last, head = ins[0][..., :-1], outs[-1], np.empty(lead + (self.out_dim,), np.float32)
+        gain, s_in, lo, hi, scale = self._gain, self._in_scale, self._lo, self._hi, self._scale
+        norm = self._norm
+        mean, inv_std, c = (self._mean, self._inv_std, self._clip) if norm else (None, None, np.float32(0))
+        neg_c = -c
+        copyto, multiply, divide, add, subtract, floor, trunc, copysign = np.copyto, np.multiply, np.divide, np.add, np.subtract, np.floor, np.trunc, np.copysign
 
         def forward(x: np.ndarray) -> np.ndarray:
-            if norm:  # ((x - mean) * inv_std) * mult: the JAX actor's order of float32 operations
+            if norm:  # the float preprocessing, in the exported model's order of float32 operations
                 subtract(x, mean, out=tmp)
                 multiply(tmp, inv_std, out=tmp)
-                multiply(tmp, mult, out=tmp)
+                _clip(tmp, neg_c, c, out=tmp)
+                multiply(tmp, gain, out=tmp)
             else:
-                multiply(x, mult, out=tmp)
-            rint(tmp, out=tmp)
-            clip(tmp, lo, hi, out=tmp)
-            copyto(x_q, tmp)
-            for lut_mode, inp, w, hb, a, b, lut, nxt in steps:
+                multiply(x, gain, out=tmp)
+            divide(tmp, s_in, out=tmp)  # QUANTIZE: float32 division, round half away, clamp
+            copyto(y, tmp)
+            add(y, copysign(0.5, y, out=half), out=y)
+            _clip(trunc(y, out=y), lo, hi, out=x_q)
+            for lut_mode, inp_, w, hb, a, b, lut, nxt in steps:
                 key = hb[0]
-                matmul(inp, w, out=key)
+                matmul(inp_, w, out=key)
                 if lut_mode:
                     _, clipped, cell = hb
-                    copyto(cell, clip(key, a, b, out=clipped), casting="unsafe")  # floor: clipped >= 0
+                    copyto(cell, _clip(key, a, b, out=clipped), casting="unsafe")  # floor: clipped >= 0
                     floor(add(clipped, lut[cell], out=nxt), out=nxt)
                 else:
                     subtract(a(key), b, out=nxt, casting="unsafe")
-            matmul(last_in, w_out, out=acc_out)
-            copyto(head, acc_out, casting="same_kind")  # the exact integer, rounded to float32 as int32 -> f32
+            copyto(head, last, casting="same_kind")  # q - zero: a small integer, exact in float32
             return multiply(head, scale, out=head)
 
         return forward
@@ -395,9 +385,9 @@ def network(policy: Any, activation: str, normalizer: Normalizer | None = None, 
 
     Args:
       policy: ``Int8Tables`` or flax params ``{"Dense_0": {"kernel", "bias"}, ...}``.
-      activation: the hidden activation (the fp32 network's; the int8 tables encode their own).
+      activation: the hidden activation.
       normalizer, clip_obs: the observation normaliser applied first, or ``None``.
     """
     if isinstance(policy, Int8Tables):
-        return Int8Network(policy, normalizer, clip_obs)
+        return Int8Network(policy, activation, normalizer, clip_obs)
     return Fp32Network(dense_layers(policy), activation, normalizer, clip_obs)

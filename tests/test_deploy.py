@@ -94,8 +94,8 @@ def other_runs(tmp_path_factory) -> dict[str, Path]:
 def test_run_trained_with_fp32_actors_is_calibrated_at_export(other_runs):
     art = artifact_lib.read(other_runs["uncalibrated"] / "policy.rlpolicy")
     assert art.meta["source"]["calibrated_rollouts"] == 8
-    guess = np.float32(quant.QMAX / 10.0)  # quant.init's input range (+-10) would give this multiplier
-    assert not np.allclose(art.arrays["int8.input_mult"], guess)
+    guess = np.float32(0.1)  # quant.init's input range (+-10) would give this equalisation gain
+    assert not np.allclose(art.arrays["int8.gain"], guess)
     int8 = load_policy(other_runs["uncalibrated"] / "policy.rlpolicy", "numpy-int8")
     fp32 = load_policy(other_runs["uncalibrated"] / "policy.rlpolicy", "numpy-fp32")
     obs = _episode_observations(fp32)
@@ -189,18 +189,25 @@ def test_artifact_normaliser_is_the_actors(other_runs):
 
 
 @pytest.mark.slow
-def test_activation_table_equals_requantize_on_every_accumulator(other_runs):
-    """The tabulated activation against ``quant.requantize`` on every integer of a channel's
-    transition window (not just sampled points), for tanh."""
+def test_activation_table_equals_the_integer_kernels_on_every_accumulator(other_runs):
+    """The tabulated output stage against ``int8model`` (requantise, TANH) on every integer of
+    a channel's transition window (not just sampled points), hidden and head layers."""
+    from rlaccel import intmath, int8model
+
     art = artifact_lib.read(other_runs["pendulum"] / "policy.rlpolicy")
-    thr = art.arrays["int8.thresholds1"].astype(np.int64)
-    scale = art.arrays["int8.out_scale1"]
-    s_next = art.arrays["int8.act_scales"][1]
-    for j in (0, 17, 63):
-        acc = np.arange(thr[j, 0] - 50, thr[j, -1] + 50, dtype=np.int64)
-        q = np.asarray(jax.jit(quant.requantize, static_argnums=3)(jnp.asarray(acc[:, None], jnp.int32), jnp.asarray(scale[j : j + 1]), jnp.asarray(s_next), "tanh"))[:, 0]
-        table = np.searchsorted(thr[j], acc, side="right") - 127
-        np.testing.assert_array_equal(table, q)
+    model = artifact_lib.int8_tables(art).model
+    profile = art.meta["policy"]["int8_profile"]
+    for i in (1, 2):
+        thr = art.arrays[f"int8.thresholds{i}"].astype(np.int64)
+        for j in (0, thr.shape[0] // 2, thr.shape[0] - 1):
+            acc = np.arange(thr[j, 0] - 50, thr[j, -1] + 50, dtype=np.int64)
+            cols = np.zeros((acc.shape[0], thr.shape[0]), np.int64)
+            cols[:, j] = acc
+            q = int8model.requantize(cols, model, i, profile)[:, j]
+            if i < 2:
+                q = intmath.TANH_TABLES[intmath.tanh_index(model.out_scale[i])].astype(np.int64)[q + 128]
+            table = np.searchsorted(thr[j], acc, side="right") - 128
+            np.testing.assert_array_equal(table, q)
 
 
 @pytest.mark.slow
@@ -238,9 +245,9 @@ def test_every_backend_acts_on_one_and_on_a_batch(cartpole_run, other_runs):
 @pytest.mark.slow
 def test_gaussian_mean_is_clipped_to_the_action_bounds(other_runs):
     p = load_policy(other_runs["pendulum"] / "policy.rlpolicy", "numpy-int8")
-    tables = runtime.int8_tables(p.artifact)
-    blown = tables._replace(out_scale=(*tables.out_scale[:-1], tables.out_scale[-1] * 1e6))  # the mean far outside [-2, 2]; the clip must hold
-    p.net = reference.Int8Network(blown, *runtime.normalizer(p.artifact))
+    tables = artifact_lib.int8_tables(p.artifact)
+    model = tables.model._replace(out_scale=(*tables.model.out_scale[:-1], tables.model.out_scale[-1] * 1e6))  # the mean far outside [-2, 2]; the clip must hold
+    p.net = reference.Int8Network(tables._replace(model=model), "tanh", *runtime.normalizer(p.artifact))
     p._act_single = p._make_single()
     obs = np.random.default_rng(0).standard_normal((200, 3)).astype(np.float32)
     acts = p.act(obs)

@@ -175,7 +175,7 @@ def learner_update(
     return new_state, metrics
 
 
-def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int, calibrate: bool = True) -> Agent:
+def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int, calibrate: bool = True, profile: str = "tflite") -> Agent:
     """DQN's pure functions for ``env``.
 
     Args:
@@ -184,6 +184,7 @@ def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int,
       total_timesteps: for the exploration schedule.
       num_updates: for the learning-rate schedule.
       calibrate: measure activation ranges for int8 actors after each update.
+      profile: the int8 arithmetic (``placement.actor.int8_profile``, ``rlaccel.intmath``).
 
     Raises:
       ValueError: a continuous action space.
@@ -223,7 +224,7 @@ def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int,
     def actor_params(state: DQNState, precision: str) -> ActorParams:
         policy = state.params
         if precision == "int8":
-            policy = quant.quantize(quant.dense_layers(policy), state.calib, activation)
+            policy = quant.quantize(quant.dense_layers(policy), state.calib, activation, profile)
         return ActorParams(policy=policy, epsilon=epsilon(state.step * cfg.rollout_size))
 
     head = functools.partial(actor_head, qnet=qnet)
@@ -245,7 +246,8 @@ def build(config: Any, env: Any) -> AgentSpec:
     """The registry's ``make``: DQN for ``config`` (a whole ``rlaccel.config.Config``) and ``env``."""
     cfg: DQNConfig = config.agent
     n = num_updates(cfg, config.total_timesteps)
-    agent = make_agent(cfg, env, config.total_timesteps, n, calibrate=config.placement.actor.precision == "int8")
+    actor = config.placement.actor
+    agent = make_agent(cfg, env, config.total_timesteps, n, calibrate=actor.precision == "int8", profile=actor.int8_profile)
     return AgentSpec(agent, cfg.n_envs, cfg.train_freq, n)
 
 

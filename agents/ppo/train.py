@@ -251,7 +251,7 @@ def learner_update(
     return new_state, metrics
 
 
-def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = True) -> Agent:
+def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = True, profile: str = "tflite") -> Agent:
     """PPO's pure functions for ``env`` (its spaces decide discrete vs Gaussian).
 
     Args:
@@ -260,6 +260,7 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
       num_updates: total learner updates, for the learning-rate schedule.
       calibrate: measure activation ranges for int8 actors after each update (skip it when
         every actor is fp32).
+      profile: the int8 arithmetic (``placement.actor.int8_profile``, ``rlaccel.intmath``).
     """
     obs_dim = int(env.observation_space.shape[0])
     nets = nets_lib.make_networks(env.observation_space, env.action_space, cfg.policy_kwargs)
@@ -281,7 +282,7 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
     def actor_params(state: PPOState, precision: str) -> ActorParams:
         policy = state.params["policy"]
         if precision == "int8":
-            policy = quant.quantize(quant.dense_layers(policy), state.calib, activation)
+            policy = quant.quantize(quant.dense_layers(policy), state.calib, activation, profile)
         return ActorParams(policy=policy, log_std=state.params.get("log_std"), obs_norm=actor_normalizer(cfg, state.obs_stats))
 
     head = functools.partial(actor_head, nets=nets, cfg=cfg)
@@ -301,7 +302,8 @@ def build(config: Any, env: Any) -> AgentSpec:
     """The registry's ``make``: PPO for ``config`` (a whole ``rlaccel.config.Config``) and ``env``."""
     cfg: PPOConfig = config.agent
     n = num_updates(cfg, config.total_timesteps)
-    agent = make_agent(cfg, env, n, calibrate=config.placement.actor.precision == "int8")
+    actor = config.placement.actor
+    agent = make_agent(cfg, env, n, calibrate=actor.precision == "int8", profile=actor.int8_profile)
     return AgentSpec(agent, cfg.n_envs, cfg.n_steps, n)
 
 

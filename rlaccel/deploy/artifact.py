@@ -25,22 +25,20 @@ Arrays (``L`` dense layers, ``i = 0 .. L-1``; shapes ``[in, out]``):
 ``obs.mean``                  float32   observation normaliser: ``clip((obs - mean) * inv_std, +-clip_obs)``
 ``obs.inv_std``               float32   ``1 / sqrt(var + eps)``, the actors' own value (``ActorParams``)
 ``obs.var``                   float32   ``1 / inv_std**2 - eps``, for older readers (unused)
-``int8.input_mult``           float32   ``[in]`` 1 / per-feature input scale
-``int8.w{i}``                 int8      per-output-channel symmetric weights
-``int8.b{i}``                 int32     bias in accumulator units
-``int8.out_scale{i}``         float32   ``[out]`` dequantises the int32 accumulator
-``int8.act_scales``           float32   ``[L-1]`` calibrated hidden-activation scales
-``int8.thresholds{i}``        int32     ``[out, 254]`` (hidden layers) activation table, below
+``int8.<field>``               ...       the fields of ``rlaccel.int8model.Int8Model``:
+                                        ``gain`` ``[in]``, ``in_scale``, ``in_zero``, and per
+                                        layer ``w{i}`` (int8), ``b{i}`` (int32), ``w_scale{i}``,
+                                        ``mult{i}``, ``shift{i}`` (``[out]``), ``out_scale{i}``,
+                                        ``out_zero{i}``, ``act_min{i}``, ``act_max{i}`` (scalars)
+``int8.thresholds{i}``        int32     ``[out, 255]`` each layer's output stage as a table
 ``log_std``                   float32   Gaussian policies only (not used: actions are the mean)
 =========================  ===========  ===================================================
 
-``int8.thresholds{i}[j, k]`` is the smallest int32 accumulator value of channel ``j`` whose
-requantised activation (``rlaccel.quant.requantize``: dequantise, tanh/relu/elu, quantise
-with the next scale) is ``>= k - 126``, found by bisection on JAX's own CPU implementation
-at export time (``rlaccel.quant.tables``). The requantised activation is then
-``#(thresholds <= acc) - 127``: a lookup table on the accumulator, as NPUs implement
-nonlinearities, and exactly the integers the training actors compute (their tanh is XLA's
-approximation, not libm's). The int8 arrays are the fields of ``rlaccel.reference.Int8Tables``.
+``meta.json``'s ``policy.int8_profile`` names the integer arithmetic (``tflite`` | ``pow2``,
+``rlaccel.intmath``). ``int8.thresholds{i}[j, k]`` is the smallest int32 accumulator of
+channel ``j`` whose int8 output (requantise, zero point, clamp, TANH) is ``>= k - 127``,
+computed at export time on the integer kernels (``rlaccel.quant.tables``): the numpy runtime's
+fast path. Format version 2 (version 1 held the float-rescaled scheme of rlaccel < 0.2).
 """
 
 from __future__ import annotations
@@ -55,10 +53,12 @@ from typing import Any
 
 import numpy as np
 
-from rlaccel.reference import LEVELS
+from rlaccel.int8model import Int8Model
+from rlaccel.intmath import PROFILES
+from rlaccel.reference import LEVELS, Int8Tables
 
 MAGIC = "rlaccel-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MAX_HEADER = 4096
 
 
@@ -118,6 +118,8 @@ def from_bytes(raw: bytes, name: str = "policy") -> Artifact:
     version = header.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise PolicyError(f"{name}: bad format_version {version!r} in the header")
+    if version < FORMAT_VERSION:
+        raise PolicyError(f"{name}: policy format version {version} predates the integer int8 profiles; export the run again with this rlaccel")
     if version > FORMAT_VERSION:
         raise PolicyError(f"{name}: policy format version {version} is newer than this rlaccel reads ({FORMAT_VERSION}); upgrade rlaccel")
     payload = raw[len(line) + 1 :]
@@ -159,15 +161,19 @@ def _validate(a: Artifact, name: str) -> None:
     except (KeyError, TypeError, IndexError, ValueError):
         raise PolicyError(f"{name}: meta.json has a malformed observation space or policy") from None
     dims = [obs_dim, *(int(h) for h in a.meta["policy"]["hidden"]), out_dim]
-    need: dict[str, tuple[tuple[int, ...], str]] = {"int8.input_mult": ((obs_dim,), "float32"), "int8.act_scales": ((L - 1,), "float32")}
+    if a.meta["policy"].get("int8_profile") not in PROFILES:
+        raise PolicyError(f"{name}: meta.json's policy.int8_profile must be one of {', '.join(PROFILES)}")
+    need: dict[str, tuple[tuple[int, ...], str]] = {"int8.gain": ((obs_dim,), "float32"), "int8.in_scale": ((), "float32"), "int8.in_zero": ((), "int32")}
     for i in range(L):
         need[f"fp32.w{i}"] = ((dims[i], dims[i + 1]), "float32")
         need[f"fp32.b{i}"] = ((dims[i + 1],), "float32")
         need[f"int8.w{i}"] = ((dims[i], dims[i + 1]), "int8")
         need[f"int8.b{i}"] = ((dims[i + 1],), "int32")
-        need[f"int8.out_scale{i}"] = ((dims[i + 1],), "float32")
-        if i < L - 1:
-            need[f"int8.thresholds{i}"] = ((dims[i + 1], LEVELS), "int32")
+        for k, dtype in (("w_scale", "float32"), ("mult", "int32"), ("shift", "int32")):
+            need[f"int8.{k}{i}"] = ((dims[i + 1],), dtype)
+        for k, dtype in (("out_scale", "float32"), ("out_zero", "int32"), ("act_min", "int32"), ("act_max", "int32")):
+            need[f"int8.{k}{i}"] = ((), dtype)
+        need[f"int8.thresholds{i}"] = ((dims[i + 1], LEVELS), "int32")
     if a.meta["normalization"].get("norm_obs"):
         for k in ("obs.mean", "obs.inv_std"):  # obs.var: written for older readers, read by none
             need[k] = ((obs_dim,), "float32")
@@ -177,3 +183,28 @@ def _validate(a: Artifact, name: str) -> None:
             raise PolicyError(f"{name}: array '{key}' is missing")
         if arr.shape != shape or arr.dtype != np.dtype(dtype):
             raise PolicyError(f"{name}: array '{key}' is {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}")
+
+
+_LAYER_FIELDS = ("w_q", "b_q", "w_scale", "mult", "shift", "out_scale", "out_zero", "act_min", "act_max")
+_LAYER_KEYS = ("w", "b", "w_scale", "mult", "shift", "out_scale", "out_zero", "act_min", "act_max")
+_DTYPES = {"w_q": np.int8, "b_q": np.int32, "mult": np.int32, "shift": np.int32, "out_zero": np.int32, "act_min": np.int32, "act_max": np.int32}
+
+
+def int8_arrays(tables: Int8Tables) -> dict[str, np.ndarray]:
+    """``Int8Tables`` (numpy leaves) -> the artifact's ``int8.*`` arrays."""
+    m = tables.model
+    out = {"int8.gain": np.asarray(m.gain, np.float32), "int8.in_scale": np.asarray(m.in_scale, np.float32), "int8.in_zero": np.asarray(m.in_zero, np.int32)}
+    for field_name, key in zip(_LAYER_FIELDS, _LAYER_KEYS):
+        for i, v in enumerate(getattr(m, field_name)):
+            out[f"int8.{key}{i}"] = np.asarray(v, _DTYPES.get(field_name, np.float32))
+    for i, t in enumerate(tables.thresholds):
+        out[f"int8.thresholds{i}"] = np.asarray(t, np.int32)
+    return out
+
+
+def int8_tables(artifact: Artifact) -> Int8Tables:
+    """The artifact's int8 policy as ``rlaccel.reference.Int8Tables`` (its arrays, not copied)."""
+    arr, L = artifact.arrays, artifact.num_layers
+    layers = {f: tuple(arr[f"int8.{k}{i}"] for i in range(L)) for f, k in zip(_LAYER_FIELDS, _LAYER_KEYS)}
+    model = Int8Model(gain=arr["int8.gain"], in_scale=arr["int8.in_scale"], in_zero=arr["int8.in_zero"], **layers)
+    return Int8Tables(model=model, thresholds=tuple(arr[f"int8.thresholds{i}"] for i in range(L)))

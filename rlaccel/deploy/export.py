@@ -2,8 +2,7 @@
 
 This is the only part of ``rlaccel.deploy`` that imports JAX: the int8 policy is taken from
 the agent exactly as the training actors get it (``agent.actor_params(state, "int8")``) and
-turned into ``rlaccel.reference.Int8Tables`` by the training code's own ``quant.tables``, on
-the CPU (the arithmetic CPU actors and the numpy runtimes reproduce). Nothing here knows an
+turned into ``rlaccel.reference.Int8Tables`` by the training code's own ``quant.tables``. Nothing here knows an
 algorithm: ``rlaccel.registry`` gives the agent (through ``rlaccel.sources``) and the
 algorithm's ``export`` spec (normaliser, head kind).
 """
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rlaccel.deploy.artifact import Artifact, PolicyError
+from rlaccel.deploy.artifact import Artifact, PolicyError, int8_arrays
 
 FORMATS = ("rlpolicy", "onnx-int8", "onnx-fp32")
 OBS_VAR_EPS = 1e-8  # rlaccel.normalize.normalizer's eps: obs.var = 1 / inv_std**2 - eps, for older readers only
@@ -75,13 +74,9 @@ def build_artifact(run_dir: str | Path, checkpoint_path: str | Path | None = Non
     tables = jax.device_get(jax.jit(quant.tables)(actor_params(agent_state, "int8").policy))
     spec = registry.load(registry.get(config.algo).export)(config.agent, fp32, agent_state)
     layers = dense_layers(fp32.policy)
-    arrays: dict[str, np.ndarray] = {"int8.input_mult": np.asarray(tables.input_mult, np.float32), "int8.act_scales": np.asarray(tables.act_scales, np.float32)}
+    arrays = int8_arrays(tables)
     for i, (w, b) in enumerate(layers):
         arrays[f"fp32.w{i}"], arrays[f"fp32.b{i}"] = np.asarray(w, np.float32), np.asarray(b, np.float32)
-        arrays[f"int8.w{i}"], arrays[f"int8.b{i}"] = np.asarray(tables.w_q[i], np.int8), np.asarray(tables.b_q[i], np.int32)
-        arrays[f"int8.out_scale{i}"] = np.asarray(tables.out_scale[i], np.float32)
-        if i < len(layers) - 1:
-            arrays[f"int8.thresholds{i}"] = np.asarray(tables.thresholds[i], np.int32)
 
     norm: dict[str, Any] = {"norm_obs": spec.obs_mean is not None}
     if spec.obs_mean is not None:
@@ -104,7 +99,13 @@ def build_artifact(run_dir: str | Path, checkpoint_path: str | Path | None = Non
         "env": config.env,
         "observation_space": _space(env.observation_space),
         "action_space": _space(env.action_space),
-        "policy": {"hidden": list(kwargs.net_arch), "activation": kwargs.activation, "out_dim": int(layers[-1][0].shape[1]), "head": spec.head},
+        "policy": {
+            "hidden": list(kwargs.net_arch),
+            "activation": kwargs.activation,
+            "out_dim": int(layers[-1][0].shape[1]),
+            "head": spec.head,
+            "int8_profile": config.placement.actor.int8_profile,
+        },
         "normalization": norm,
         "config": config.to_dict(),
         "source": {

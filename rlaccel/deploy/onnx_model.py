@@ -1,21 +1,21 @@
 """The artifact's policy as ONNX: a QDQ int8 model and an fp32 model (opset 13).
 
-int8 (the QDQ form NPU toolchains consume: onnxruntime's QNN provider, OpenVINO, RKNN)::
+int8 (the QDQ form NPU toolchains consume: onnxruntime, OpenVINO, QNN, RKNN), op for op the
+integer model of ``rlaccel.int8model``::
 
-    obs [N, in] -> (Sub mean, Mul inv_std, Clip +-clip_obs: normaliser)
-        -> Mul input_mult -> Clip +-127 -> QuantizeLinear(1) -> DequantizeLinear(1)
-        -> for each layer: MatMul(DequantizeLinear(w_q int8, s_w per output channel, axis=1))
-                           + DequantizeLinear(b_q int32, s_x * s_w, axis=0)
-           hidden: Tanh|Relu|Elu -> QuantizeLinear(s_next) -> DequantizeLinear(s_next)
+    obs [N, in] -> (Sub mean, Mul inv_std, Clip +-clip_obs: normaliser) -> Mul gain
+        -> QuantizeLinear(in_scale, in_zero) -> DequantizeLinear
+        -> for each layer: MatMul(DequantizeLinear(w_q int8, w_scale per output channel, axis=1))
+                           + DequantizeLinear(b_q int32, s_in * w_scale, axis=0)
+                           (-> Relu) -> QuantizeLinear(out_scale, out_zero) -> DequantizeLinear
+           tanh hidden layers: -> Tanh -> QuantizeLinear(1/128, 0) -> DequantizeLinear
         -> head [N, out] -> action: ArgMax (int64 [N]) | Min(Max(head, low), high) (float32 [N, A])
 
-The per-feature input scale is folded into the first layer's weights (as ``rlaccel.quant``
-does), so the input is quantised with scale 1 after a per-feature ``Mul``; hidden scales are
-the calibrated per-tensor activation scales. fp32 is the same graph without Q/DQ nodes.
-ONNX quantises by dividing by the scale and rounds half to even; ``rlaccel.quant``
-multiplies by the reciprocal, so a value within an ulp of a rounding boundary can land one
-level apart: the onnx-int8 backend agrees with numpy-int8, not bit for bit
-(``tests/test_deploy.py`` measures the action agreement).
+The scales and zero points are the model's, so a QDQ runtime quantises the same tensors at the
+same points. It is not bit-exact: ONNX requantises in float (``QuantizeLinear`` divides and
+rounds half to even) where the profiles use a fixed-point multiplier or a shift, and ``Tanh``
+is the runtime's float tanh where TFLite uses gemmlowp's table; ``tests/test_int8_runtimes.py``
+measures action agreement and returns on onnxruntime and OpenVINO.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rlaccel.deploy.artifact import FORMAT_VERSION, Artifact
+from rlaccel.intmath import TANH_OUT_SCALE
 
 if TYPE_CHECKING:  # onnx is imported when a model is built, not with this module
     import onnx
 
 OPSET = 13
 IR_VERSION = 8
-ONNX_ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu", "elu": "Elu"}  # ONNX op of each name in rlaccel.reference.ACTIVATIONS
+ONNX_ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu", "elu": "Elu"}  # fp32 models; int8 ones have tanh or relu  # ONNX op of each name in rlaccel.reference.ACTIVATIONS
 
 
 def build_model(artifact: Artifact, precision: str) -> onnx.ModelProto:
@@ -53,9 +54,9 @@ def build_model(artifact: Artifact, precision: str) -> onnx.ModelProto:
         nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
-    def qdq(x: str, scale: np.ndarray | float, name: str) -> str:
+    def qdq(x: str, scale: np.ndarray | float, zero: np.ndarray | int, name: str) -> str:
         s = const(f"{name}_scale", np.asarray(scale, np.float32))
-        z = const(f"{name}_zp", np.zeros((), np.int8))
+        z = const(f"{name}_zp", np.asarray(zero, np.int8))
         return node("DequantizeLinear", [node("QuantizeLinear", [x, s, z], f"{name}_q"), s, z], f"{name}_dq")
 
     x = "obs"
@@ -66,36 +67,42 @@ def build_model(artifact: Artifact, precision: str) -> onnx.ModelProto:
         x = node("Mul", [x, const("obs_inv_std", arr["obs.inv_std"])], "obs_scaled")
         x = node("Clip", [x, const("clip_lo", np.float32(-c)), const("clip_hi", np.float32(c))], "obs_norm")
     L = artifact.num_layers
-    activation = ONNX_ACTIVATIONS[meta["policy"]["activation"]]
+    act_name = meta["policy"]["activation"]
     if precision == "int8":
-        x = node("Mul", [x, const("input_mult", arr["int8.input_mult"])], "input_scaled")
-        x = node("Clip", [x, const("q_lo", np.float32(-127)), const("q_hi", np.float32(127))], "input_clipped")
-        x = qdq(x, 1.0, "input")
+        x = node("Mul", [x, const("gain", arr["int8.gain"])], "input_equalised")
+        x = qdq(x, arr["int8.in_scale"], arr["int8.in_zero"], "input")
+    s_in = arr.get("int8.in_scale")
     for i in range(L):
+        last = i == L - 1
         if precision == "int8":
-            s_x = np.float32(1.0) if i == 0 else arr["int8.act_scales"][i - 1]
-            out_scale = arr[f"int8.out_scale{i}"]
-            s_w = (out_scale / s_x).astype(np.float32)
-            out = out_scale.shape[0]
+            w_scale = arr[f"int8.w_scale{i}"]
+            out = w_scale.shape[0]
             w = node(
                 "DequantizeLinear",
-                [const(f"w{i}_q", arr[f"int8.w{i}"]), const(f"w{i}_scale", s_w), const(f"w{i}_zp", np.zeros(out, np.int8))],
+                [const(f"w{i}_q", arr[f"int8.w{i}"]), const(f"w{i}_scale", w_scale), const(f"w{i}_zp", np.zeros(out, np.int8))],
                 f"w{i}",
                 axis=1,
             )
             b = node(
                 "DequantizeLinear",
-                [const(f"b{i}_q", arr[f"int8.b{i}"]), const(f"b{i}_scale", out_scale), const(f"b{i}_zp", np.zeros(out, np.int32))],
+                [const(f"b{i}_q", arr[f"int8.b{i}"]), const(f"b{i}_scale", (np.float32(s_in) * w_scale).astype(np.float32)), const(f"b{i}_zp", np.zeros(out, np.int32))],
                 f"b{i}",
                 axis=0,
             )
         else:
             w, b = const(f"w{i}", arr[f"fp32.w{i}"]), const(f"b{i}", arr[f"fp32.b{i}"])
-        x = node("Add", [node("MatMul", [x, w], f"matmul{i}"), b], "head" if i == L - 1 else f"pre{i}")
-        if i < L - 1:
-            x = node(activation, [x], f"act{i}")
-            if precision == "int8":
-                x = qdq(x, arr["int8.act_scales"][i], f"h{i}")
+        x = node("Add", [node("MatMul", [x, w], f"matmul{i}"), b], "head" if last and precision == "fp32" else f"pre{i}")
+        if precision == "int8":
+            if act_name == "relu" and not last:
+                x = node("Relu", [x], f"relu{i}")
+            x = qdq(x, arr[f"int8.out_scale{i}"], arr[f"int8.out_zero{i}"], "head_q" if last else f"fc{i}")
+            if last:
+                x = node("Identity", [x], "head")
+            elif act_name == "tanh":
+                x = qdq(node("Tanh", [x], f"act{i}"), TANH_OUT_SCALE, 0, f"h{i}")
+            s_in = np.float32(TANH_OUT_SCALE) if act_name == "tanh" else arr[f"int8.out_scale{i}"]
+        elif not last:
+            x = node(ONNX_ACTIVATIONS[act_name], [x], f"act{i}")
     obs_dim, out_dim = artifact.obs_dim, int(meta["policy"]["out_dim"])
     if artifact.discrete:
         node("ArgMax", ["head"], "action", axis=1, keepdims=0)

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from rlaccel.deploy.artifact import Artifact, PolicyError, read
-from rlaccel.reference import Fp32Network, Int8Network, Int8Tables, Normalizer
+from rlaccel.deploy.artifact import Artifact, PolicyError, int8_tables, read
+from rlaccel.reference import Fp32Network, Int8Network, Normalizer
 
 BACKENDS = ("numpy-int8", "numpy-fp32", "onnx-int8", "onnx-fp32", "jax", "jax-int8", "jax-fp32")
 
@@ -154,7 +154,7 @@ class NumpyInt8Policy(_NumpyPolicy):
     def __init__(self, artifact: Artifact, name: str = "policy"):
         super().__init__(artifact, name)
         try:
-            self.net = Int8Network(int8_tables(artifact), *normalizer(artifact))
+            self.net = Int8Network(int8_tables(artifact), artifact.meta["policy"]["activation"], *normalizer(artifact))
         except ValueError as e:  # a threshold table that cannot be a step function
             raise PolicyError(f"{name}: {e}") from None
         self._act_single = self._make_single()
@@ -171,19 +171,6 @@ class NumpyFp32Policy(_NumpyPolicy):
         layers = [(arr[f"fp32.w{i}"], arr[f"fp32.b{i}"]) for i in range(artifact.num_layers)]
         self.net = Fp32Network(layers, artifact.meta["policy"]["activation"], *normalizer(artifact))
         self._act_single = self._make_single()
-
-
-def int8_tables(artifact: Artifact) -> Int8Tables:
-    """The artifact's int8 policy as ``rlaccel.reference.Int8Tables`` (its arrays, not copied)."""
-    arr, L = artifact.arrays, artifact.num_layers
-    return Int8Tables(
-        input_mult=arr["int8.input_mult"],
-        w_q=tuple(arr[f"int8.w{i}"] for i in range(L)),
-        b_q=tuple(arr[f"int8.b{i}"] for i in range(L)),
-        out_scale=tuple(arr[f"int8.out_scale{i}"] for i in range(L)),
-        act_scales=arr["int8.act_scales"],
-        thresholds=tuple(arr[f"int8.thresholds{i}"] for i in range(L - 1)),
-    )
 
 
 class OnnxPolicy(Policy):
@@ -235,15 +222,8 @@ class JaxPolicy(Policy):
         norm, clip_obs = normalizer(artifact)
         norm = None if norm is None else Normalizer(jnp.asarray(norm.mean), jnp.asarray(norm.inv_std))
         if precision == "int8":
-            params: Any = quant.QuantParams(
-                input_mult=jnp.asarray(arr["int8.input_mult"]),
-                layers=tuple(
-                    quant.QuantLayer(w_q=jnp.asarray(arr[f"int8.w{i}"]), b_q=jnp.asarray(arr[f"int8.b{i}"]), out_scale=jnp.asarray(arr[f"int8.out_scale{i}"]))
-                    for i in range(L)
-                ),
-                act_scales=jnp.asarray(arr["int8.act_scales"]),
-                activation=activation,
-            )
+            model = jax.tree.map(jnp.asarray, int8_tables(artifact).model)
+            params: Any = quant.QuantParams(model=model, activation=activation, profile=artifact.meta["policy"]["int8_profile"])
             net = quant.apply
         else:
             params = [(jnp.asarray(arr[f"fp32.w{i}"]), jnp.asarray(arr[f"fp32.b{i}"])) for i in range(L)]

@@ -33,6 +33,7 @@ import yaml
 from rich.console import Console
 
 from rlaccel import checkpoint, guards
+from rlaccel import costs as costs_lib
 from rlaccel.fileio import atomic_write, write_json
 from rlaccel.logging import MetricLogger, make_progress
 from rlaccel.sources.base import SourceFault, StepSource
@@ -148,7 +149,8 @@ def run(
     # A resumed run hides what an interrupted one logged after its checkpoint (TensorBoard
     # drops events at steps >= purge_step), so curves never show updates that were redone.
     logger = MetricLogger(run_dir, tensorboard=log.tensorboard and run_dir is not None, purge_step=start_update * spu + 1 if resume else None)
-    logger.log(start_update * spu, {"time/compile_s": compile_s})
+    costs = _decision_costs(source, state)
+    logger.log(start_update * spu, {"time/compile_s": compile_s, **costs})
     meta = {"config": config.to_dict(), "steps_per_update": spu, **source.checkpoint_meta}
 
     def save(u: int) -> None:
@@ -200,6 +202,8 @@ def run(
                     continue
                 if time.perf_counter() - last_probe >= log.probe_seconds or update >= end_update:
                     probes.append(source.probe(state, elapsed / k))
+                    if costs and "time/actor_sps" in probes[-1]:
+                        probes[-1].update(costs_lib.ops_per_s(costs, probes[-1]["time/actor_sps"]))
                     logger.log(update * spu, probes[-1])
                     last_probe = time.perf_counter()
                 end = ChunkEnd(update=update, env_steps=update * spu, state=state, metrics=metrics, train_s=train_s)
@@ -247,6 +251,7 @@ def run(
         **source.final_stats(state),
         "placement": source.describe(),
         **source.summary_extra(),
+        **costs,
         **_probe_medians(probes),
         "run_dir": str(run_dir) if run_dir is not None else None,
         "config": config.to_dict(),
@@ -289,6 +294,18 @@ def open_run_dir(run_dir: Path, config: Any) -> None:
     """Create the run directory and write ``config.yaml`` atomically (the first write of a run)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _decision_costs(source: Any, state: Any) -> dict[str, float]:
+    """``rlaccel.costs.decision_costs`` of the actors' fp32 policy (shapes only), ``{}`` for a
+    policy that is not a flax MLP or a source without one agent (sweeps)."""
+    agent = getattr(source, "agent", None)
+    try:
+        params = jax.eval_shape(lambda a: agent.actor_params(a, "fp32"), state.agent)
+        dims = costs_lib.layer_dims(getattr(params, "policy", None))
+    except Exception:  # noqa: BLE001 - any agent without an MLP policy simply has no cost row
+        return {}
+    return costs_lib.decision_costs(dims) if dims else {}
 
 
 def _probe_medians(probes: list[dict[str, float]]) -> dict[str, float | None]:

@@ -177,8 +177,9 @@ def quantize_multiplier(num: Array, den: Array) -> tuple[Array, Array]:
         q = q * 2 + bit.astype(jnp.int32)
     up = (rem * 2 >= d).astype(jnp.int32)  # the next bit: round half up (away from zero)
     top = (q == 2**31 - 1) & (up == 1)
-    m = jnp.where(top, 2**30, q + up)
-    return m, jnp.where(top, shift + 1, shift)
+    m, shift = jnp.where(top, 2**30, q + up), jnp.where(top, shift + 1, shift)
+    tiny = shift < -31  # TFLite flushes multipliers below 2**-32 to (0, 0)
+    return jnp.where(tiny, 0, m), jnp.where(tiny, 0, shift)
 
 
 # --- integer kernels (int32 only) -----------------------------------------------------------
@@ -217,9 +218,9 @@ def requantize(acc: Array, mult: Array, shift: Array, profile: str) -> Array:
     if profile == "tflite":
         left, right = jnp.maximum(shift, 0), jnp.maximum(-shift, 0)
         return _rounding_divide_by_pot(_high_mul(jnp.left_shift(acc, left), mult), right)
-    r = jnp.maximum(-shift, 0)
-    half = jnp.where(r > 0, jnp.left_shift(jnp.int32(1), jnp.maximum(r - 1, 0)), 0)
-    return jnp.where(shift >= 0, jnp.left_shift(acc, jnp.maximum(shift, 0)), (acc + half) >> r)
+    r = jnp.clip(-shift, 1, 31)  # floor((acc + 2**(r-1)) / 2**r) = (acc >> r) + bit r-1 of acc: no int32 overflow
+    down = jnp.where(-shift > 31, 0, (acc >> r) + ((acc >> (r - 1)) & 1))
+    return jnp.where(shift >= 0, jnp.left_shift(acc, jnp.maximum(shift, 0)), down)
 
 
 # --- quantise and apply ---------------------------------------------------------------------
@@ -246,9 +247,10 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
             w = w * absmax[:, None]  # u = x * gain  =>  x @ w = u @ (w / gain)
         w_absmax = jnp.max(jnp.abs(w), axis=0)
         if profile == "tflite":
-            w_scale = _round_scale(jnp.maximum(w_absmax, 1e-12) / 127.0)
+            w_scale = _round_scale(jnp.where(w_absmax > 0, w_absmax / 127.0, 1.0))  # an all-zero channel: scale 1
         else:
-            w_scale = jnp.broadcast_to(_pow2_up(jnp.maximum(jnp.max(w_absmax), 1e-12) / 127.0), w_absmax.shape)
+            top = jnp.max(w_absmax)
+            w_scale = jnp.broadcast_to(_pow2_up(jnp.where(top > 0, top / 127.0, 1.0)), w_absmax.shape)
         w_q = jnp.clip(jnp.round(w / w_scale), -127, 127).astype(jnp.int8)
         b_q = jnp.clip(jnp.round(b / (s_in * w_scale)), -BIAS_LIMIT, BIAS_LIMIT).astype(jnp.int32)
         if i < last and activation == "tanh":  # a power of two in TANH_IN_SCALES covering the range

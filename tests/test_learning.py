@@ -21,23 +21,25 @@ from rlaccel.sources.device import FusedSource, quant_metrics
 SEEDS = 3
 
 
-def train_seeds(path: str, precision: str) -> tuple[object, np.ndarray, FusedSource]:
+def train_seeds(path: str, precision: str, profile: str = "tflite") -> tuple[object, np.ndarray, FusedSource]:
     """Train ``SEEDS`` agents in one compiled, vmapped program; returns final states and returns."""
     config = config_lib.load(path, [f"placement.actor.precision={precision}"])
     cfg = config.ppo
     env = envs.make(config.env, auto_reset=True)
     n = ppo_train.num_updates(cfg, config.total_timesteps)
-    runner = FusedSource(ppo_train.make_agent(cfg, env, n, calibrate=precision == "int8"), env, cfg.n_envs, cfg.n_steps, precision=precision)
+    agent = ppo_train.make_agent(cfg, env, n, calibrate=precision == "int8", profile=profile)
+    runner = FusedSource(agent, env, cfg.n_envs, cfg.n_steps, precision=precision)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), SEEDS)
     states, metrics = jax.jit(jax.vmap(functools.partial(runner.train, num_updates=n)))(keys)
     return states, np.asarray(metrics["rollout/ep_rew_mean"][:, -1]), runner
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
-def test_ppo_cartpole_learns(precision: str) -> None:
-    states, final, runner = train_seeds("configs/ppo_cartpole.yaml", precision)
-    assert np.all(final >= 475), f"{precision}: final returns {final}"
+@pytest.mark.parametrize("precision, profile", [("int8", "tflite"), ("int8", "pow2"), ("fp32", "tflite")])
+def test_ppo_cartpole_learns(precision: str, profile: str) -> None:
+    """Each int8 profile (``rlaccel.intmath``) learns, and its greedy actions agree with fp32."""
+    states, final, runner = train_seeds("configs/ppo_cartpole.yaml", precision, profile)
+    assert np.all(final >= 475), f"{precision} {profile}: final returns {final}"
     if precision == "int8":
         # Greedy int8 and fp32 actions agree on the states the trained policy visits.
         state = jax.tree.map(lambda x: x[0], states)

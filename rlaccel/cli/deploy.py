@@ -1,7 +1,7 @@
 """``rlaccel export`` (a run's policy as one file) and ``rlaccel eval`` (a saved policy on
 gymnasium's own env for N episodes).
 
-    rlaccel export --run RUN_DIR [--out FILE] [--format rlpolicy|onnx-int8|onnx-fp32] [--checkpoint F]
+    rlaccel export --run RUN_DIR [--out PATH] [--format rlpolicy|onnx-int8|onnx-fp32|tflite|tflite-int8io|c] [--checkpoint F]
     rlaccel eval --run RUN_DIR | --policy FILE [--backend numpy-int8] [--episodes 100] [--seed 0]
 
 Bad input is one line on stderr and exit code 2, with nothing written.
@@ -43,7 +43,8 @@ def export(args: argparse.Namespace) -> int:
         what = f"{art.meta['algo']} {art.meta['env']}, update {art.meta['source']['update']}"
     else:
         what = args.format
-    print(f"wrote {path} ({what}, {path.stat().st_size:,} bytes)")
+    size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+    print(f"wrote {path} ({what}, {size:,} bytes)")
     return 0
 
 

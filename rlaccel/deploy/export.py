@@ -17,7 +17,7 @@ import numpy as np
 
 from rlaccel.deploy.artifact import Artifact, PolicyError, int8_arrays
 
-FORMATS = ("rlpolicy", "onnx-int8", "onnx-fp32")
+FORMATS = ("rlpolicy", "onnx-int8", "onnx-fp32", "tflite", "tflite-int8io", "c")
 OBS_VAR_EPS = 1e-8  # rlaccel.normalize.normalizer's eps: obs.var = 1 / inv_std**2 - eps, for older readers only
 CALIBRATION_ROLLOUTS = 8  # rollouts of the fp32 policy that calibrate a run trained with fp32 actors
 
@@ -138,10 +138,16 @@ def _calibrate(source: Any, state: Any, agent_state: Any, seed: int, rollouts: i
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, fmt: str = "rlpolicy", checkpoint_path: str | Path | None = None) -> Path:
-    """Write the run's policy as ``fmt`` (``rlpolicy`` artifact, ``onnx-int8`` QDQ or ``onnx-fp32``).
+    """Write the run's policy as ``fmt``.
+
+    Formats: ``rlpolicy`` (the artifact), ``onnx-int8`` (QDQ) / ``onnx-fp32``, ``tflite`` (int8
+    flatbuffer with its float pre/post-processing, ``rlaccel.deploy.tflite_model``),
+    ``tflite-int8io`` (int8 in / int8 out: the part an NPU runs whole), ``c`` (a directory with
+    ``policy.h``, ``policy.c``, ``main.c``: ``rlaccel.deploy.c_model``).
 
     Returns:
-      The path written (default ``RUN_DIR/policy.rlpolicy`` or ``RUN_DIR/policy_<int8|fp32>.onnx``).
+      The path written (default ``RUN_DIR/policy.rlpolicy``, ``RUN_DIR/policy_<int8|fp32>.onnx``,
+      ``RUN_DIR/policy_int8.tflite``, ``RUN_DIR/policy_int8io.tflite`` or ``RUN_DIR/policy_c/``).
     """
     from rlaccel.deploy import artifact as artifact_lib
 
@@ -149,10 +155,34 @@ def export(run_dir: str | Path, out: str | Path | None = None, fmt: str = "rlpol
         raise PolicyError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     if out is None:
-        out = run_dir / ("policy.rlpolicy" if fmt == "rlpolicy" else f"policy_{fmt.split('-')[1]}.onnx")
+        default = {"rlpolicy": "policy.rlpolicy", "tflite": "policy_int8.tflite", "tflite-int8io": "policy_int8io.tflite", "c": "policy_c"}
+        out = run_dir / default.get(fmt, f"policy_{fmt.split('-')[-1]}.onnx")
     art = build_artifact(run_dir, checkpoint_path)
     if fmt == "rlpolicy":
         return artifact_lib.write(out, art)
-    from rlaccel.deploy.onnx_model import save_model
+    if fmt.startswith("onnx-"):
+        from rlaccel.deploy.onnx_model import save_model
 
-    return save_model(art, fmt.split("-")[1], out)
+        return save_model(art, fmt.split("-")[1], out)
+    return write_integer_model(art, fmt, Path(out))
+
+
+def write_integer_model(art: Artifact, fmt: str, out: Path) -> Path:
+    """The artifact's int8 model as ``tflite`` / ``tflite-int8io`` bytes or ``c`` sources at ``out``."""
+    from rlaccel.deploy.artifact import int8_tables
+    from rlaccel.deploy.runtime import normalizer
+
+    model, policy = int8_tables(art).model, art.meta["policy"]
+    norm, clip = normalizer(art)
+    mean, inv_std = (None, None) if norm is None else (norm.mean, norm.inv_std)
+    if fmt == "c":
+        from rlaccel.deploy.c_model import write_c
+
+        write_c(model, policy["int8_profile"], policy["activation"], out, mean, inv_std, clip if norm is not None else None)
+        return out
+    from rlaccel.deploy.tflite_model import tflite_bytes
+    from rlaccel.fileio import atomic_write
+
+    data = tflite_bytes(model, policy["int8_profile"], policy["activation"], mean, inv_std, clip if norm is not None else None, int8_io=fmt == "tflite-int8io")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, data)

@@ -28,7 +28,7 @@ import numpy as np
 from rlaccel.deploy.artifact import Artifact, PolicyError, int8_tables, read
 from rlaccel.reference import Fp32Network, Int8Network, Normalizer
 
-BACKENDS = ("numpy-int8", "numpy-fp32", "onnx-int8", "onnx-fp32", "jax", "jax-int8", "jax-fp32")
+BACKENDS = ("numpy-int8", "numpy-fp32", "c-int8", "onnx-int8", "onnx-fp32", "jax", "jax-int8", "jax-fp32")
 
 
 class Policy:
@@ -173,6 +173,26 @@ class NumpyFp32Policy(_NumpyPolicy):
         self._act_single = self._make_single()
 
 
+class CInt8Policy(Policy):
+    """The int8 policy as its C export (``rlaccel export --format c``), compiled on load with the
+    system C compiler and called through ctypes (``rlaccel.deploy.c_runtime.CHead``); bit-exact
+    with numpy-int8."""
+
+    backend = "c-int8"
+
+    def __init__(self, artifact: Artifact, name: str = "policy"):
+        super().__init__(artifact, name)
+        from rlaccel.deploy.c_runtime import CHead
+
+        norm, clip = normalizer(artifact)
+        mean, inv_std = (None, None) if norm is None else (norm.mean, norm.inv_std)
+        policy = artifact.meta["policy"]
+        self.c = CHead(int8_tables(artifact).model, policy["int8_profile"], policy["activation"], mean, inv_std, clip if norm is not None else None)
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        return self.c.head(x)
+
+
 class OnnxPolicy(Policy):
     """The artifact's network as an ONNX model (``rlaccel.deploy.onnx_model``) on onnxruntime's CPU provider."""
 
@@ -252,6 +272,7 @@ def load_policy(path: str | Path, backend: str = "numpy-int8", **kwargs: Any) ->
       path: a ``.rlpolicy`` artifact, or an ``.onnx`` model written by ``rlaccel export
         --format onnx-int8|onnx-fp32`` (onnx backends only; it carries the metadata).
       backend: ``numpy-int8`` (bit-exact with the training actors; no JAX), ``numpy-fp32``,
+        ``c-int8`` (the C export compiled on load, through ctypes; bit-exact too),
         ``onnx-int8`` (QDQ model), ``onnx-fp32``, ``jax`` (= ``jax-int8``, the actors'
         ``rlaccel.quant`` code) or ``jax-fp32``.
       **kwargs: ``threads`` for the onnx backends (onnxruntime intra-op threads, default 1).
@@ -272,6 +293,8 @@ def load_policy(path: str | Path, backend: str = "numpy-int8", **kwargs: Any) ->
         return NumpyInt8Policy(artifact, str(path))
     if backend == "numpy-fp32":
         return NumpyFp32Policy(artifact, str(path))
+    if backend == "c-int8":
+        return CInt8Policy(artifact, str(path))
     if backend.startswith("onnx-"):
         return OnnxPolicy(artifact, backend.split("-")[1], str(path), **kwargs)
     return JaxPolicy(artifact, "fp32" if backend == "jax-fp32" else "int8", str(path))

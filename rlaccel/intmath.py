@@ -109,11 +109,11 @@ def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def shift_round(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """The ``pow2`` profile's requantisation ``x * 2**shift``: a rounding right shift (halves up,
-    ``(x + 2**(r - 1)) >> r`` for ``r = -shift > 0``) or an exact left shift."""
+    ``(x + 2**(r - 1)) >> r`` for ``r = -shift > 0``) or an int32 left shift (wrapping, as in C)."""
     x, shift = np.asarray(x, np.int64), np.asarray(shift, np.int64)
     r = np.maximum(-shift, 0)
     half = np.where(r > 0, np.int64(1) << np.maximum(r - 1, 0), 0)
-    return np.where(shift >= 0, x << np.maximum(shift, 0), (x + half) >> r)
+    return np.where(shift >= 0, _wrap32(x << np.maximum(shift, 0)), (x + half) >> r)  # int32: a left shift wraps
 
 
 # --- gemmlowp's fixed-point tanh, int32 raw values held in int64 -----------------------------

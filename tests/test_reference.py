@@ -1,13 +1,12 @@
 """Tests for ``rlaccel.reference`` (the numpy int8 reference) and the numpy actors built on it.
 
-Oracles: JAX's own compiled int8 path (``quant.apply`` under ``jax.jit``, what the actors run),
-the previous exporter's numpy-driven bisection on ``quant.requantize`` (kept here as
-:func:`old_bisection`), and the JAX agents' ``head`` / ``act`` / ``networks.log_prob``.
+Oracles: the numpy spec ``rlaccel.int8model.head`` (TFLite Micro's arithmetic, ``rlaccel.intmath``),
+JAX's own compiled int8 path (``quant.apply`` under ``jax.jit``, what the actors run), and the
+JAX agents' ``head`` / ``act`` / ``networks.log_prob``.
 """
 
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
 import threading
@@ -23,116 +22,129 @@ from rlaccel.agents.ppo.actor import ActorExtras, PPOActor
 
 from rlaccel import agent as agent_lib
 from rlaccel import config as config_lib
-from rlaccel import envs, normalize, quant, reference
-from rlaccel.reference import LEVELS, QMAX
+from rlaccel import envs, int8model, intmath, normalize, quant, reference
+from rlaccel.reference import LEVELS
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_OBS = 5.0  # small, so that many of the wide test observations are clipped
 
 
-def old_bisection(w_q: np.ndarray, b_q: np.ndarray, out_scale: np.ndarray, s_next: np.ndarray, activation: str) -> np.ndarray:
-    """The exporter's table before ``quant.tables`` (``deploy.export.activation_thresholds``):
-    all ``254 x out`` bisections driven from numpy until every one has closed, one jitted
-    ``requantize`` call per step. ``int32 [out, 254]``."""
-    reach = QMAX * np.abs(w_q.astype(np.int64)).sum(axis=0) + np.abs(b_q.astype(np.int64))
-    fn = jax.jit(functools.partial(quant.requantize, activation=activation))
-    target = (np.arange(LEVELS) - (QMAX - 1))[:, None]  # [254, 1] levels -126 .. 127
-    lo = np.broadcast_to(-reach, (LEVELS, reach.size)).copy()
-    hi = lo * 0 + reach + 1
-    scale, s_next = jnp.asarray(out_scale, jnp.float32), jnp.asarray(s_next, jnp.float32)
-    while np.any(lo < hi):
-        mid = (lo + hi) // 2
-        q = np.asarray(fn(jnp.asarray(mid, jnp.int32), scale, s_next)).astype(np.int64)
-        above = q >= target
-        hi = np.where(above, mid, hi)
-        lo = np.where(above, lo, mid + 1)
-    return np.ascontiguousarray(lo.T).astype(np.int32)
-
-
-def _random_policy(activation: str, seed: int = 0):
+def _policy(profile: str, activation: str, seed: int, hidden_gain: float):
     """A calibrated random 6-64-48-3 policy with a non-trivial normaliser:
-    ``(QuantParams, Int8Tables (numpy), Normalizer (numpy), observations [4096, 6])``.
+    ``(QuantParams, Int8Tables (numpy), Normalizer (numpy), observations [12288, 6])``.
 
-    Hidden channel 5 of the first layer is all zero (weights and bias: a constant channel whose
-    table is all "never" above 0), and one bias is large, so the tables cover edge cases."""
+    Hidden channel 5 of the first layer and head 1 are all zero (weights and bias: constant
+    channels), feature 4 is 0 throughout calibration, one bias is large; ``hidden_gain`` scales
+    the second layer, so calibration picks finer TANH input scales for small values."""
     rng = np.random.default_rng(seed)
     dims = [6, 64, 48, 3]
-    layers = []
-    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-        w = rng.normal(size=(fan_in, fan_out)) * 1.4 / np.sqrt(fan_in)
-        b = 0.1 * rng.normal(size=fan_out)
-        layers.append([w.astype(np.float32), b.astype(np.float32)])
+    layers = [[(rng.normal(size=(a, b)) * 1.4 / np.sqrt(a)).astype(np.float32), (0.1 * rng.normal(size=b)).astype(np.float32)] for a, b in zip(dims[:-1], dims[1:])]
     layers[0][0][:, 5], layers[0][1][5] = 0.0, 0.0
-    layers[1][1][7] = 3.0
+    layers[1][0] *= hidden_gain
+    layers[1][1] *= hidden_gain
+    layers[1][1][7] = 3.0 * hidden_gain
+    layers[2][0][:, 1], layers[2][1][1] = 0.0, 0.0
     layers = [(jnp.asarray(w), jnp.asarray(b)) for w, b in layers]
-    stats = normalize.RunningStats(
-        mean=jnp.asarray(rng.normal(size=6), jnp.float32), var=jnp.asarray(rng.random(6) * 3 + 0.1, jnp.float32), count=jnp.float32(100)
-    )
+    stats = normalize.RunningStats(mean=jnp.asarray(rng.normal(size=6), jnp.float32), var=jnp.asarray(rng.random(6) * 3 + 0.1, jnp.float32), count=jnp.float32(100))
     norm = normalize.normalizer(stats)
-    raw = jnp.asarray(rng.normal(size=(2048, 6)) * 2 + 0.5, jnp.float32)
-    calib = quant.update(quant.init(6, 3), layers, normalize.apply(norm, raw, CLIP_OBS), activation)
-    qp = jax.jit(quant.quantize, static_argnums=2)(layers, calib, activation)
-    tables = jax.device_get(jax.jit(quant.tables)(qp))
-    # Wider than the calibration data: clipped inputs, saturated int8 codes, hidden extremes.
-    obs = (rng.normal(size=(4096, 6)) * np.array([1, 2, 4, 8, 16, 32]) + 0.5).astype(np.float32)
-    return qp, tables, jax.device_get(norm), obs
+    raw = rng.normal(size=(2048, 6)) * 2 + 0.5
+    raw[:, 4] = np.asarray(stats.mean)[4]  # normalised feature 4 is 0 in calibration
+    calib = _update(quant.init(6, 3), layers, _normalize(norm, jnp.asarray(raw, jnp.float32)), activation)
+    qp = _quantize(layers, calib, activation, profile)
+    tables = jax.device_get(_tables(qp))
+    # Wider than the calibration data: clipped inputs, saturated int8 codes, hidden extremes;
+    # the last 2048 far out of range (up to ~1e6).
+    obs = rng.normal(size=(12288, 6)) * np.array([1, 2, 4, 8, 16, 32]) + 0.5
+    obs[-2048:] *= 10.0 ** rng.uniform(1, 5, size=(2048, 1))
+    return qp, tables, jax.device_get(norm), obs.astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["tanh", "relu", "elu"])
-def policy(request):
-    return request.param, *_random_policy(request.param)
+_update = jax.jit(quant.update, static_argnums=3)
+_quantize = jax.jit(quant.quantize, static_argnums=(2, 3))
+_tables = jax.jit(quant.tables)
+_normalize = jax.jit(lambda norm, x: normalize.apply(norm, x, CLIP_OBS))
+_jax_head = jax.jit(lambda qp, norm, x: quant.apply(qp, normalize.apply(norm, x, CLIP_OBS)))
+_apply = jax.jit(quant.apply)
 
 
-def test_int8_network_is_bit_exact_with_jitted_quant_apply(policy):
-    """(a) Every output of the numpy reference equals JAX's, at batch 2048 and batch 1."""
-    activation, qp, tables, norm, obs = policy
-    jax_head = jax.jit(lambda qp, norm, x: quant.apply(qp, normalize.apply(norm, x, CLIP_OBS)))
-    expected = np.asarray(jax_head(qp, norm, obs))
-    net = reference.Int8Network(tables, norm, CLIP_OBS)
-    assert [h.mode for h in net._hidden] == ["lut", "lut"]
-    got = net.forward(obs[:2048])
-    assert got.dtype == np.float32 and got.shape == (2048, 3)
-    assert np.array_equal(got, expected[:2048])
-    assert np.array_equal(net.forward(obs[2048:]), expected[2048:])  # cached closure, new data
-    single = np.asarray(jax_head(qp, norm, obs[:300, None, :]))[:, 0]  # JAX at batch 1 too
-    np.testing.assert_array_equal(single, expected[:300])
-    assert all(np.array_equal(net.forward(obs[i : i + 1])[0], expected[i]) for i in range(300))
-    assert all(np.array_equal(net.forward_one(obs[i]), expected[i]) for i in range(3000))
-    # Without a normaliser the inputs go in as they are.
-    plain = reference.Int8Network(tables)
-    assert np.array_equal(plain.forward(obs), np.asarray(jax.jit(quant.apply)(qp, obs)))
+@pytest.fixture(scope="module", params=[(p, a) for p in ("tflite", "pow2") for a in ("tanh", "relu")], ids=lambda c: "-".join(c))
+def policies(request):
+    profile, activation = request.param
+    return profile, activation, [_policy(profile, activation, seed, g) for seed, g in ((0, 1.0), (1, 0.03), (2, 0.002))]
 
 
-def test_int8_network_search_fallback_equals_lookup(policy, monkeypatch):
-    activation, qp, tables, norm, obs = policy
-    lut = reference.Int8Network(tables, norm, CLIP_OBS)
+@pytest.mark.slow
+def test_all_int8_paths_are_bit_exact(policies):
+    """jitted ``quant.apply`` == ``int8model.head`` == ``Int8Network.forward`` == ``forward_one``,
+    bit for bit, on 12,288 observations (2048 far out of range), with and without the normaliser."""
+    profile, activation, cases = policies
+    tanh_rows, modes = set(), set()
+    for qp, tables, norm, obs in cases:
+        m = tables.model
+        if activation == "tanh":
+            tanh_rows |= {intmath.tanh_index(float(s)) for s in m.out_scale[:-1]}
+        expected = np.asarray(_jax_head(qp, norm, obs))
+        spec = int8model.head(m, int8model.preprocess(obs, m.gain, norm.mean, norm.inv_std, CLIP_OBS), profile, activation)
+        np.testing.assert_array_equal(spec, expected)
+        net = reference.Int8Network(tables, activation, norm, CLIP_OBS)
+        modes.update(h.mode for h in net._layers)  # TANH at 2**-5 jumps levels: "search"
+        got = net.forward(obs)
+        assert got.dtype == np.float32 and got.shape == (obs.shape[0], 3)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(net.forward(obs[:300]), expected[:300])  # another batch size
+        np.testing.assert_array_equal(np.stack([net.forward_one(o).copy() for o in obs]), expected)
+        assert not np.any(expected[:, 1])  # the all-zero head
+        # Without a normaliser the (far out of range) inputs go in as they are.
+        plain = np.asarray(_apply(qp, obs))
+        np.testing.assert_array_equal(reference.Int8Network(tables, activation).forward(obs), plain)
+        np.testing.assert_array_equal(int8model.head(m, int8model.preprocess(obs, m.gain), profile, activation), plain)
+    assert "lut" in modes
+    if activation == "tanh":
+        assert len(tanh_rows) >= 3, tanh_rows  # calibration picked several TANH input scales
+
+
+def test_tables_are_the_output_stage_thresholds(policies):
+    """``thresholds[i][j, k]``: the smallest accumulator in ``[-R_j, R_j + 1]`` whose output (by
+    the numpy spec, ``int8model.requantize`` and TANH) is ``>= k - 127``; above ``R_j``: never."""
+    profile, activation, cases = policies
+    for _, tables, _, _ in cases:
+        m = tables.model
+        for i, t in enumerate(tables.thresholds):
+            t = np.asarray(t, np.int64)
+            r = reference.reach(m.w_q[i], m.b_q[i])[:, None]
+            assert tables.thresholds[i].dtype == np.int32 and t.shape == (m.w_q[i].shape[1], LEVELS)
+
+            def out(acc, i=i):
+                y = int8model.requantize(acc, m, i, profile)
+                if activation == "tanh" and i < len(m.w_q) - 1:
+                    y = intmath.TANH_TABLES[intmath.tanh_index(m.out_scale[i])].astype(np.int64)[y + 128]
+                return y
+
+            level = np.arange(LEVELS) - 127
+            y_at = np.stack([out(np.clip(t[:, k], -r[:, 0], r[:, 0])) for k in range(LEVELS)], axis=1)
+            y_below = np.stack([out(np.clip(t[:, k] - 1, -r[:, 0], r[:, 0])) for k in range(LEVELS)], axis=1)
+            inside = (t > -r) & (t <= r)
+            assert np.all((y_at >= level)[inside] & (y_below < level)[inside])
+            assert np.all((y_at >= level)[t <= -r])  # already reached at -R
+            assert np.all((y_at < level)[t > r]) and np.all(t[t > r] <= r.repeat(LEVELS, 1)[t > r] + 2)
+
+
+def test_int8_network_search_fallback_equals_lookup(policies, monkeypatch):
+    profile, activation, cases = policies
+    _, tables, norm, obs = cases[0]
+    lut = reference.Int8Network(tables, activation, norm, CLIP_OBS)
     monkeypatch.setattr(reference._Hidden, "MAX_CELLS", 0)
-    search = reference.Int8Network(tables, norm, CLIP_OBS)
-    assert [h.mode for h in search._hidden] == ["search", "search"]
+    search = reference.Int8Network(tables, activation, norm, CLIP_OBS)
+    assert [h.mode for h in search._layers] == ["search"] * 3 and "lut" in [h.mode for h in lut._layers]
     np.testing.assert_array_equal(search.forward(obs), lut.forward(obs))
     assert all(np.array_equal(search.forward_one(o), lut.forward(o[None])[0]) for o in obs[:500])
 
 
-def test_quant_tables_equal_the_old_bisection(policy):
-    """(b) The jitted fixed-step bisection gives the old exporter's tables entry for entry,
-    including where "never" landed (``R + 1`` or ``R + 2``)."""
-    activation, qp, tables, norm, obs = policy
-    qp = jax.device_get(qp)
-    assert len(tables.thresholds) == 2
-    for i in range(2):
-        layer = qp.layers[i]
-        old = old_bisection(np.asarray(layer.w_q), np.asarray(layer.b_q), np.asarray(layer.out_scale), np.asarray(qp.act_scales)[i], activation)
-        assert tables.thresholds[i].dtype == np.int32 and tables.thresholds[i].shape == (layer.w_q.shape[1], LEVELS)
-        np.testing.assert_array_equal(tables.thresholds[i], old)
-    for name in ("w_q", "b_q", "out_scale"):
-        for got, layer in zip(getattr(tables, name), qp.layers):
-            np.testing.assert_array_equal(got, np.asarray(getattr(layer, name)))
-
-
-def test_network_forward_is_thread_safe(policy):
+def test_network_forward_is_thread_safe(policies):
     """``forward`` keeps its buffers per thread: actor threads may share one network."""
-    activation, qp, tables, norm, obs = policy
-    net = reference.Int8Network(tables, norm, CLIP_OBS)
+    profile, activation, cases = policies
+    _, tables, norm, obs = cases[0]
+    net = reference.Int8Network(tables, activation, norm, CLIP_OBS)
     expected = net.forward(obs)
     errors = []
 
@@ -150,9 +162,12 @@ def test_network_forward_is_thread_safe(policy):
     assert not errors
 
 
-def test_fp32_network_matches_the_jax_mlp(policy):
-    activation, qp, tables, norm, obs = policy
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_fp32_network_matches_the_jax_mlp(activation):
     rng = np.random.default_rng(1)
+    stats = normalize.RunningStats(mean=jnp.asarray(rng.normal(size=6), jnp.float32), var=jnp.asarray(rng.random(6) * 3 + 0.1, jnp.float32), count=jnp.float32(100))
+    norm = jax.device_get(normalize.normalizer(stats))
+    obs = (rng.normal(size=(4096, 6)) * np.array([1, 2, 4, 8, 16, 32]) + 0.5).astype(np.float32)
     layers = [(rng.normal(size=(a, b)).astype(np.float32) / np.sqrt(a), rng.normal(size=b).astype(np.float32)) for a, b in [(6, 32), (32, 3)]]
     from rlaccel.networks import ACTIVATIONS
 
@@ -166,8 +181,9 @@ def test_fp32_network_matches_the_jax_mlp(policy):
     np.testing.assert_allclose(np.stack([net.forward_one(o).copy() for o in obs[:100]]), expected[:100], rtol=1e-5, atol=1e-5)
 
 
-def test_numpy_normalizer_is_the_jax_one(policy):
-    activation, qp, tables, norm, obs = policy
+def test_numpy_normalizer_is_the_jax_one(policies):
+    _, _, cases = policies
+    _, _, norm, obs = cases[0]
     got = reference.normalize(norm, obs, CLIP_OBS)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, np.asarray(jax.jit(normalize.apply, static_argnums=2)(norm, obs, CLIP_OBS)))
@@ -201,11 +217,15 @@ def _actor_params(agent, state, precision: str):
     return params, jax.device_get(jax.jit(quant.with_tables)(params))
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
-def test_ppo_actor_matches_the_jax_actor(env_id, precision):
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "env_id, precision, profile",
+    [("CartPole-v1", "int8", "tflite"), ("CartPole-v1", "fp32", "tflite"), ("Pendulum-v1", "int8", "pow2"), ("Pendulum-v1", "fp32", "tflite")],
+)
+def test_ppo_actor_matches_the_jax_actor(env_id, precision, profile):
     """(c) Heads (int8: exactly equal), actions and behaviour log-probabilities."""
-    config, agent, state, obs = _agent([f"env={env_id}", "ppo.normalize=true", "ppo.policy_kwargs.log_std_init=-0.5"])
+    overrides = [f"env={env_id}", "ppo.normalize=true", "ppo.policy_kwargs.log_std_init=-0.5", f"placement.actor.int8_profile={profile}"]
+    config, agent, state, obs = _agent(overrides)
     params, host_params = _actor_params(agent, state, precision)
     assert isinstance(host_params.policy, reference.Int8Tables if precision == "int8" else dict)
     assert host_params.obs_norm is not None and isinstance(host_params.obs_norm, reference.Normalizer)
@@ -250,6 +270,7 @@ def test_ppo_actor_noise_distributions():
     assert abs(normal.mean()) < 0.04 and abs(normal.std() - 1) < 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
 def test_dqn_actor_greedy_and_uniform(precision):
     """(d) Epsilon 0: the argmax of the JAX head; epsilon 1: the noise's uniform random actions."""
@@ -297,3 +318,9 @@ def test_reference_and_numpy_actors_do_not_import_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_elu_with_int8_actors_is_a_config_error():
+    with pytest.raises(config_lib.ConfigError, match=r"ppo\.policy_kwargs\.activation_fn"):
+        config_lib.load(overrides=["ppo.policy_kwargs.activation_fn=elu"])
+    config_lib.load(overrides=["ppo.policy_kwargs.activation_fn=elu", "placement.actor.precision=fp32"])  # fp32 actors: fine

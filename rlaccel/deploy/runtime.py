@@ -28,7 +28,7 @@ import numpy as np
 from rlaccel.deploy.artifact import Artifact, PolicyError, int8_tables, read
 from rlaccel.reference import Fp32Network, Int8Network, Normalizer
 
-BACKENDS = ("numpy-int8", "numpy-fp32", "c-int8", "onnx-int8", "onnx-fp32", "jax", "jax-int8", "jax-fp32")
+BACKENDS = ("numpy-int8", "numpy-fp32", "onnx-int8", "onnx-fp32", "jax", "jax-int8", "jax-fp32")  # c-int8: with the C export (in progress)
 
 
 class Policy:

@@ -64,9 +64,13 @@ def round_scale(s: np.ndarray) -> np.ndarray:
 def quantize(u: np.ndarray, scale: float, zero: int) -> np.ndarray:
     """TFLite's QUANTIZE (``reference_ops::AffineQuantize``): float32 ``[...]`` -> int8 values (int64).
 
-    ``clamp(round_half_away(u / scale) + zero, -128, 127)`` with the division in float32.
+    ``clamp(round_half_away(u / scale) + zero, -128, 127)`` with the division in float32. The
+    quotient is first clipped to ``[-256, 256]`` (NaN counts as -256), which changes no finite
+    in-range result and defines what C leaves undefined (NaN, infinities, ``|u / s| >= 2**31``).
     """
-    q = round_half_away(np.asarray(u, np.float32) / np.float32(scale)) + int(zero)
+    v = np.asarray(u, np.float32) / np.float32(scale)
+    v = np.where(np.isnan(v), np.float32(-256), np.clip(v, -256, 256))
+    q = round_half_away(v) + int(zero)
     return np.clip(q, INT8_MIN, INT8_MAX)
 
 

@@ -281,8 +281,9 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
 
 def quantize_input(u: Array, scale: Array, zero: Array) -> Array:
     """QUANTIZE: float32 ``[..., in]`` -> int8 values as int32, ``clamp(round_half_away(u / s) + z)``."""
-    q = jnp.clip(_round_half_away(u / scale), -(2.0**24), 2.0**24)  # no int32 overflow far out of range
-    return jnp.clip(q.astype(jnp.int32) + zero, -128, 127)
+    v = u / scale
+    v = jnp.where(jnp.isnan(v), -256.0, jnp.clip(v, -256.0, 256.0))  # as intmath.quantize: NaN and far-out values defined
+    return jnp.clip(_round_half_away(v).astype(jnp.int32) + zero, -128, 127)
 
 
 def dense(x_q: Array, qp: QuantParams, i: int) -> Array:

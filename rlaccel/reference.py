@@ -301,6 +301,7 @@ class Int8Network(_Network):
         mean, inv_std, c = (self._mean, self._inv_std, self._clip) if norm else (None, None, np.float32(0))
         neg_c = -c
         copyto, multiply, divide, add, subtract, floor, trunc, copysign = np.copyto, np.multiply, np.divide, np.add, np.subtract, np.floor, np.trunc, np.copysign
+        fmin, fmax = np.fmin, np.fmax
 
         def forward(x: np.ndarray) -> np.ndarray:
             if norm:  # the float preprocessing, in the exported model's order of float32 operations
@@ -313,7 +314,7 @@ class Int8Network(_Network):
             divide(tmp, s_in, out=tmp)  # QUANTIZE: float32 division, round half away, clamp
             copyto(y, tmp)
             add(y, copysign(0.5, y, out=half), out=y)
-            _clip(trunc(y, out=y), lo, hi, out=x_q)
+            fmin(fmax(trunc(y, out=y), lo, out=y), hi, out=x_q)  # fmax: NaN -> lo, as intmath.quantize
             for lut_mode, inp_, w, hb, a, b, lut, nxt in steps:
                 key = hb[0]
                 matmul(inp_, w, out=key)

@@ -17,7 +17,7 @@ import numpy as np
 
 from rlaccel.deploy.artifact import Artifact, PolicyError, int8_arrays
 
-FORMATS = ("rlpolicy", "onnx-int8", "onnx-fp32", "tflite", "tflite-int8io")  # c: with the C export (in progress)
+FORMATS = ("rlpolicy", "onnx-int8", "onnx-fp32", "tflite", "tflite-int8io", "c")
 OBS_VAR_EPS = 1e-8  # rlaccel.normalize.normalizer's eps: obs.var = 1 / inv_std**2 - eps, for older readers only
 CALIBRATION_ROLLOUTS = 8  # rollouts of the fp32 policy that calibrate a run trained with fp32 actors
 

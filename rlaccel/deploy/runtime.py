@@ -28,7 +28,7 @@ import numpy as np
 from rlaccel.deploy.artifact import Artifact, PolicyError, int8_tables, read
 from rlaccel.reference import Fp32Network, Int8Network, Normalizer
 
-BACKENDS = ("numpy-int8", "numpy-fp32", "onnx-int8", "onnx-fp32", "jax", "jax-int8", "jax-fp32")  # c-int8: with the C export (in progress)
+BACKENDS = ("numpy-int8", "numpy-fp32", "c-int8", "onnx-int8", "onnx-fp32", "jax", "jax-int8", "jax-fp32")
 
 
 class Policy:
@@ -191,6 +191,15 @@ class CInt8Policy(Policy):
 
     def head(self, x: np.ndarray) -> np.ndarray:
         return self.c.head(x)
+
+    def act(self, obs: Any) -> Any:
+        """See :meth:`Policy.act`; a float32 ``[obs_dim]`` array takes the C batch-1 path (``CHead.head_one``)."""
+        if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
+            if not isfinite(obs.dot(self._zeros)):
+                raise self._non_finite()
+            head = self.c.head_one(obs)
+            return int(head.argmax()) if self.discrete else np.clip(head, self._low, self._high)
+        return super().act(obs)
 
 
 class OnnxPolicy(Policy):

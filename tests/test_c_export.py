@@ -48,7 +48,7 @@ class Case:
         lo, hi = rng.uniform(0.5, 2.0, 2)  # calibration ranges, so QUANTIZE's scales and zero points vary
         self.model, u = random_model(dims, profile, activation, seed, calib=rng.uniform(-lo, hi, (4096, dims[0])).astype(np.float32))
         if profile == "pow2" and activation == "tanh":  # two more TANH tables (the one used picks the table)
-            self.model = self.model._replace(out_scale=(np.float32(2**-6), np.float32(2**-9), *self.model.out_scale[2:]))
+            self.model = self.model._replace(out_scale=(np.float32(2**-6), np.float32(2**-7), *self.model.out_scale[2:]))
         n = dims[0]
         if norm:  # normalised values reach +-100 against a clip of 6; u * gain reaches +-3 (calibrated: +-1)
             gain = rng.uniform(0.2, 0.5, n).astype(np.float32)

@@ -187,7 +187,7 @@ def test_artifact_normaliser_is_the_actors(other_runs):
     np.testing.assert_allclose(art.arrays["obs.var"], np.asarray(state.agent.obs_stats.var), rtol=1e-5)
     assert art.meta["normalization"] == {"norm_obs": True, "clip_obs": 10.0, "eps": 1e-8}
     assert art.meta["policy"]["head"] == "gaussian_mean" and art.arrays["log_std"].shape == (1,)
-    assert artifact_lib.read(other_runs["dqn"] / "policy.rlpolicy").meta["policy"]["head"] == "q_values"
+    assert artifact_lib.read(other_runs["dqn"] / "policy.rlpolicy").meta["policy"]["head"] == "q_centered"
 
 
 @pytest.mark.slow
@@ -348,7 +348,8 @@ def test_search_fallback_computes_the_same_integers_as_the_lookup(cartpole_run, 
     lut = load_policy(path)
     monkeypatch.setattr(reference._Hidden, "MAX_CELLS", 0)
     search = load_policy(path)
-    assert [h.mode for h in lut.net._layers] == ["lut"] * 3 and [h.mode for h in search.net._layers] == ["search"] * 3
+    # (a coarse TANH table can jump two levels at one accumulator value: that layer searches anyway)
+    assert "lut" in [h.mode for h in lut.net._layers] and [h.mode for h in search.net._layers] == ["search"] * 3
     obs = _observations(lut, n_random=5000)
     np.testing.assert_array_equal(search.head(obs), lut.head(obs))
     assert [search.act(o) for o in obs[:500]] == [lut.act(o) for o in obs[:500]]

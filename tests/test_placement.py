@@ -149,8 +149,8 @@ def test_split_runner_keeps_learner_and_actor_state_apart(runs, cpus, precision)
     policy = on_actor.policy
     if precision == "int8":
         assert isinstance(policy, quant.QuantParams)
-        assert [layer.w_q.dtype for layer in policy.layers] == [jnp.int8] * 3
-        assert [layer.b_q.dtype for layer in policy.layers] == [jnp.int32] * 3
+        assert [w.dtype for w in policy.model.w_q] == [jnp.int8] * 3
+        assert [b.dtype for b in policy.model.b_q] == [jnp.int32] * 3
         assert devices_of(policy) == {actor}
     else:
         assert not isinstance(policy, quant.QuantParams)

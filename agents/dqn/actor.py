@@ -70,4 +70,4 @@ class DQNActor:
 def export_spec(section: Any, fp32_actor_params: Any, agent_state: Any) -> ExportSpec:
     """The registry's ``export``: DQN's policy is its Q-network on raw observations (greedy = argmax)."""
     del section, fp32_actor_params, agent_state
-    return ExportSpec(head="q_values")
+    return ExportSpec(head="q_centered")  # Q - mean over actions (train.centered)

@@ -14,7 +14,7 @@ JSON bytes, as a ``uint8`` array) and the arrays below, so the checksum covers t
 ``meta.json``: ``algo`` (``ppo`` | ``dqn``), ``env``, ``observation_space`` /
 ``action_space`` (``{"type": "Box", "shape", "low", "high"}`` or ``{"type": "Discrete",
 "n"}``), ``policy`` (``hidden``, ``activation``, ``out_dim``, ``head``: ``logits`` |
-``gaussian_mean`` | ``q_values``), ``normalization`` (``norm_obs``, ``clip_obs``, ``eps``),
+``gaussian_mean`` | ``q_centered``: Q - mean over actions), ``normalization`` (``norm_obs``, ``clip_obs``, ``eps``),
 ``config`` (the run's full config), ``source`` (run directory, checkpoint, update,
 env steps), ``rlaccel_version``, ``created``.
 

@@ -92,6 +92,10 @@ def validate(config: Config) -> None:
     if registry.get(config.algo).discrete_only and not env.is_discrete:
         raise ConfigError(f"algo: {config.algo} needs a discrete action space; {config.env} has continuous actions {env.action_space} (use ppo)")
     placement.resolve(config.placement)
+    if config.env_kind == "gym" and config.actors.backend == "ray":
+        from rlaccel.sources.host import ray_cluster
+
+        ray_cluster.check(config.actors)  # ray installed; a cluster address: token, reachable
 
 
 def default_run_dir(config: Config) -> Path:

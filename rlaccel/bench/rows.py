@@ -24,6 +24,9 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
   threads (``configs/ppo_gym_cartpole.yaml``); ``sb3_ppo_cartpole``: Stable-Baselines3's PPO
   with the same hyperparameters; ``sb3_ppo_cartpole_1env``: SB3 as ``shared/REFERENCE.md``
   measured it (1 env x 128 steps, 4 epochs of 4 minibatches).
+* ``ray_gym_cartpole``: ``gym_cartpole_host`` with the actor in a Ray process
+  (``configs/ppo_gym_cartpole_ray.yaml``, same 1 x 16 envs), against ``gym_cartpole_raw``;
+  ``halfcheetah_ray``: ``halfcheetah_host`` with ``actors.backend=ray``, against it.
 * ``halfcheetah_host``: PPO on MuJoCo HalfCheetah-v5 through host actors, 1M steps
   (``configs/ppo_halfcheetah.yaml``); ``brax_inverted_pendulum``: PPO on brax's
   inverted_pendulum in the fused mode. Both are learning figures, not ratios.
@@ -71,6 +74,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "sb3_ppo_cartpole": ("sb3", {}),
     "sb3_ppo_cartpole_1env": ("sb3", {"total_timesteps": 8192, "n_envs": 1, "n_steps": 128, "n_epochs": 4, "batch_size": 32}),
     "halfcheetah_host": ("train", {"config": "ppo_halfcheetah.yaml", **INT8}),
+    "ray_gym_cartpole": ("train", {"config": "ppo_gym_cartpole_ray.yaml", **INT8}),
+    "halfcheetah_ray": ("train", {"config": "ppo_halfcheetah.yaml", "overrides": ["actors.backend=ray"], **INT8}),
     "brax_inverted_pendulum": ("train", {"config": "ppo_brax_inverted_pendulum.yaml", **INT8}),
 }
 
@@ -79,6 +84,8 @@ BASELINE_FOR = {
     **dict.fromkeys(["vmap16_fp32", "vmap16_int8", "sweep16_fp32", "sweep16_int8"], "purejaxrl_16"),
     **dict.fromkeys(["dqn_fused_fp32", "dqn_fused_int8"], "purejaxrl_dqn"),
     "gym_cartpole_host": "gym_cartpole_raw",
+    "ray_gym_cartpole": "gym_cartpole_raw",
+    "halfcheetah_ray": "halfcheetah_host",
 }
 
 
@@ -118,12 +125,12 @@ def work_purejaxrl_dqn() -> dict:
     return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return"], "env_steps": out["env_steps"]}
 
 
-def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, actor: str | None = None) -> dict:
+def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, actor: str | None = None, overrides: list[str] = ()) -> dict:
     """``configs/<config>`` through ``rlaccel.train`` (the whole ``rlaccel train`` path), with
-    the actors' precision and device overridden when given."""
+    the actors' precision and device overridden when given, and any other ``key=value``."""
     import rlaccel
 
-    overrides = []
+    overrides = list(overrides)
     if precision is not None:
         overrides.append(f"placement.actor.precision={precision}")
     if actor is not None:

@@ -1,7 +1,7 @@
 """Step sources: where a run's steps come from (see ``rlaccel.sources.base``).
 
-:func:`make` picks one from the config: ``gym:`` envs get host actor threads
-(``rlaccel.sources.host``); JAX and brax envs get the fused program when actors and learner
+:func:`make` picks one from the config: ``gym:`` envs get host actor threads, or Ray actor
+processes with ``actors.backend: ray`` (``rlaccel.sources.host``); JAX and brax envs get the fused program when actors and learner
 share a device, the split one when they do not (``rlaccel.sources.device``).
 """
 
@@ -20,6 +20,10 @@ def make(config: Any, console: Any = None) -> StepSource:
     from rlaccel import envs, placement
 
     where = placement.resolve(config.placement)
+    if config.env_kind == "gym" and config.actors.backend == "ray":
+        from rlaccel.sources.host.ray_source import RaySource
+
+        return RaySource(config, where, console=console)
     if config.env_kind == "gym":
         from rlaccel.sources.host import HostSource
 

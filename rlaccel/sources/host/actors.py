@@ -26,11 +26,11 @@ import traceback
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 
 from rlaccel.rollout import EpisodeInfo, Transition
+from rlaccel.sources.host.stepping import EnvStepper, Steps
 
-__all__ = ["POLL_S", "ActorThread", "Batch", "JaxActor", "ParamBoard", "join"]
+__all__ = ["POLL_S", "ActorThread", "Batch", "JaxActor", "ParamBoard", "join", "to_batch"]
 
 POLL_S = 0.05  # how often blocked queue operations look at the stop event
 
@@ -141,26 +141,20 @@ class ActorThread(threading.Thread):
         self.max_lag = max_lag
 
     def run(self) -> None:
-        venv = None
+        stepper = None
         try:
-            venv = self.env.make_vector(self.num_envs, self.seed)
-            self._loop(venv)
+            stepper = EnvStepper(self.env.make_vector(self.num_envs, self.seed), self.env.action_space, self.env.obs_dim, self.seed)
+            self._loop(stepper)
         except BaseException as e:  # noqa: BLE001 - whatever kills an actor must reach the learner
             self.faults.append((self.index, e, traceback.format_exc()))
             self.stop.set()
         finally:
-            if venv is not None:
+            if stepper is not None:
                 with contextlib.suppress(Exception):  # a broken env may fail to close too
-                    venv.close()
+                    stepper.close()
 
-    def _loop(self, venv: Any) -> None:
-        env, b, T = self.env, self.num_envs, self.num_steps
+    def _loop(self, stepper: EnvStepper) -> None:
         rng = np.random.default_rng(self.seed)
-        box = isinstance(env.action_space, spaces.Box)
-        low, high = (env.action_space.low, env.action_space.high) if box else (None, None)
-        obs, _ = venv.reset(seed=self.seed)
-        ep_ret = np.zeros(b, np.float32)
-        ep_len = np.zeros(b, np.int32)
         actor = None
         first = self.board.latest[1]
         for k in itertools.count():
@@ -169,47 +163,10 @@ class ActorThread(threading.Thread):
             if self.max_lag is not None and not self.board.wait_for(first + k - self.max_lag, self.stop):
                 return
             actor = self.board.actor(actor)
-            o = np.empty((T, b, env.obs_dim), np.float32)
-            next_o = np.empty((T, b, env.obs_dim), np.float32)
-            rew = np.empty((T, b), np.float32)
-            term = np.empty((T, b), bool)
-            trunc = np.empty((T, b), bool)
-            ret = np.empty((T, b), np.float32)
-            length = np.empty((T, b), np.int32)
-            lat = np.empty(T, np.float64)
-            actions, extras = [], []
-            noise = actor.noise(rng, T, b)
-            start = time.perf_counter()
-            for t in range(T):
-                if self.stop.is_set():
-                    return
-                o[t] = obs
-                t0 = time.perf_counter()
-                a, x = actor.act(o[t], noise[t])
-                lat[t] = time.perf_counter() - t0
-                actions.append(a)
-                extras.append(x)
-                obs, rew[t], term[t], trunc[t], info = venv.step(np.clip(a, low, high) if box else a)
-                next_o[t] = obs
-                if "final_obs" in info:  # SAME_STEP autoreset: obs is the next episode's first
-                    for i in np.flatnonzero(info["_final_obs"]):
-                        next_o[t, i] = info["final_obs"][i]
-                ep_ret += rew[t]
-                ep_len += 1
-                ret[t], length[t] = ep_ret, ep_len
-                done_t = term[t] | trunc[t]
-                ep_ret[done_t] = 0.0
-                ep_len[done_t] = 0
-            batch = Batch(
-                actor=self.index,
-                version=actor.version,
-                transitions=Transition(
-                    obs=o, action=np.stack(actions), reward=rew, terminated=term, truncated=trunc, next_obs=next_o, extras=_stack(extras)
-                ),
-                episodes=EpisodeInfo(done=term | trunc, episode_return=ret, episode_length=length),
-                latency_s=lat,
-                collect_s=time.perf_counter() - start,
-            )
+            steps = stepper.collect(actor, rng, self.num_steps, self.stop.is_set)
+            if steps is None:
+                return
+            batch = to_batch(self.index, steps)
             while not self.stop.is_set():
                 try:
                     self.out.put(batch, timeout=POLL_S)
@@ -218,13 +175,14 @@ class ActorThread(threading.Thread):
                     continue
 
 
-def _stack(items: list[Any]) -> Any:
-    """Per-step extras (a NamedTuple / tuple of ``[b]`` arrays) stacked to ``[T, b]`` leaves."""
-    first = items[0]
-    if isinstance(first, tuple) and first:
-        stacked = [np.stack(xs) for xs in zip(*items)]
-        return type(first)(*stacked) if hasattr(first, "_fields") else tuple(stacked)
-    return first  # () or None: nothing recorded
+def to_batch(index: int, steps: Steps) -> Batch:
+    """Actor ``index``'s numpy :class:`~rlaccel.sources.host.stepping.Steps` as a :class:`Batch`."""
+    transitions = Transition(
+        obs=steps.obs, action=steps.action, reward=steps.reward, terminated=steps.terminated, truncated=steps.truncated,
+        next_obs=steps.next_obs, extras=steps.extras,
+    )  # fmt: skip
+    episodes = EpisodeInfo(done=steps.terminated | steps.truncated, episode_return=steps.episode_return, episode_length=steps.episode_length)
+    return Batch(actor=index, version=steps.version, transitions=transitions, episodes=episodes, latency_s=steps.latency_s, collect_s=steps.collect_s)
 
 
 def join(threads: list[threading.Thread], timeout_s: float) -> list[int]:

@@ -7,9 +7,15 @@ does. Every test process then sees two CPU devices: ``cpu:0`` plays the learner 
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache, shared by both xdist workers and the runs tests start in
+# subprocesses: many tests compile the same programs (the shipped configs); a cache hit gives
+# the same executable, so it changes no result, only the suite's time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"rlaccel-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from pathlib import Path
 

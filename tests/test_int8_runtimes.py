@@ -1,4 +1,4 @@
-"""Trained int8 policies on runtimes nobody here wrote: TFLite Micro, onnxruntime, OpenVINO.
+"""Trained int8 policies on runtimes nobody here wrote: TFLite Micro, LiteRT, onnxruntime, OpenVINO.
 
 One PPO CartPole-v1 and one PPO Pendulum-v1 policy (the shipped configs, int8 actors,
 ``tflite`` profile) and a short DQN CartPole run are trained once per module, exported, and
@@ -6,6 +6,8 @@ run on gymnasium's own envs:
 
 * TFLite Micro's interpreter on the ``.tflite``: heads bit-identical with the numpy reference
   (``numpy-int8``) on >= 10k observations of each policy's own greedy trajectories.
+* LiteRT, per kernel set (they requantise differently by design): >= 99 % action agreement,
+  returns within 2 %.
 * onnxruntime and OpenVINO's CPU plugin (``INFERENCE_PRECISION_HINT=f32``) on the QDQ
   ``onnx-int8`` model: >= 99.5 % action agreement on those trajectories (continuous: actions
   within 1 % of the action range) and mean return over 100 episodes within 2 % of numpy-int8's.
@@ -28,7 +30,11 @@ from rlaccel.deploy.export import export
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = {"cartpole": ("ppo_cartpole.yaml", []), "pendulum": ("ppo_pendulum.yaml", []), "dqn": ("dqn_cartpole.yaml", ["total_timesteps=100000"])}
+RUNS = {  # CartPole reaches 500 well before the config's 500k steps; DQN only needs a trained-ish ReLU net
+    "cartpole": ("ppo_cartpole.yaml", ["total_timesteps=300000"]),
+    "pendulum": ("ppo_pendulum.yaml", []),
+    "dqn": ("dqn_cartpole.yaml", ["total_timesteps=30000"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +134,50 @@ def test_onnxruntime_and_openvino_agree_and_return_as_the_reference(runs, name, 
         returns = _returns(act, env_id)
         gap = abs(returns.mean() - ref_returns.mean())
         assert gap <= 0.02 * abs(ref_returns.mean()), f"{runtime} {name}: mean return {returns.mean():.1f} vs numpy-int8 {ref_returns.mean():.1f}"
+
+
+class _LiteRT:
+    """The batch-1 ``.tflite`` on LiteRT's interpreter with one kernel set, one observation at a time."""
+
+    def __init__(self, path: Path, resolver, discrete: bool, low=None, high=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, num_threads=1)
+        self.interpreter.allocate_tensors()
+        self.inp = self.interpreter.get_input_details()[0]["index"]
+        self.out = self.interpreter.get_output_details()[0]["index"]
+        self.discrete, self.low, self.high = discrete, low, high
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        rows = []
+        for o in x:
+            self.interpreter.set_tensor(self.inp, o[None])
+            self.interpreter.invoke()
+            rows.append(self.interpreter.get_tensor(self.out)[0].copy())
+        return np.asarray(rows)
+
+    def act(self, x: np.ndarray) -> np.ndarray:
+        h = self.head(x)
+        return h.argmax(1) if self.discrete else np.clip(h, self.low, self.high)
+
+
+@pytest.mark.parametrize("name, env_id", [("cartpole", "CartPole-v1"), ("pendulum", "Pendulum-v1")])
+def test_litert_kernel_sets_agree_and_return_as_the_reference(runs, name, env_id):
+    """LiteRT's kernel sets requantise differently from TFLite Micro by design (shared/REFERENCE.md):
+    per kernel set, >= 99 % action agreement and mean return within 2 % of numpy-int8's."""
+    from ai_edge_litert.interpreter import OpResolverType
+
+    ref = load_policy(runs[name] / "policy.rlpolicy", "numpy-int8")
+    low, high = (None, None) if ref.discrete else (ref._low, ref._high)
+    obs = _trajectories(ref, env_id, 5_000)
+    expected, ref_returns = ref.act(obs), _returns(ref.act, env_id)
+    for resolver in OpResolverType:
+        runtime = _LiteRT(runs[name] / "policy_int8.tflite", resolver, ref.discrete, low, high)
+        got = runtime.act(obs)
+        if ref.discrete:
+            agreement = np.mean(got == expected)
+        else:
+            agreement = np.mean(np.all(np.abs(got - expected) <= 0.01 * (high - low), axis=-1))
+        assert agreement >= 0.99, f"LiteRT {resolver.name} {name}: action agreement {agreement:.4f}"
+        returns = _returns(runtime.act, env_id)
+        assert abs(returns.mean() - ref_returns.mean()) <= 0.02 * abs(ref_returns.mean()), f"LiteRT {resolver.name} {name}: {returns.mean():.1f} vs {ref_returns.mean():.1f}"

@@ -354,7 +354,15 @@ class ActorPool:
             except ray.exceptions.RayTaskError as e:  # the env (or the actor's code) raised
                 if not self._restart(i, e.cause if e.cause is not None else e, refill=False):
                     return None
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:  # the process died
+            except ray.exceptions.ActorUnavailableError:  # restarting after a death already counted: send again
+                self._sent[i] -= 1
+                if time.perf_counter() - last > timeout_s:
+                    self.faults.append((i, ProcessDied(f"actor {i} unavailable for {timeout_s} s (actors.timeout_s)"), ""))
+                    return None
+                time.sleep(POLL_S)
+                self._fill(i)
+                continue
+            except ray.exceptions.RayActorError as e:  # the process died
                 if not self._restart(i, ProcessDied(f"the actor process died ({type(e).__name__})"), refill=True):
                     return None
             else:

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {  # CartPole reaches 500 well before the config's 500k steps; DQN only needs a trained-ish ReLU net
     "cartpole": ("ppo_cartpole.yaml", ["total_timesteps=300000"]),
-    "pendulum": ("ppo_pendulum.yaml", []),
+    "pendulum": ("ppo_pendulum.yaml", ["total_timesteps=200000"]),  # swings up (~-250 .. -400); 400k polishes
     "dqn": ("dqn_cartpole.yaml", ["total_timesteps=30000"]),
 }
 
@@ -123,7 +123,7 @@ def test_onnxruntime_and_openvino_agree_and_return_as_the_reference(runs, name, 
     obs = _trajectories(ref, env_id, 10_000)
     expected = ref.act(obs)
     ref_returns = _returns(ref.act, env_id)
-    assert ref_returns.mean() >= (475 if name == "cartpole" else -250), ref_returns.mean()  # trained policies
+    assert ref_returns.mean() >= (475 if name == "cartpole" else -450), ref_returns.mean()  # trained (random: ~-1200)
     for runtime, act in (("onnxruntime", ort.act), ("openvino", ov.act)):
         got = act(obs)
         if ref.discrete:
@@ -164,13 +164,13 @@ class _LiteRT:
 @pytest.mark.parametrize("name, env_id", [("cartpole", "CartPole-v1"), ("pendulum", "Pendulum-v1")])
 def test_litert_kernel_sets_agree_and_return_as_the_reference(runs, name, env_id):
     """LiteRT's kernel sets requantise differently from TFLite Micro by design (shared/REFERENCE.md):
-    per kernel set, >= 99 % action agreement and mean return within 2 % of numpy-int8's."""
+    per kernel set, >= 99 % action agreement and mean return over 30 episodes within 2 % of numpy-int8's."""
     from ai_edge_litert.interpreter import OpResolverType
 
     ref = load_policy(runs[name] / "policy.rlpolicy", "numpy-int8")
     low, high = (None, None) if ref.discrete else (ref._low, ref._high)
     obs = _trajectories(ref, env_id, 5_000)
-    expected, ref_returns = ref.act(obs), _returns(ref.act, env_id)
+    expected, ref_returns = ref.act(obs), _returns(ref.act, env_id, episodes=30)
     for resolver in OpResolverType:
         runtime = _LiteRT(runs[name] / "policy_int8.tflite", resolver, ref.discrete, low, high)
         got = runtime.act(obs)
@@ -179,5 +179,5 @@ def test_litert_kernel_sets_agree_and_return_as_the_reference(runs, name, env_id
         else:
             agreement = np.mean(np.all(np.abs(got - expected) <= 0.01 * (high - low), axis=-1))
         assert agreement >= 0.99, f"LiteRT {resolver.name} {name}: action agreement {agreement:.4f}"
-        returns = _returns(runtime.act, env_id)
+        returns = _returns(runtime.act, env_id, episodes=30)
         assert abs(returns.mean() - ref_returns.mean()) <= 0.02 * abs(ref_returns.mean()), f"LiteRT {resolver.name} {name}: {returns.mean():.1f} vs {ref_returns.mean():.1f}"

@@ -307,6 +307,7 @@ class ActorPool:
         self.handles = [cls.remote(**spec) for spec in specs]
         self._pending: list[collections.deque] = [collections.deque() for _ in specs]
         self._sent = [0] * len(specs)  # collects sent per actor (batch numbers for max_policy_lag)
+        self._down = [False] * len(specs)  # a death counted, no batch since: later failures are the same death
         self._ref: Any = None
         self.version = self.first = -1
 
@@ -354,18 +355,20 @@ class ActorPool:
             except ray.exceptions.RayTaskError as e:  # the env (or the actor's code) raised
                 if not self._restart(i, e.cause if e.cause is not None else e, refill=False):
                     return None
-            except ray.exceptions.ActorUnavailableError:  # restarting after a death already counted: send again
-                self._sent[i] -= 1
-                if time.perf_counter() - last > timeout_s:
-                    self.faults.append((i, ProcessDied(f"actor {i} unavailable for {timeout_s} s (actors.timeout_s)"), ""))
-                    return None
-                time.sleep(POLL_S)
-                self._fill(i)
-                continue
-            except ray.exceptions.RayActorError as e:  # the process died
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:  # the process died
+                if self._down[i]:  # calls sent while it restarts fail too: the same death, send again
+                    self._sent[i] -= 1
+                    if time.perf_counter() - last > timeout_s:
+                        self.faults.append((i, ProcessDied(f"actor {i} did not come back within {timeout_s} s (actors.timeout_s)"), ""))
+                        return None
+                    time.sleep(POLL_S)
+                    self._fill(i)
+                    continue
                 if not self._restart(i, ProcessDied(f"the actor process died ({type(e).__name__})"), refill=True):
                     return None
+                self._down[i] = True
             else:
+                self._down[i] = False
                 self._fill(i)
                 return steps
             last = time.perf_counter()

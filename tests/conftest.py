@@ -54,7 +54,7 @@ def cartpole_yaml() -> Path:
 
 # The longest modules first (measured: CPU seconds per module in a full run), so the two
 # workers of `make test` do not end with one of them alone on a long module.
-LONGEST_FIRST = ("test_learning", "test_ray", "test_int8_runtimes", "test_reference", "test_quant", "test_sweep", "test_reliability", "test_host_actors", "test_deploy", "test_placement", "test_brax", "test_cli")
+LONGEST_FIRST = ("test_learning", "test_ray", "test_reference", "test_quant", "test_sweep", "test_reliability", "test_host_actors", "test_deploy", "test_placement", "test_brax", "test_cli")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,7 +14,7 @@ integer model of ``rlaccel.int8model``::
 The scales and zero points are the model's, so a QDQ runtime quantises the same tensors at the
 same points. It is not bit-exact: ONNX requantises in float (``QuantizeLinear`` divides and
 rounds half to even) where the profiles use a fixed-point multiplier or a shift, and ``Tanh``
-is the runtime's float tanh where TFLite uses gemmlowp's table; ``tests/test_int8_runtimes.py``
+is the runtime's float tanh where TFLite uses gemmlowp's table; ``tests/test_learning.py``
 measures action agreement and returns on onnxruntime and OpenVINO.
 """
 

@@ -197,8 +197,10 @@ class CInt8Policy(Policy):
         if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
             if not isfinite(obs.dot(self._zeros)):
                 raise self._non_finite()
-            head = self.c.head_one(obs)
-            return int(head.argmax()) if self.discrete else np.clip(head, self._low, self._high)
+            c = self.c
+            c._in[:] = obs  # the batch-1 path of CHead.head_one, reading its static output buffer in place
+            c._one()
+            return int(c._out.argmax()) if self.discrete else np.minimum(np.maximum(c._out, self._low), self._high)
         return super().act(obs)
 
 

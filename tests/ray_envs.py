@@ -1,4 +1,4 @@
-"""Envs for tests/test_ray.py that Ray actor processes import by name (``gym:ray_envs:<id>``):
+"""Failing envs for tests/test_host_actors.py and tests/test_ray.py; Ray actor processes import them by name (``gym:ray_envs:<id>``):
 the test cluster's nodes have ``tests/`` on their ``PYTHONPATH``."""
 
 import gymnasium

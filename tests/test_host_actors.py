@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cli_helpers import run_main, set_args
-from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from ray_envs import FailingCartPole  # one definition, also imported by Ray actor processes
 
 from rlaccel import checkpoint, envs, placement
 from rlaccel import config as config_lib
@@ -33,21 +33,6 @@ from rlaccel.sources.host import HostSource, JaxActor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAILING_ID = "rlaccel-test/FailingCartPole-v0"
-FAIL_AT_STEP = 40
-
-
-class FailingCartPole(CartPoleEnv):
-    """gymnasium's CartPole, whose ``step`` raises on its 40th call."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.calls = 0
-
-    def step(self, action):
-        self.calls += 1
-        if self.calls >= FAIL_AT_STEP:
-            raise RuntimeError("simulator exploded")
-        return super().step(action)
 
 
 gymnasium.register(FAILING_ID, entry_point=FailingCartPole, max_episode_steps=500)

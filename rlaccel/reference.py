@@ -108,9 +108,12 @@ class _Hidden:
     most one threshold, and ``h_q = floor(key + D[cell])``. Branch-free, unlike a binary
     search whose mispredictions cost ~4 µs per 64-wide layer at batch 1 on varying inputs.
 
-    ``search`` (fallback: a jump of two levels at one accumulator value, or a table over
-    ``MAX_CELLS``): the accumulator plus disjoint per-channel offsets, one ``searchsorted``
-    over all channels' thresholds.
+    ``lut2`` (a jump of several levels at one accumulator value, e.g. a TANH at a coarse input
+    scale): the same lookup over distinct transitions gives a flat index, one gather maps it
+    to the level.
+
+    ``search`` (fallback: a table over ``MAX_CELLS``): the accumulator plus disjoint
+    per-channel offsets, one ``searchsorted`` over all channels' thresholds.
     """
 
     MAX_CELLS = 1 << 20
@@ -123,8 +126,8 @@ class _Hidden:
         self.out = w.shape[1]
         lut = self._build_lut(thresholds, bound)
         if lut is not None:
-            self.mode = "lut"
-            shift, add, self.lut, self.cell_lo, self.cell_hi = lut
+            shift, add, self.lut, self.cell_lo, self.cell_hi, self.levels = lut
+            self.mode = "lut" if self.levels is None else "lut2"
             bias = (b + add[0]).astype(np.float64) * shift + add[1]
             self.w = np.vstack([w.astype(np.float64) * shift, bias[None]])
             return
@@ -139,7 +142,10 @@ class _Hidden:
         self.w = np.vstack([w, (b + off)[None]]).astype(np.float64)
 
     def _build_lut(self, thresholds: np.ndarray, reach: np.ndarray) -> Any:
-        """``(column scale [out], (acc shift [out], key shift [out]), lut, cell_lo, cell_hi)`` or ``None``.
+        """``(column scale [out], (acc shift [out], key shift [out]), lut, cell_lo, cell_hi, levels)`` or ``None``.
+
+        ``levels`` is ``None`` unless some accumulator value jumps several levels: then the
+        lookup counts distinct transitions into an index of ``levels`` (one more gather).
 
         Channel ``j``'s cells: a transition-free pad, ``n_j`` cells of width ``2**s_j`` from
         its first transition ``u_0`` on, a transition-free pad; ``key = (acc - u_0) / 2**s_j +
@@ -155,15 +161,28 @@ class _Hidden:
         if np.any(t[:, 1:] < t[:, :-1]):
             return None  # not a step function: the search path reports it
         valid = (t > -r) & (t <= r)  # the transitions that can happen: contiguous in each row
-        pair = valid[:, 1:] & valid[:, :-1]  # consecutive transitions
-        if np.any(pair & (t[:, 1:] == t[:, :-1])):
-            return None  # two levels at one accumulator value
-        q_min = self.low + np.count_nonzero(t <= -r, axis=1)  # activation at the lowest reachable accumulator
+        same_next = np.zeros(t.shape, bool)
+        same_next[:, :-1] = t[:, 1:] == t[:, :-1]
+        keep = valid & ~same_next  # one transition per distinct accumulator value (a run's last threshold)
+        before = np.count_nonzero(t <= -r, axis=1)  # levels passed below the lowest reachable accumulator
+        levels = None
+        if np.any(valid & same_next):  # several levels at one accumulator value: count transitions, then map
+            kept = keep.sum(axis=1)
+            start = np.cumsum(kept + 1) - (kept + 1)
+            levels = np.empty(int((kept + 1).sum()))
+            levels[start] = self.low + before
+            rk, ck = np.nonzero(keep)
+            levels[start[rk] + 1 + np.arange(rk.size) - (np.cumsum(kept) - kept)[rk]] = self.low + ck + 1
+            q_min = start  # the lookup gives an index into ``levels``
+        else:
+            q_min = self.low + before  # activation at the lowest reachable accumulator
         empty = ~valid.any(axis=1)  # constant channel: one transition at R + 1, never reached
         big = np.iinfo(np.int64).max
         first = np.where(empty, reach + 1, np.where(valid, t, big).min(axis=1))
         last = np.where(empty, reach + 1, np.where(valid, t, -big).max(axis=1))
-        gap = np.where(pair.any(axis=1), np.where(pair, t[:, 1:] - t[:, :-1], big).min(axis=1), 1)
+        diff = t[:, 1:] - t[:, :-1]
+        step = valid[:, 1:] & valid[:, :-1] & (diff > 0)  # consecutive distinct transitions
+        gap = np.where(step.any(axis=1), np.where(step, diff, big).min(axis=1), 1)
         s = np.frexp(gap.astype(np.float64))[1].astype(np.int64) - 1  # 2**s <= gap: at most one transition per cell
         n = ((last - first) >> s) + 1
         sizes = n + 2
@@ -171,7 +190,7 @@ class _Hidden:
         if total > self.MAX_CELLS:
             return None
         cell0 = np.cumsum(sizes) - sizes
-        rows, cols = np.nonzero(valid)
+        rows, cols = np.nonzero(keep)
         rows, u = np.concatenate([rows, np.flatnonzero(empty)]), np.concatenate([t[rows, cols], reach[empty] + 1])
         cell = cell0[rows] + ((u - first[rows]) >> s[rows]) + 1  # cells 1 .. n of each channel hold its transitions
         # D = base + 1 - thr in flat cell units. base[c] = q_min + the channel's transitions in
@@ -187,12 +206,14 @@ class _Hidden:
         key[cell] = cell0[rows] + ((u - first[rows]) / 2.0 ** s[rows] + 1.0)  # ...else the transition
         entries -= key
         cell_lo = cell0.astype(np.float64)
-        return 2.0 ** -s.astype(np.float64), (-first, cell_lo + 1.0), entries, cell_lo, cell_lo + sizes - 1
+        return 2.0 ** -s.astype(np.float64), (-first, cell_lo + 1.0), entries, cell_lo, cell_lo + sizes - 1, levels
 
     def buffers(self, lead: tuple[int, ...]) -> list[np.ndarray]:
         f64 = lead + (self.out,)
         if self.mode == "lut":
             return [np.empty(f64), np.empty(f64), np.empty(f64, np.intp)]
+        if self.mode == "lut2":
+            return [np.empty(f64), np.empty(f64), np.empty(f64, np.intp), np.empty(f64), np.empty(f64, np.intp)]
         return [np.empty(f64)]
 
 
@@ -290,10 +311,10 @@ class Int8Network(_Network):
         steps = []
         for h, x, nxt in zip(self._layers, ins, outs):
             bufs = h.buffers(lead)
-            if h.mode == "lut":
-                steps.append((True, x, h.w, bufs, h.cell_lo, h.cell_hi, h.lut, nxt))
+            if h.mode in ("lut", "lut2"):
+                steps.append((h.mode, x, h.w, bufs, h.cell_lo, h.cell_hi, h.lut, h.levels, nxt))
             else:
-                steps.append((False, x, h.w, bufs, h.table.searchsorted, h.base, None, nxt))
+                steps.append((h.mode, x, h.w, bufs, h.table.searchsorted, h.base, None, None, nxt))
         tmp, y, half = np.empty(lead + (self.in_dim,), np.float32), np.empty(lead + (self.in_dim,)), np.empty(lead + (self.in_dim,))
         x_q, last, head = ins[0][..., :-1], outs[-1], np.empty(lead + (self.out_dim,), np.float32)
         gain, s_in, lo, hi, scale = self._gain, self._in_scale, self._lo, self._hi, self._scale
@@ -315,13 +336,18 @@ class Int8Network(_Network):
             copyto(y, tmp)
             add(y, copysign(0.5, y, out=half), out=y)
             fmin(fmax(trunc(y, out=y), lo, out=y), hi, out=x_q)  # fmax: NaN -> lo, as intmath.quantize
-            for lut_mode, inp_, w, hb, a, b, lut, nxt in steps:
+            for mode, inp_, w, hb, a, b, lut, levels, nxt in steps:
                 key = hb[0]
                 matmul(inp_, w, out=key)
-                if lut_mode:
+                if mode == "lut":
                     _, clipped, cell = hb
                     copyto(cell, _clip(key, a, b, out=clipped), casting="unsafe")  # floor: clipped >= 0
                     floor(add(clipped, lut[cell], out=nxt), out=nxt)
+                elif mode == "lut2":  # the same lookup gives an index into the layer's levels
+                    _, clipped, cell, count, index = hb
+                    copyto(cell, _clip(key, a, b, out=clipped), casting="unsafe")
+                    copyto(index, add(clipped, lut[cell], out=count), casting="unsafe")  # >= 0: truncation is floor
+                    copyto(nxt, levels[index])
                 else:
                     subtract(a(key), b, out=nxt, casting="unsafe")
             copyto(head, last, casting="same_kind")  # q - zero: a small integer, exact in float32

@@ -32,7 +32,7 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n auto --dist loadscope $(PYTEST_ARGS)
 
-## The inner loop: unit tests and CLI smoke tests, no learning (under a minute).
+## The inner loop: unit tests and CLI smoke tests, no learning (about a minute).
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n auto --dist loadscope -m "not slow" $(PYTEST_ARGS)
 

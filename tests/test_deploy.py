@@ -378,6 +378,21 @@ def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cartpole_run
 
 
 @pytest.mark.slow
+def test_export_cli_writes_the_integer_formats(cartpole_run, tmp_path):
+    """``rlaccel export --format tflite | tflite-int8io | c``: the files, and the C compiles and runs."""
+    for fmt, out in (("tflite", tmp_path / "p.tflite"), ("tflite-int8io", tmp_path / "q.tflite"), ("c", tmp_path / "c")):
+        res = subprocess.run([sys.executable, "-m", "rlaccel", "export", "--run", str(cartpole_run), "--format", fmt, "--out", str(out)], check=False, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert res.returncode == 0, res.stderr
+        assert out.exists() and f"wrote {out}" in res.stdout
+    assert (tmp_path / "p.tflite").read_bytes()[4:8] == b"TFL3" and sorted(p.name for p in (tmp_path / "c").iterdir()) == ["main.c", "policy.c", "policy.h"]
+    exe = tmp_path / "policy"
+    subprocess.run(["cc", "-O2", "-std=c99", "-Wall", "-Werror", "policy.c", "main.c", "-o", str(exe)], check=True, cwd=tmp_path / "c")
+    obs = np.array([0.01, -0.02, 0.03, 0.04], np.float32)
+    printed = subprocess.run([str(exe), *map(str, obs)], check=True, capture_output=True, text=True).stdout.split()
+    np.testing.assert_allclose(np.asarray(printed, np.float32), load_policy(cartpole_run / "policy.rlpolicy", "numpy-int8").head(obs[None])[0], rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_exported_int8_returns_match_fp32_on_100_cartpole_episodes(cartpole_run):
     """Must-reach: int8 within 2 % of fp32 over 100 evaluation episodes (gymnasium's CartPole)."""
     path = cartpole_run / "policy.rlpolicy"

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlaccel.deploy.export import FORMATS  # numpy only at import: JAX is imported by an export itself
+
 EXIT_USAGE = 2
-FORMATS = ("rlpolicy", "onnx-int8", "onnx-fp32")
 
 
 def add_export_parser(sub: Any) -> argparse.ArgumentParser:

@@ -1,9 +1,9 @@
 """Host actors for gymnasium envs: actor threads (``actors.py``) or Ray actor processes
-(``ray_cluster.py``, ``ray_source.py``) stepping envs (``stepping.py``), and the learner that
+(``ray_cluster.py``, ``ray_pool.py``, ``ray_source.py``) stepping envs (``stepping.py``), and the learner that
 feeds on their batches (``source.py``). See ``rlaccel.sources.host.source`` for the whole picture.
 
 The names below are imported on first use, so a Ray actor process that imports
-``rlaccel.sources.host.ray_cluster`` (numpy, gymnasium) does not import JAX.
+``rlaccel.sources.host.ray_pool`` (numpy, gymnasium) does not import JAX.
 """
 
 from __future__ import annotations

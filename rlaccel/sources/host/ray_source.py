@@ -3,7 +3,7 @@
 :class:`RaySource` is :class:`~rlaccel.sources.host.source.HostSource` (the same learner step,
 the same ``Transition [T, n_envs]`` batches in actor order, the same int8 parameters the
 numpy actors of the registry act with) whose actors are
-:class:`~rlaccel.sources.host.ray_cluster.RemoteActor` processes on a local Ray cluster or
+:class:`~rlaccel.sources.host.ray_pool.RemoteActor` processes on a local Ray cluster or
 on the cluster at ``actors.address`` (``ray_cluster.py``). Every update the learner puts the
 actor parameters into Ray's object store once (``ActorPool.publish``); the actors take the
 newest version between batches. No GIL is shared: actors and learner step in parallel, on one
@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from rlaccel.sources.host.actors import Batch, to_batch
-from rlaccel.sources.host.ray_cluster import ActorPool, Cluster, ProcessDied
+from rlaccel.sources.host.ray_cluster import Cluster
+from rlaccel.sources.host.ray_pool import ActorPool, ProcessDied
 from rlaccel.sources.host.source import ActorFault, HostSource
 from rlaccel.state import TrainState
 

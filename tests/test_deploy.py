@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 
-from rlaccel import api, checkpoint, normalize, quant, reference, sources
+from rlaccel import api, checkpoint, lookup, normalize, reference, sources
 from rlaccel import config as config_lib
 from rlaccel.deploy import PolicyError, load_policy
 from rlaccel.deploy import artifact as artifact_lib
@@ -346,7 +346,7 @@ def test_search_fallback_computes_the_same_integers_as_the_lookup(cartpole_run, 
     jumps two levels) against the branch-free lookup, on the same observations."""
     path = cartpole_run / "policy.rlpolicy"
     lut = load_policy(path)
-    monkeypatch.setattr(reference._Hidden, "MAX_CELLS", 0)
+    monkeypatch.setattr(lookup.LayerLookup, "MAX_CELLS", 0)
     search = load_policy(path)
     # (a coarse TANH table can jump two levels at one accumulator value: that layer searches anyway)
     assert "lut" in [h.mode for h in lut.net._layers] and [h.mode for h in search.net._layers] == ["search"] * 3

@@ -22,7 +22,7 @@ from rlaccel.agents.ppo.actor import ActorExtras, PPOActor
 
 from rlaccel import agent as agent_lib
 from rlaccel import config as config_lib
-from rlaccel import envs, int8model, intmath, normalize, quant, reference
+from rlaccel import envs, int8model, intmath, lookup, normalize, quant, reference
 from rlaccel.reference import LEVELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_int8_network_search_fallback_equals_lookup(policies, monkeypatch):
     profile, activation, cases = policies
     _, tables, norm, obs = cases[0]
     lut = reference.Int8Network(tables, activation, norm, CLIP_OBS)
-    monkeypatch.setattr(reference._Hidden, "MAX_CELLS", 0)
+    monkeypatch.setattr(lookup.LayerLookup, "MAX_CELLS", 0)
     search = reference.Int8Network(tables, activation, norm, CLIP_OBS)
     assert [h.mode for h in search._layers] == ["search"] * 3 and "lut" in [h.mode for h in lut._layers]
     np.testing.assert_array_equal(search.forward(obs), lut.forward(obs))

@@ -169,20 +169,17 @@ def export(run_dir: str | Path, out: str | Path | None = None, fmt: str = "rlpol
 
 def write_integer_model(art: Artifact, fmt: str, out: Path) -> Path:
     """The artifact's int8 model as ``tflite`` / ``tflite-int8io`` bytes or ``c`` sources at ``out``."""
-    from rlaccel.deploy.artifact import int8_tables
-    from rlaccel.deploy.runtime import normalizer
+    from rlaccel.deploy.runtime import export_args
 
-    model, policy = int8_tables(art).model, art.meta["policy"]
-    norm, clip = normalizer(art)
-    mean, inv_std = (None, None) if norm is None else (norm.mean, norm.inv_std)
+    model, profile, activation, mean, inv_std, clip = export_args(art)
     if fmt == "c":
         from rlaccel.deploy.c_model import write_c
 
-        write_c(model, policy["int8_profile"], policy["activation"], out, mean, inv_std, clip if norm is not None else None)
+        write_c(model, profile, activation, out, mean, inv_std, clip)
         return out
     from rlaccel.deploy.tflite_model import tflite_bytes
     from rlaccel.fileio import atomic_write
 
-    data = tflite_bytes(model, policy["int8_profile"], policy["activation"], mean, inv_std, clip if norm is not None else None, int8_io=fmt == "tflite-int8io")
+    data = tflite_bytes(model, profile, activation, mean, inv_std, clip, int8_io=fmt == "tflite-int8io")
     out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, data)

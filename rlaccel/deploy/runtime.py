@@ -112,6 +112,15 @@ class Policy:
         return f"<{type(self).__name__} {self.meta.get('algo')} {self.meta.get('env')} backend={self.backend}>"
 
 
+def export_args(artifact: Artifact) -> tuple[Any, str, str, Any, Any, float | None]:
+    """``(Int8Model, profile, activation, mean, inv_std, clip)``: what the integer exports and
+    ``c-int8`` take (``mean``, ``inv_std``, ``clip`` are ``None`` without a normaliser)."""
+    norm, clip = normalizer(artifact)
+    policy = artifact.meta["policy"]
+    mean, inv_std, clip_or_none = (None, None, None) if norm is None else (norm.mean, norm.inv_std, clip)
+    return int8_tables(artifact).model, policy["int8_profile"], policy["activation"], mean, inv_std, clip_or_none
+
+
 def normalizer(artifact: Artifact) -> tuple[Normalizer | None, float]:
     """The artifact's observation normaliser and clip (``None``: observations used as they are)."""
     norm = artifact.meta["normalization"]
@@ -184,10 +193,7 @@ class CInt8Policy(Policy):
         super().__init__(artifact, name)
         from rlaccel.deploy.c_runtime import CHead
 
-        norm, clip = normalizer(artifact)
-        mean, inv_std = (None, None) if norm is None else (norm.mean, norm.inv_std)
-        policy = artifact.meta["policy"]
-        self.c = CHead(int8_tables(artifact).model, policy["int8_profile"], policy["activation"], mean, inv_std, clip if norm is not None else None)
+        self.c = CHead(*export_args(artifact))
 
     def head(self, x: np.ndarray) -> np.ndarray:
         return self.c.head(x)

@@ -39,6 +39,10 @@ class Agent(NamedTuple):
       calibrate: ``(AgentState, raw obs [N, obs_dim]) -> AgentState``: int8 activation ranges
         re-measured on observations as the actors see them (``update`` calls it with int8
         actors; export calls it for a run trained with fp32 actors).
+      rollout_noise: ``(key, num_steps, num_envs) -> noise [T, ...]``, or ``None``: a whole
+        rollout's acting noise when its steps are not independent (gSDE's exploration
+        matrices, kept for ``sde_sample_freq`` steps); ``rollout.acting_noise`` uses it,
+        else ``noise`` on ``T`` independent keys. Step ``t``'s slice is shaped as ``noise``'s.
     """
 
     init: Callable[[Array], AgentState]
@@ -49,6 +53,7 @@ class Agent(NamedTuple):
     update: Callable[[AgentState, Any, Array], tuple[AgentState, Metrics]]
     discrete: bool
     calibrate: Callable[[AgentState, Array], AgentState]
+    rollout_noise: Callable[[Array, int, int], Any] | None = None
 
 
 class AgentSpec(NamedTuple):

@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -91,7 +92,15 @@ def validate(config: Config) -> None:
         raise ConfigError(f"env: {e}") from None
     if registry.get(config.algo).discrete_only and not env.is_discrete:
         raise ConfigError(f"algo: {config.algo} needs a discrete action space; {config.env} has continuous actions {env.action_space} (use ppo)")
-    placement.resolve(config.placement)
+    if getattr(config.agent, "use_sde", False) and env.is_discrete:
+        raise ConfigError(f"{config.algo}.use_sde: gSDE needs continuous (Box) actions; {config.env} has {env.action_space}")
+    where = placement.resolve(config.placement)
+    if where.parallel:  # data parallel: JAX / brax envs, equal shares per device
+        if config.env_kind == "gym":
+            raise ConfigError(f"placement.learner.devices: data parallelism steps JAX and brax envs; {config.env} runs on host actors (use 1 device, one process)")
+        from rlaccel.sources.parallel import check_shares
+
+        check_shares(config.agent, config.algo, len(where.learners))
     if config.env_kind == "gym" and config.actors.backend == "ray":
         from rlaccel.sources.host import ray_cluster
 
@@ -121,6 +130,8 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
         if checkpoint.latest(run_dir / "checkpoints") is None:
             raise ConfigError(f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
+        return
+    if _other_process():  # process 0 of a multi-process run checks and writes the directory
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} exists and is not a directory")
@@ -175,10 +186,17 @@ def run_checked(
 ) -> Run:
     """Train a config that :func:`validate` and :func:`check_run_dir` already accepted (what
     :func:`train` and ``rlaccel train`` end with; nothing is checked twice)."""
-    if overwrite and not resume and run_dir.exists():
+    if overwrite and not resume and run_dir.exists() and not _other_process():
         shutil.rmtree(run_dir)
 
     from rlaccel import loop, sources
 
     summary = loop.run(config, sources.make(config, console), run_dir, resume=resume, console=console, stop_at=stop_at)
     return Run(run_dir=run_dir, summary=summary)
+
+
+def _other_process() -> bool:
+    """This process is one of a multi-process run's but not process 0 (``rlaccel.distributed``):
+    it writes nothing."""
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized() and jax.process_index() != 0

@@ -1,86 +1,138 @@
-"""Checkpoints: the whole training state in one file, written atomically.
+"""Checkpoints: the whole training state, written with orbax-checkpoint, committed atomically.
 
-File layout (``<run_dir>/checkpoints/checkpoint_<update>.ckpt``)::
+Layout (``<run_dir>/checkpoints/checkpoint_<update>/``, orbax's step directories; details in
+``rlaccel.checkpoint_format``): ``state/`` holds every array of the ``TrainState``
+(parameters, optimiser state, normaliser statistics, env state, PRNG key, counters), so a
+resumed run continues bitwise where the saved one stopped; ``meta/metadata`` is a JSON header
+with the caller's meta (config, update, mode) and each array's path, dtype, shape and sha256.
 
-    {"format": 1, "sha256": "...", "meta": {...}}\\n    <- one JSON header line
-    <flax msgpack payload of the TrainState>
+* **Atomic**: orbax writes into a temp directory and commits by renaming it into place (files
+  fsynced first, the directory after): a crash or ``kill -9`` mid-save leaves the previous
+  checkpoints intact; the newest committed one is what ``--resume`` loads, and the next save
+  removes the orphaned temp directory. Only the newest ``keep`` (``logging.keep_checkpoints``)
+  are kept, the oldest deleted once the new one is committed.
+* **Checked**: a damaged checkpoint (a flipped byte, a truncated or missing file) and an
+  incompatible one (other array paths or shapes) are refused in one line naming the checkpoint
+  and the file or array.
+* **Asynchronous**: :class:`Saver` (the training loop's) returns once the arrays are on the
+  host and commits in the background; :func:`save` waits.
+* **Multi-host** (``jax.distributed``): every process creates the same :class:`Saver` and calls
+  ``save`` / :func:`restore` with its part of the same state (orbax's barriers need all).
+  Process 0 writes the header and the arrays each process holds whole; an array split over
+  hosts is written shard by shard by its owners. The checkpoint directory must be on a
+  filesystem every process sees. :func:`latest`, :func:`list_checkpoints` and :func:`read_meta`
+  are plain file reads, the same in every process.
+* **Light**: importing this module, listing checkpoints and reading meta import neither JAX
+  nor orbax; the first save or restore imports ``rlaccel.checkpoint_orbax``.
 
-The payload is flax's msgpack serialisation of the full ``TrainState`` (parameters,
-optimiser state, normaliser statistics, env state, PRNG key, counters), so a resumed run
-continues exactly where the saved one stopped. Writes go to a temp file that is fsynced and
-renamed into place, then the directory is fsynced (:func:`atomic_write`): a crash or
-``kill -9`` mid-write leaves the previous checkpoints intact and the newest complete one is
-what ``--resume`` loads; the next save removes the orphaned temp file. Only the newest
-``keep`` (``logging.keep_checkpoints``) are kept.
+Format-1 checkpoints (one msgpack file ``checkpoint_<update>.ckpt``, rlaccel before orbax) are
+not read: :func:`restore` and ``--resume`` say so in one line naming the file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-from flax import serialization
+from rlaccel import checkpoint_format as fmt
+from rlaccel.checkpoint_format import PAUSE_ENV, CheckpointError, DamagedCheckpointError
 
-from rlaccel.fileio import atomic_write
+__all__ = [
+    "PAUSE_ENV",
+    "CheckpointError",
+    "DamagedCheckpointError",
+    "Saver",
+    "latest",
+    "list_checkpoints",
+    "read_arrays",
+    "read_meta",
+    "restore",
+    "save",
+]
 
-FORMAT = 1
-_NAME = re.compile(r"^checkpoint_(\d+)\.ckpt$")
 
+class Saver:
+    """Writes one run's checkpoints into ``directory``, keeping the newest ``keep``.
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
+    Asynchronous by default: :meth:`save` returns once the state is copied to the host and
+    the write commits in the background while training goes on; the next :meth:`save`,
+    :meth:`wait` and :meth:`close` wait for it. Use it as a context manager or call
+    :meth:`close` (a checkpoint still in flight at a crash is simply not committed).
 
+    Args:
+      directory: the checkpoint folder (created if missing; temp directories a killed
+        process left are removed on the first save).
+      keep: how many checkpoints to keep (``logging.keep_checkpoints``).
+      asynchronous: commit in the background (``False``: each :meth:`save` waits).
+    """
 
-class DamagedCheckpointError(CheckpointError):
-    """Unreadable, truncated or corrupted (checksum mismatch): an older checkpoint may still load."""
+    def __init__(self, directory: str | Path, keep: int = 3, *, asynchronous: bool = True) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.asynchronous = asynchronous
+        self._manager: Any = None
+
+    def save(self, update: int, state: Any, meta: dict[str, Any]) -> Path:
+        """Write ``state`` (any pytree of arrays) as the checkpoint of ``update``.
+
+        Args:
+          update: learner updates done; orders checkpoints.
+          state: the pytree (jax or numpy arrays; sharded ``jax.Array`` welcome).
+          meta: JSON-able facts stored in the header (config, env steps, ...).
+
+        Returns:
+          The path the checkpoint has once committed (after :meth:`wait` when asynchronous).
+        """
+        from rlaccel import checkpoint_orbax
+
+        if self._manager is None:
+            self._manager = checkpoint_orbax.make_manager(self.directory, self.keep, self.asynchronous)
+        checkpoint_orbax.save(self._manager, update, state, meta)
+        return self.directory / fmt.name(update)
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is committed and old ones deleted."""
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """:meth:`wait`, then release orbax's threads (a later :meth:`save` starts afresh)."""
+        if self._manager is not None:
+            manager, self._manager = self._manager, None
+            manager.close()
+
+    def __enter__(self) -> Saver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def save(directory: str | Path, update: int, state: Any, meta: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``state`` as ``checkpoint_<update>.ckpt`` and keep only the ``keep`` newest.
+    """Write ``state`` as ``checkpoint_<update>`` and keep only the ``keep`` newest; waits for the commit.
 
     Args:
       directory: the checkpoint folder (created if missing).
       update: learner updates done; orders checkpoints.
-      state: any pytree of arrays (fetched to the host here).
+      state: any pytree of arrays.
       meta: JSON-able facts stored in the header (config, env steps, ...).
       keep: how many checkpoints to keep.
 
     Returns:
-      The path written.
+      The checkpoint's path (a directory).
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = serialization.to_bytes(jax.device_get(state))
-    header = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "meta": meta}
-    path = directory / f"checkpoint_{update:09d}.ckpt"
-    pause = os.environ.get(PAUSE_ENV)
-    atomic_write(path, json.dumps(header).encode() + b"\n" + payload, pause_midway=pause is not None and pause.strip() == str(update))
-    for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
-    for stale in directory.glob(".checkpoint_*.ckpt.tmp*"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-    return path
-
-
-PAUSE_ENV = "RLACCEL_TEST_PAUSE_CHECKPOINT"
-"""Test hook: set it to an update number and :func:`save` of that update stops halfway
-through writing its temp file (flushed to disk), creates ``<temp file>.paused`` and sleeps,
-so a test can ``kill -9`` the process mid-write. Never set it outside tests."""
+    with Saver(directory, keep, asynchronous=False) as saver:
+        return saver.save(update, state, meta)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints in ``directory``, oldest first (temp files are ignored)."""
+    """Committed checkpoints in ``directory``, oldest first (temp directories are ignored;
+    format-1 files are listed too, so that :func:`restore` can name them)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    found = [(u, p.is_dir(), p) for p in directory.iterdir() if (u := fmt.update_of(p)) is not None]
+    return [p for *_, p in sorted(found)]
 
 
 def latest(directory: str | Path) -> Path | None:
@@ -90,63 +142,33 @@ def latest(directory: str | Path) -> Path | None:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """The header's ``meta`` without reading the payload into a state."""
-    header, _ = _read(Path(path))
-    return header["meta"]
-
-
-def _read(path: Path) -> tuple[dict[str, Any], bytes]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror})") from None
-    line, sep, payload = raw.partition(b"\n")
-    try:
-        header = json.loads(line) if sep else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        header = None
-    if not isinstance(header, dict) or "sha256" not in header:
-        raise DamagedCheckpointError(f"{path}: not an rlaccel checkpoint (bad header)")
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {header.get('format')!r}, this rlaccel reads {FORMAT}")
-    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
-        raise DamagedCheckpointError(f"{path}: checkpoint is corrupted (checksum mismatch)")
-    return header, payload
+    """The header's ``meta`` (checksum-verified), without JAX or reading any array."""
+    return fmt.read_header(path)["meta"]
 
 
 def restore(path: str | Path, target: Any) -> tuple[Any, dict[str, Any]]:
     """Load a checkpoint into the structure of ``target`` (a freshly initialised state).
 
+    Leaves of ``target`` that are ``jax.Array`` come back on the same sharding (each process
+    reads its own shards); other leaves (numpy, ``jax.eval_shape`` output) as numpy arrays.
+    Multi-host: every process calls it.
+
+    Returns:
+      ``(state, meta)``.
+
     Raises:
-      CheckpointError: unreadable, corrupted, or saved from a config whose arrays have other
-        shapes (e.g. a different ``net_arch``); the message names the first mismatch.
+      CheckpointError: missing, of another format, or saved from a config whose arrays have
+        other shapes (e.g. a different ``net_arch``): the message names the first mismatch.
+      DamagedCheckpointError: unreadable, truncated or corrupted (names the file or array).
     """
-    path = Path(path)
-    header, payload = _read(path)
-    try:
-        saved = serialization.msgpack_restore(payload)
-    except Exception as e:  # msgpack raises several types for damaged data
-        raise DamagedCheckpointError(f"{path}: checkpoint payload is unreadable ({type(e).__name__})") from None
-    expected = serialization.to_state_dict(jax.device_get(target))
-    _check_compatible(path, saved, expected, "")
-    return serialization.from_state_dict(target, saved), header["meta"]
+    from rlaccel import checkpoint_orbax
+
+    return checkpoint_orbax.restore(Path(path), target)
 
 
-def _check_compatible(path: Path, saved: Any, expected: Any, where: str) -> None:
-    if isinstance(expected, dict):
-        if not isinstance(saved, dict) or set(saved) != set(expected):
-            missing = sorted(set(expected) - set(saved)) if isinstance(saved, dict) else []
-            extra = sorted(set(saved) - set(expected)) if isinstance(saved, dict) else []
-            raise CheckpointError(
-                f"{path}: incompatible with this config at '{where or '/'}' (missing {missing}, unexpected {extra})"
-            )
-        for k in expected:
-            _check_compatible(path, saved[k], expected[k], f"{where}/{k}")
-        return
-    if expected is None:
-        return
-    shape_saved, shape_expected = np.shape(saved), np.shape(expected)
-    if shape_saved != shape_expected:
-        raise CheckpointError(
-            f"{path}: incompatible with this config: '{where}' has shape {shape_saved} in the checkpoint, {shape_expected} here"
-        )
+def read_arrays(path: str | Path) -> dict[str, Any]:
+    """Every array of a checkpoint as ``{"/agent/params/policy/Dense_0/kernel": numpy array}``,
+    checksum-verified, without a template (inspection and tests)."""
+    from rlaccel import checkpoint_orbax
+
+    return checkpoint_orbax.read_arrays(Path(path))

@@ -1,7 +1,7 @@
 """Run configuration: YAML files loaded into frozen, typed dataclasses.
 
 A config file has the top-level keys ``env``, ``algo``, ``total_timesteps``, ``seed``,
-``placement``, ``logging`` and one section named after the algorithm (``ppo:``) whose keys
+``placement``, ``logging``, ``eval`` and one section named after the algorithm (``ppo:``) whose keys
 are RL Zoo / Stable-Baselines3 hyperparameter names, so tuned hyperparameters paste in::
 
     env: CartPole-v1
@@ -21,13 +21,27 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 import yaml
 
-from rlaccel import registry
+from rlaccel import registry, zoo
 from rlaccel.schema import ConfigError, check
+from rlaccel.sections import (
+    ActorPlacement,
+    ActorsConfig,
+    BraxConfig,
+    EvalConfig,
+    LearnerPlacement,
+    LoggingConfig,
+    PlacementConfig,
+)
 from rlaccel.typed import coerce, from_dict
+
+__all__ = [
+    "ActorPlacement", "ActorsConfig", "BraxConfig", "Config", "ConfigError", "EvalConfig", "LearnerPlacement", "LoggingConfig",
+    "PlacementConfig", "apply_overrides", "build", "load", "load_data", "replace", "set_path", "yaml_load",
+]  # fmt: skip
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,127 +69,6 @@ _check = check
 
 
 @dataclasses.dataclass(frozen=True)
-class LearnerPlacement:
-    """Where the learner trains."""
-
-    device: str = "auto"
-    """``auto`` (first GPU, else CPU), ``cpu``, ``gpu`` or ``<platform>:<index>``."""
-    dtype: Literal["float32"] = "float32"
-    """Learner arithmetic; fp32 is the only supported choice."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ActorPlacement:
-    """Where and in which precision the actors act."""
-
-    device: str = "learner"
-    """``learner`` (same device, fused program), ``auto``, ``cpu``, ``gpu`` or ``<platform>:<index>``."""
-    precision: Literal["int8", "fp32"] = "int8"
-    """``int8``: the NPU-style integer path (see ``rlaccel.quant``); ``fp32``: the learner's params."""
-    int8_profile: Literal["tflite", "pow2"] = "tflite"
-    """The int8 arithmetic (``rlaccel.intmath``): ``tflite``, TFLite Micro's int8 kernels
-    (per-channel weights, fixed-point multipliers; what TFLite Micro, Ethos-U and the C export
-    run), or ``pow2``, power-of-two scales and shift-only requantisation (fixed-point NPUs such
-    as Vitis AI's DPU)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PlacementConfig:
-    """Placement of learner and actors (see ``rlaccel.placement``)."""
-
-    learner: LearnerPlacement = LearnerPlacement()
-    actor: ActorPlacement = ActorPlacement()
-
-
-@dataclasses.dataclass(frozen=True)
-class ActorsConfig:
-    """Host actor threads, the execution mode of ``gym:`` envs (see ``rlaccel.sources.host``)."""
-
-    num_actors: int = 2
-    """Actor threads; each steps a gymnasium vector env of ``n_envs / num_actors`` copies."""
-    queue_size: int = 1
-    """Trajectory batches each actor's queue holds; a full queue blocks the actor (bounds the policy lag)."""
-    policy: Literal["numpy", "jax"] = "numpy"
-    """Acting runtime: ``numpy`` on the actor thread (no device round trip), or ``jax``: the
-    agent's compiled ``act`` on ``placement.actor.device``."""
-    timeout_s: float = 60.0
-    """Seconds without any trajectory batch, or for a thread to stop, before an env counts as stuck."""
-    max_policy_lag: Optional[int] = None
-    """Updates an actor's parameters may trail the update that consumes its batch (IMPALA's
-    bound): an actor waits for the learner before a batch that would exceed it. ``0`` makes a
-    run reproducible (acting and learning take turns); ``null``: free-running, the lag is
-    whatever ``queue_size`` and the speeds allow."""
-    backend: Literal["thread", "ray"] = "thread"
-    """``thread``: actor threads in the learner's process; ``ray``: one Ray actor process per
-    actor, on this machine or a cluster (``pip install 'rlaccel[ray]'``; docs/cluster.md)."""
-    address: Optional[str] = None
-    """Ray backend: ``null`` starts a local Ray cluster for the run (token auth, no dashboard)
-    and stops it after; ``auto`` or ``host:port`` joins a running cluster (needs its token:
-    ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``)."""
-    num_cpus: float = 1.0
-    """Ray backend: CPUs each actor process reserves."""
-    resources: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Ray backend: custom resources each actor reserves, e.g. ``{actor_node: 1}`` to pin the
-    actors to nodes started with ``ray start --resources='{"actor_node": 8}'``."""
-    max_restarts: int = 3
-    """Ray backend: actor restarts (a process that died, or with ``restart_on_env_error`` an
-    env that raised) before the run stops with a fault."""
-    restart_on_env_error: bool = False
-    """Ray backend: an env that raises gets a fresh env (fresh episodes) instead of stopping the run."""
-
-    def __post_init__(self) -> None:
-        _check(self.backend != "ray" or self.policy == "numpy", "actors.policy", "the ray backend acts with the numpy actor; use policy: numpy")
-        _check(self.address is None or (isinstance(self.address, str) and self.address.strip() != ""), "actors.address", "expected 'auto' or host:port")
-        _check(self.address is None or self.backend == "ray", "actors.address", "needs actors.backend: ray")
-        _check(self.num_cpus >= 0, "actors.num_cpus", "must be >= 0")
-        _check(all(v >= 0 for v in self.resources.values()), "actors.resources", "amounts must be >= 0")
-        _check(self.max_restarts >= 0, "actors.max_restarts", "must be >= 0")
-        _check(self.num_actors >= 1, "actors.num_actors", "must be >= 1")
-        _check(self.queue_size >= 1, "actors.queue_size", "must be >= 1")
-        _check(self.timeout_s > 0, "actors.timeout_s", "must be > 0")
-        _check(self.max_policy_lag is None or self.max_policy_lag >= 0, "actors.max_policy_lag", "must be >= 0 or null")
-
-
-@dataclasses.dataclass(frozen=True)
-class BraxConfig:
-    """Options of ``brax:`` envs (see ``rlaccel.envs.brax``)."""
-
-    backend: Literal["spring", "positional", "generalized", "mjx"] = "spring"
-    """Physics pipeline (brax's ``backend``)."""
-    episode_length: int = 1000
-    """Time limit in steps (brax's training default); reaching it truncates the episode."""
-
-    def __post_init__(self) -> None:
-        _check(self.episode_length >= 1, "brax.episode_length", "must be >= 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoggingConfig:
-    """Where results go and how often."""
-
-    run_dir: Optional[str] = None
-    """Run directory; default ``runs/<algo>_<env>_s<seed>_<timestamp>``."""
-    log_interval: int = 8
-    """Updates per compiled chunk; metrics, progress and the NaN check happen between chunks."""
-    checkpoint_interval: int = 100
-    """Write a checkpoint every this many updates (rounded up to whole chunks); 0 = only at the end."""
-    keep_checkpoints: int = 3
-    """How many most recent checkpoints to keep."""
-    probe_seconds: float = 2.0
-    """Seconds between probes (decision latency, actor and learner speed), timed between chunks."""
-    tensorboard: bool = True
-    """Write TensorBoard event files into the run directory."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def __post_init__(self) -> None:
-        _check(self.log_interval >= 1, "logging.log_interval", "must be >= 1")
-        _check(self.checkpoint_interval >= 0, "logging.checkpoint_interval", "must be >= 0")
-        _check(self.keep_checkpoints >= 1, "logging.keep_checkpoints", "must be >= 1")
-        _check(self.probe_seconds >= 0, "logging.probe_seconds", "must be >= 0")
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run."""
 
@@ -195,6 +88,8 @@ class Config:
     """Host actor threads (only used by ``gym:`` envs)."""
     brax: BraxConfig = BraxConfig()
     """Brax options (only used by ``brax:`` envs)."""
+    eval: EvalConfig = EvalConfig()
+    """Periodic deterministic evaluation of the int8 and fp32 policies (off unless ``eval.freq`` > 0)."""
     agent: Any = None
     """The algorithm's section (the registered config class of ``algo``). In YAML it is the
     key named after the algorithm (``ppo:``); ``config.ppo`` reads it too."""
@@ -332,7 +227,7 @@ def load_data(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    return data
+    return zoo.lift_n_timesteps(data, data.get("algo", Config.algo))  # before --set overrides, which win
 
 
 def build(data: dict[str, Any]) -> Config:
@@ -351,6 +246,7 @@ def build(data: dict[str, Any]) -> Config:
             raise ConfigError(f"{name}: section given but algo is {algo!r}")
     if "agent" in data:
         raise ConfigError(f"unknown key 'agent'; the hyperparameters go in a section named after the algorithm ('{algo}:')")
+    data = zoo.prepare(data, algo, spec.config)  # RL Zoo / SB3 blocks in rlaccel's keys
     section = data.pop(algo, None)
     if section is None:
         section = {}

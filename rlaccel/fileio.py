@@ -1,22 +1,22 @@
 """Crash-safe file writes: the one ``atomic_write`` every writer in rlaccel uses.
 
-Checkpoints, ``config.yaml``, ``summary.json``, sweep tables, best configs and policy
-artifacts all go through :func:`atomic_write`, so a crash or ``kill -9`` at any moment
-leaves either the old file or the new one, never half of one.
+``config.yaml``, ``summary.json``, sweep tables, best configs and policy artifacts all go
+through :func:`atomic_write`, so a crash or ``kill -9`` at any moment leaves either the old
+file or the new one, never half of one. (Checkpoints are directories that orbax commits the
+same way, temp directory then rename: ``rlaccel.checkpoint``.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = ["atomic_write", "write_json"]
 
 
-def atomic_write(path: str | Path, data: bytes | str, *, shared: bool = False, pause_midway: bool = False) -> Path:
+def atomic_write(path: str | Path, data: bytes | str, *, shared: bool = False) -> Path:
     """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new one.
 
     The bytes go to a temp file in the same directory, which is fsynced, renamed over
@@ -28,8 +28,6 @@ def atomic_write(path: str | Path, data: bytes | str, *, shared: bool = False, p
       data: bytes, or text (written as UTF-8).
       shared: several processes may write ``path`` at once (search workers): each writes its
         own temp file, and the last rename wins.
-      pause_midway: test hook (``rlaccel.checkpoint.PAUSE_ENV``): write half of the temp file,
-        flush it, create ``<temp>.paused`` and sleep until killed.
 
     Returns:
       ``path``.
@@ -39,13 +37,6 @@ def atomic_write(path: str | Path, data: bytes | str, *, shared: bool = False, p
         data = data.encode()
     tmp = path.with_name(f".{path.name}.tmp" + (f".{os.getpid()}" if shared else ""))
     with open(tmp, "wb") as f:
-        if pause_midway:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            tmp.with_name(tmp.name + ".paused").touch()
-            while True:  # until killed
-                time.sleep(1.0)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

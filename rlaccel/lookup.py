@@ -12,15 +12,78 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVELS", "LayerLookup", "reach"]
+__all__ = ["LEVELS", "TABLE_ITERATIONS", "LayerLookup", "reach", "thresholds"]
 
 LEVELS = 255  # thresholds per channel: int8 levels -127 .. 127 (the level -128 needs none)
+TABLE_ITERATIONS = 32  # bisection steps: the widest window, 2 R + 2 <= 2**32 candidates, closes in 32
 
 
 def reach(w_q: np.ndarray, b_q: np.ndarray) -> np.ndarray:
     """``[out]`` int64: the bound on ``|acc|`` the tables use, ``255 sum|w| + |b|`` (``rlaccel.quant.reach``)."""
     return 255 * np.abs(np.asarray(w_q, np.int64)).sum(axis=0) + np.abs(np.asarray(b_q, np.int64))
 
+
+def thresholds(model: Any, activation: str, profile: str) -> tuple[np.ndarray, ...]:
+    """``rlaccel.quant.tables``' thresholds in numpy: per layer, int32 ``[out, LEVELS]``, equal
+    entry for entry where the level is reachable (a "never" entry is ``R_j + 1``).
+
+    A Ray actor process receives only the ``Int8Model`` (int8 weights and scales, about a third
+    of fp32's bytes) and tabulates it here, numpy only. Each entry's search starts from the
+    float estimate ``acc ~= (y - z) / multiplier`` bracketed to 5 accumulators and checked on
+    the integer kernels; an entry whose bracket fails is bisected over ``[-R_j, R_j + 1]``.
+    """
+    return tuple(_layer_thresholds(model, i, activation, profile) for i in range(len(model.w_q)))
+
+
+def _layer_thresholds(model: Any, i: int, activation: str, profile: str) -> np.ndarray:
+    from rlaccel import int8model, intmath  # numpy modules (imported here: int8model is not a dependency of LayerLookup)
+
+    tanh = activation == "tanh" and i < len(model.w_q) - 1
+    table = intmath.TANH_TABLES[intmath.tanh_index(model.out_scale[i])].astype(np.int64) if tanh else None
+
+    def out(acc: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        y = int8model.requantize(acc, _columns(model, i, cols), i, profile)
+        return table[y + 128] if tanh else y
+
+    r = reach(model.w_q[i], model.b_q[i])  # [out]
+    n = r.shape[0]
+    cols = np.broadcast_to(np.arange(n), (LEVELS, n)).reshape(-1)
+    rr = r[cols]
+    target = np.repeat(np.arange(LEVELS, dtype=np.int64) - 127, n)
+    mult = np.asarray(model.mult[i], np.float64).reshape(-1)
+    shift = np.asarray(model.shift[i], np.float64).reshape(-1)
+    slope = (mult * 2.0 ** (shift - 31) if profile == "tflite" else 2.0**shift) * np.ones(n)
+    y_need = np.searchsorted(table, target, side="left") - 128 if tanh else target  # smallest int8 y reaching the level
+    estimate = np.ceil((y_need - int(model.out_zero[i]) - 0.5) / slope[cols])
+    estimate = np.clip(np.nan_to_num(estimate, nan=0.0, posinf=2.0**40, neginf=-(2.0**40)), -(2.0**40), 2.0**40).astype(np.int64)
+    lo, hi = np.clip(estimate - 2, -rr, rr + 1), np.clip(estimate + 2, -rr, rr + 1)
+    ok = ((lo == -rr) | (out(lo - 1, cols) < target)) & ((hi == rr + 1) | (out(hi, cols) >= target))
+    lo, hi = np.where(ok, lo, -rr), np.where(ok, hi, rr + 1)
+    bad = np.flatnonzero(~ok)
+    lo, hi = _bisect(out, target, lo, hi, cols, np.flatnonzero(ok), 3)
+    lo, hi = _bisect(out, target, lo, hi, cols, bad, TABLE_ITERATIONS)
+    return np.ascontiguousarray(np.minimum(lo, rr + 1).reshape(LEVELS, n).T).astype(np.int32)
+
+
+def _columns(model: Any, i: int, cols: np.ndarray) -> Any:
+    """``model`` with layer ``i``'s per-channel output stage gathered at ``cols`` (flat entries)."""
+    take = lambda v: np.asarray(v)[cols] if np.ndim(v) else v  # noqa: E731
+    fields = {f: tuple(take(x) if j == i else x for j, x in enumerate(getattr(model, f))) for f in ("mult", "shift")}
+    return model._replace(**fields)
+
+
+def _bisect(out: Any, target: np.ndarray, lo: np.ndarray, hi: np.ndarray, cols: np.ndarray, idx: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-entry bisection of entries ``idx``: the smallest ``acc`` in ``[lo, hi]`` with ``out >= target``."""
+    lo, hi = lo.copy(), hi.copy()
+    for _ in range(iters):
+        idx = idx[lo[idx] < hi[idx]]
+        if idx.size == 0:
+            break
+        mid = (lo[idx] + hi[idx]) >> 1
+        above = out(mid, cols[idx]) >= target[idx]
+        lo[idx] = np.where(above, lo[idx], mid + 1)
+        hi[idx] = np.where(above, mid, hi[idx])
+    return lo, hi
 
 
 class LayerLookup:

@@ -32,7 +32,8 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from rlaccel import checkpoint, guards
+from rlaccel import checkpoint, distributed, evaluate, guards
+from rlaccel import clock
 from rlaccel import costs as costs_lib
 from rlaccel.fileio import atomic_write, write_json
 from rlaccel.logging import MetricLogger, make_progress
@@ -63,8 +64,8 @@ class ChunkEnd:
 
 
 Hook = Callable[[ChunkEnd], "Mapping[str, float] | None"]
-"""Called after every chunk; what it returns is logged at the chunk's last step (an
-evaluation hook returns ``eval/*`` metrics)."""
+"""Called after every chunk; what it returns is logged at the chunk's last step. The built-in
+one, ``rlaccel.evaluate.Evaluator`` (``eval.freq`` > 0), runs first and returns ``eval/*``."""
 
 
 def chunk_length(num_updates: int, target: int) -> int:
@@ -131,7 +132,10 @@ def run(
     state = source.initial_state(jax.random.PRNGKey(config.seed) if key is None else key)
     if resume:
         state, path = restore_latest(ckpt_dir, state)
-    if run_dir is not None:
+    evaluator = evaluate.for_run(config, source, run_dir, int(np.max(state.update)), resume=resume)  # eval.freq > 0
+    hooks = (evaluator, *hooks) if evaluator is not None else hooks
+    writer = distributed.is_writer()  # several processes: process 0 writes logs and the summary
+    if run_dir is not None and writer:
         open_run_dir(run_dir, config)  # only now, with the checkpoint accepted
     console.print(f"placement: {source.describe()}")
     if resume:
@@ -148,16 +152,21 @@ def run(
 
     # A resumed run hides what an interrupted one logged after its checkpoint (TensorBoard
     # drops events at steps >= purge_step), so curves never show updates that were redone.
-    logger = MetricLogger(run_dir, tensorboard=log.tensorboard and run_dir is not None, purge_step=start_update * spu + 1 if resume else None)
+    logger = MetricLogger(run_dir if writer else None, tensorboard=log.tensorboard and run_dir is not None and writer, purge_step=start_update * spu + 1 if resume else None)
+    exchange = distributed.ChunkExchange(spu, ckpt_dir)  # several processes: speeds and signals, after every chunk
     costs = _decision_costs(source, state)
     logger.log(start_update * spu, {"time/compile_s": compile_s, **costs})
     meta = {"config": config.to_dict(), "steps_per_update": spu, **source.checkpoint_meta}
 
+    # Asynchronous: a save returns once the state is on the host; orbax commits it while the
+    # next chunk runs (the next save, and close() below, wait for it).
+    saver = checkpoint.Saver(ckpt_dir, keep=log.keep_checkpoints) if ckpt_dir is not None else None
+
     def save(u: int) -> None:
-        if ckpt_dir is None:
+        if saver is None:
             return
         logger.flush()
-        checkpoint.save(ckpt_dir, u, state, {**meta, "update": u}, keep=log.keep_checkpoints)
+        saver.save(u, state, {**meta, "update": u})
 
     probes: list[dict[str, float]] = []
     last_probe = -math.inf
@@ -171,7 +180,7 @@ def run(
         task = bar.add_task(f"{config.algo} {config.env}", total=source.num_updates * spu, completed=update * spu, sps="-", ret="-")
         source.start(state, stop)
         try:
-            while update < end_update and not stop.requested:
+            while update < end_update and not exchange.stop_requested(stop):
                 n = min(chunk, end_update - update)
                 if n not in compiled:
                     extra_start = time.perf_counter()
@@ -200,6 +209,11 @@ def run(
                     break
                 if k == 0:
                     continue
+                try:
+                    logger.log(update * spu, exchange(elapsed, k, stop))
+                except distributed.ProcessLost as e:
+                    failure = e
+                    break
                 if time.perf_counter() - last_probe >= log.probe_seconds or update >= end_update:
                     probes.append(source.probe(state, elapsed / k))
                     if costs and "time/actor_sps" in probes[-1]:
@@ -216,15 +230,29 @@ def run(
                     stopped_by = end.stop
                     break
                 if log.checkpoint_interval and update - max(last_ckpt, start_update) >= log.checkpoint_interval and update < end_update:
-                    save(update)
+                    try:
+                        save(update)
+                    except Exception as e:  # noqa: BLE001 - several processes: a save's collective broke
+                        if not distributed.is_lost_peer(e):
+                            raise
+                        failure = distributed.lost(e, update)
+                        break
                     last_ckpt = update
         finally:
+            lost = isinstance(failure, distributed.ProcessLost)  # no collective can complete any more
+            if lost and not writer:  # it writes nothing, and JAX aborts it once process 0 is gone
+                distributed.exit_lost(failure, ckpt_dir)
             for warning in source.close():
                 console.print(f"[yellow]warning[/]: {warning}")
+            if saver is not None and not lost:
+                saver.wait()  # a save in flight commits, whatever ends the loop
 
-    if not isinstance(failure, guards.NonFiniteError) and update > last_ckpt:
+    if not isinstance(failure, guards.NonFiniteError) and update > last_ckpt and not lost:
         save(update)  # after a fault or a signal too: the learner's last good state
+    if saver is not None and not lost:
+        saver.close()  # committed: `latest` below is this run's last checkpoint
     latest = checkpoint.latest(ckpt_dir) if ckpt_dir is not None else None
+    time_to_result = clock.process_age_s()  # process start -> the trained agent, its checkpoint written
     if isinstance(failure, guards.NonFiniteError):
         status, exit_code = "diverged", 1
     elif failure is not None:
@@ -246,11 +274,14 @@ def run(
         "updates": update,
         "wall_s": time.perf_counter() - wall_start + compile_s,
         "compile_s": compile_s,
+        "time_to_result_s": time_to_result,
         "train_s": train_s,
         "sps": (update - start_update) * spu / train_s if train_s > 0 else float("nan"),
         **source.final_stats(state),
+        **(evaluator.summary() if evaluator is not None else {}),
         "placement": source.describe(),
         **source.summary_extra(),
+        **exchange.summary(),
         **costs,
         **_probe_medians(probes),
         "run_dir": str(run_dir) if run_dir is not None else None,
@@ -259,8 +290,10 @@ def run(
     if failure is None and isinstance(summary["final_return"], float):
         logger.hparams(_flat_hparams(config), {"final_return": summary["final_return"], "sps": summary["sps"]})
     logger.close()
-    if run_dir is not None:
+    if run_dir is not None and writer:
         write_json(run_dir / "summary.json", summary)
+    if lost:
+        raise type(failure)(f"{failure}; last checkpoint: {latest or 'none written'}") from failure
     if isinstance(failure, SourceFault):
         raise type(failure)(f"{failure}; every actor stopped, checkpoint of the learner's last good state (update {update}): {latest}") from failure
     if failure is not None:

@@ -9,7 +9,8 @@
 * actor ``learner``: the learner's device.
 
 Same device for both: the fused runner (one compiled program). Different devices: the
-split runner (rollouts on the actor device, updates on the learner device).
+split runner (rollouts on the actor device, updates on the learner device), pipelined unless
+``placement.pipeline: false`` (rollout k+1 runs while update k does; ``rlaccel.sources.split``).
 """
 
 from __future__ import annotations
@@ -32,14 +33,25 @@ class Placement:
     learner: jax.Device
     actor: jax.Device
     precision: str  # "int8" | "fp32"
+    pipeline: bool = False  # split only: acting overlaps learning, one update of policy lag
+    learners: tuple[jax.Device, ...] = ()  # data parallel: every learner device of the run (all processes)
 
     @property
     def fused(self) -> bool:
         """Actor and learner share a device: run everything as one compiled program."""
         return self.actor == self.learner
 
+    @property
+    def parallel(self) -> bool:
+        """Data parallel over :attr:`learners` (``placement.learner.devices``, or several processes)."""
+        return len(self.learners) > 1
+
     def describe(self) -> str:
         """One line for the log: ``learner cpu:0 fp32, actors cpu:0 int8 (fused)``."""
+        if self.parallel:
+            hosts = len({d.process_index for d in self.learners})
+            where = f"{len(self.learners)} x {self.learner.platform}" + (f" on {hosts} processes" if hosts > 1 else f" ({', '.join(_name(d) for d in self.learners)})")
+            return f"learner {where} fp32, actors on each {self.precision} (data parallel)"
         mode = "fused" if self.fused else "split"
         return f"learner {_name(self.learner)} fp32, actors {_name(self.actor)} {self.precision} ({mode})"
 
@@ -87,11 +99,48 @@ def device(spec: str, key: str) -> jax.Device:
     return found[int(index)]
 
 
+def learner_devices(config: PlacementConfig) -> tuple[jax.Device, ...]:
+    """Data parallelism's devices: the first ``placement.learner.devices`` devices of the
+    learner's platform in every process, ordered by process then id (``()``: not data parallel).
+
+    Raises:
+      PlacementError: an indexed device (``cpu:1``) or actors elsewhere with several devices,
+        or more devices than a process has.
+    """
+    count = config.learner.devices
+    if count == 1 and jax.process_count() == 1:
+        return ()
+    spec = config.learner.device.strip().lower()
+    key = "placement.learner.devices"
+    if ":" in spec:
+        raise PlacementError(f"placement.learner.device: {spec!r} names one device; with {key}: {count} (or several processes) give a platform: auto, cpu, gpu")
+    if config.actor.device.strip().lower() != "learner":
+        raise PlacementError(f"placement.actor.device: with {key}: {count} (or several processes) every learner device acts on its own envs; use learner")
+    if config.pipeline is True:
+        raise PlacementError(f"placement.pipeline: true pipelines a split placement; with {key}: {count} (or several processes) acting and learning share each device (use auto)")
+    platform = device(spec, "placement.learner.device").platform
+    local = sorted((d for d in jax.local_devices() if d.platform == platform), key=lambda d: d.id)
+    if count != "all" and count > len(local):
+        raise PlacementError(f"{key}: {count} requested but this process has {len(local)} {platform} device(s) ({', '.join(_name(d) for d in local)})")
+    per_process = len(local) if count == "all" else count
+    by_process: dict[int, list[jax.Device]] = {}
+    for d in sorted((d for d in jax.devices() if d.platform == platform), key=lambda d: (d.process_index, d.id)):
+        by_process.setdefault(d.process_index, []).append(d)
+    return tuple(d for p in sorted(by_process) for d in by_process[p][:per_process])
+
+
 def resolve(config: PlacementConfig) -> Placement:
     """Devices for the learner and the actors."""
+    learners = learner_devices(config)
+    if learners:  # data parallel: this process's first learner device stands for it
+        first = next(d for d in learners if d.process_index == jax.process_index())
+        return Placement(learner=first, actor=first, precision=config.actor.precision, learners=learners)
     learner = device(config.learner.device, "placement.learner.device")
     if config.actor.device.strip().lower() == "learner":
         actor = learner
     else:
         actor = device(config.actor.device, "placement.actor.device")
-    return Placement(learner=learner, actor=actor, precision=config.actor.precision)
+    pipeline = config.pipeline
+    if pipeline is True and actor == learner:
+        raise PlacementError(f"placement.pipeline: true needs the actors on another device than the learner (both on {_name(actor)}); set placement.actor.device, or pipeline: auto")
+    return Placement(learner=learner, actor=actor, precision=config.actor.precision, pipeline=actor != learner and pipeline is not False)

@@ -38,7 +38,7 @@ from rlaccel.reference import LEVELS, Int8Tables, dense_layers
 Array = jax.Array
 
 __all__ = ["BIAS_LIMIT", "MAX_FAN_IN", "PROFILES", "Calibration", "Int8Model", "Int8Tables", "QuantParams", "apply", "dense_layers"]
-__all__ += ["init", "quantize", "quantize_multiplier", "requantize", "tables", "update", "weight_rel_error", "with_tables"]
+__all__ += ["features", "init", "latent_scale", "quantize", "quantize_multiplier", "requantize", "tables", "update", "weight_rel_error", "with_tables"]
 
 PROFILES = intmath.PROFILES
 MAX_FAN_IN = 32_768  # |acc| <= 255 * 127 * K + 2**30 < 2**31 (int8 inputs minus a zero point: up to 255)
@@ -307,11 +307,30 @@ def _tanh(y: Array, in_scale: Array) -> Array:
 
 def apply(qp: QuantParams, x: Array) -> Array:
     """The int8 forward pass: normalised observations ``[..., in]`` -> dequantised head ``[..., out]``."""
+    return features(qp, x)[1]
+
+
+def latent_scale(qp: QuantParams) -> tuple[Array, Array]:
+    """``(scale, zero)`` of the last hidden layer's int8 output: TANH's ``1/128, 0``, or the
+    ReLU layer's own output quantisation."""
+    m = qp.model
+    if qp.activation == "tanh":
+        return jnp.float32(intmath.TANH_OUT_SCALE), jnp.int32(0)
+    return m.out_scale[-2], m.out_zero[-2]
+
+
+def features(qp: QuantParams, x: Array) -> tuple[Array, Array]:
+    """The int8 forward pass with its latent features: normalised observations ``[..., in]`` ->
+    ``(latent [..., h], head [..., out])``, the last hidden layer's int8 output and the head,
+    each dequantised in float32 (``(q - zero) * scale``; gSDE's noise reads the latent)."""
     m = qp.model
     y = quantize_input(x * m.gain, m.in_scale, m.in_zero)
-    for i in range(len(m.w_q)):
+    for i in range(len(m.w_q) - 1):
         y = dense(y, qp, i)
-    return m.out_scale[-1] * (y - m.out_zero[-1]).astype(jnp.float32)
+    s, z = latent_scale(qp)
+    latent = (y - z).astype(jnp.float32) * s
+    y = dense(y, qp, len(m.w_q) - 1)
+    return latent, m.out_scale[-1] * (y - m.out_zero[-1]).astype(jnp.float32)
 
 
 # --- threshold tables for the numpy actors ---------------------------------------------------

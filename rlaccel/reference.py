@@ -114,6 +114,18 @@ class _Network:
     def _make_forward(self, lead: tuple[int, ...], matmul: Any) -> Callable[[np.ndarray], np.ndarray]:
         raise NotImplementedError
 
+    def _batch_forward(self, batch: int) -> Callable[[np.ndarray], np.ndarray]:
+        """This thread's forward for ``batch`` rows (up to 8 batch sizes are kept per thread)."""
+        cache = getattr(self._local, "batches", None)
+        if cache is None:
+            cache = self._local.batches = {}
+        fwd = cache.get(batch)
+        if fwd is None:
+            if len(cache) >= 8:
+                cache.clear()
+            fwd = cache[batch] = self._make_forward((batch,), np.matmul)
+        return fwd
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The head for a batch.
 
@@ -121,18 +133,25 @@ class _Network:
           x: ``[B, in]`` float32 raw observations (normalised here when a normaliser is set).
 
         Returns:
-          ``[B, out]`` float32, a fresh array. Forwards for up to 8 batch sizes are kept per thread.
+          ``[B, out]`` float32, a fresh array.
         """
         x = np.asarray(x, np.float32)
-        cache = getattr(self._local, "batches", None)
-        if cache is None:
-            cache = self._local.batches = {}
-        fwd = cache.get(x.shape[0])
-        if fwd is None:
-            if len(cache) >= 8:
-                cache.clear()
-            fwd = cache[x.shape[0]] = self._make_forward((x.shape[0],), np.matmul)
-        return fwd(x).copy()
+        return self._batch_forward(x.shape[0])(x).copy()
+
+    def features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head and the last hidden layer's output (gSDE's latent features) for a batch.
+
+        Args:
+          x: ``[B, in]`` float32 raw observations.
+
+        Returns:
+          ``(latent [B, h], head [B, out])`` float32, fresh arrays; the int8 network's latent is
+          its int8 output dequantised, ``(q - zero) * scale`` in float32 (``rlaccel.quant.features``).
+        """
+        x = np.asarray(x, np.float32)
+        fwd = self._batch_forward(x.shape[0])
+        head = fwd(x).copy()
+        return np.multiply(fwd.latent, self._latent_scale, dtype=np.float32), head  # type: ignore[attr-defined]
 
 
 class Int8Network(_Network):
@@ -150,6 +169,7 @@ class Int8Network(_Network):
 
     def __init__(self, tables: Int8Tables, activation: str = "tanh", normalizer: Normalizer | None = None, clip_obs: float = 10.0):
         from rlaccel.int8model import hidden_input_zero
+        from rlaccel.intmath import TANH_OUT_SCALE
 
         m = tables.model
         self._gain = np.asarray(m.gain, np.float32)
@@ -168,6 +188,7 @@ class Int8Network(_Network):
             LayerLookup(np.asarray(m.w_q[i]).astype(np.int64), np.asarray(m.b_q[i]).astype(np.int64), np.asarray(tables.thresholds[i]), lows[i], i) for i in range(L)
         ]
         self._scale = np.float32(m.out_scale[-1])
+        self._latent_scale = np.float32(TANH_OUT_SCALE if activation == "tanh" else m.out_scale[-2])  # last hidden layer's output scale
         self.out_dim = self._layers[-1].out
         super().__init__()
 
@@ -230,6 +251,7 @@ class Int8Network(_Network):
             copyto(head, last, casting="same_kind")  # q - zero: a small integer, exact in float32
             return multiply(head, scale, out=head)
 
+        forward.latent = ins[-1][..., :-1]  # type: ignore[attr-defined]  # the last hidden layer's q - zero, for features()
         return forward
 
 
@@ -252,6 +274,7 @@ class Fp32Network(_Network):
             self._clip = np.float32(clip_obs)
         self.in_dim = self._layers[0].shape[0] - 1
         self.out_dim = self._layers[-1].shape[1]
+        self._latent_scale = np.float32(1.0)
         super().__init__()
 
     def _make_forward(self, lead: tuple[int, ...], matmul: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -280,6 +303,7 @@ class Fp32Network(_Network):
                 act(nxt, out=nxt)
             return matmul(last_in, last_w, out=out)
 
+        forward.latent = last_in[..., :-1]  # type: ignore[attr-defined]  # the last hidden layer's output, for features()
         return forward
 
 

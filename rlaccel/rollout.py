@@ -70,15 +70,25 @@ class StepNoise(NamedTuple):
     obs_reset: Array  # [B, obs_dim]
 
 
-def draw_noise(env: Any, agent_noise: Callable[[Array, int], Any], key: Array, num_steps: int, num_envs: int) -> StepNoise:
+def acting_noise(agent: Any, key: Array, num_steps: int, num_envs: int) -> Any:
+    """The acting noise of a ``[T, B]`` rollout, leaves ``[T, ...]``: ``agent.rollout_noise``
+    when the agent has one (noise shared across steps, e.g. gSDE's exploration matrices), else
+    ``agent.noise`` on ``T`` independent keys."""
+    if getattr(agent, "rollout_noise", None) is not None:
+        return agent.rollout_noise(key, num_steps, num_envs)
+    return jax.vmap(agent.noise, in_axes=(0, None))(jax.random.split(key, num_steps), num_envs)
+
+
+def draw_noise(env: Any, agent: Any, key: Array, num_steps: int, num_envs: int) -> StepNoise:
     """All randomness of a ``[T, B]`` rollout (acting noise, env keys, reset states), in a few
     large ops: drawing inside the scan body would put a PRNG hash on every step's critical path.
+    The acting noise is ``agent``'s (:func:`acting_noise`).
     """
     key_act, key_env, key_reset = jax.random.split(key, 3)
     reset_keys = jax.random.split(key_reset, num_steps * num_envs)
     state_reset, obs_reset = jax.vmap(env.reset)(reset_keys)
     return StepNoise(
-        act=jax.vmap(agent_noise, in_axes=(0, None))(jax.random.split(key_act, num_steps), num_envs),
+        act=acting_noise(agent, key_act, num_steps, num_envs),
         key_env=jax.random.split(key_env, num_steps * num_envs).reshape(num_steps, num_envs, -1),
         state_reset=jax.tree.map(lambda x: x.reshape(num_steps, num_envs, *x.shape[1:]), state_reset),
         obs_reset=obs_reset.reshape(num_steps, num_envs, -1),
@@ -155,7 +165,7 @@ def collect_rollout(
     Returns:
       ``(state, transitions [T, B, ...], episode info [T, B])``.
     """
-    noise = draw_noise(env, agent.noise, key, num_steps, state.obs.shape[0])
+    noise = draw_noise(env, agent, key, num_steps, state.obs.shape[0])
     body = functools.partial(env_step, env=env, act=agent.act, actor_params=actor_params)
     state, (transitions, episodes) = jax.lax.scan(body, state, noise, unroll=unroll)
     return state, transitions, episodes

@@ -187,7 +187,7 @@ def test_tiny_run_config_yaml(finished_run, cartpole_yaml, tiny_overrides):
 def test_tiny_run_checkpoints(finished_run):
     # checkpoint_interval 2, keep 2: one after update 2, one at the end (update 4).
     names = [p.name for p in checkpoint.list_checkpoints(finished_run["dir"] / "checkpoints")]
-    assert names == ["checkpoint_000000002.ckpt", "checkpoint_000000004.ckpt"]
+    assert names == ["checkpoint_000000002", "checkpoint_000000004"]
     meta = checkpoint.read_meta(finished_run["dir"] / "checkpoints" / names[-1])
     assert meta["update"] == 4 and meta["steps_per_update"] == 256
 
@@ -234,7 +234,7 @@ def test_resume_continues_a_finished_run(finished_run, tmp_path):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["total_timesteps"] == 2048
     # keep_checkpoints 2: the ones after updates 6 and 8 remain.
     names = [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")]
-    assert names == ["checkpoint_000000006.ckpt", "checkpoint_000000008.ckpt"]
+    assert names == ["checkpoint_000000006", "checkpoint_000000008"]
     # The new events continue the x axis where the first run stopped.
     steps = [step for step, _ in scalars(run_dir)["train/value_loss"]]
     assert steps[-4:] == [1280, 1536, 1792, 2048]

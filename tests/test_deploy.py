@@ -10,6 +10,7 @@ is enough for arithmetic checks. Oracles nobody here wrote: JAX's own compiled i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -358,10 +359,12 @@ def test_search_fallback_computes_the_same_integers_as_the_lookup(cartpole_run, 
 @pytest.mark.slow
 def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cartpole_run, tmp_path):
     command = [sys.executable, "-m", "rlaccel", "export"]
-    ckpt = checkpoint.latest(cartpole_run / "checkpoints")
+    damaged = Path(shutil.copytree(checkpoint.latest(cartpole_run / "checkpoints"), tmp_path / "damaged_checkpoint"))
+    data = max((p for p in (damaged / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    _corrupt(data, data, "edited")  # a flipped byte in the arrays
     cases = [
         ["--run", str(tmp_path / "nope")],  # not a run directory
-        ["--run", str(cartpole_run), "--checkpoint", str(_corrupt(ckpt, tmp_path / "x.ckpt", "edited"))],
+        ["--run", str(cartpole_run), "--checkpoint", str(damaged)],
     ]
     empty = tmp_path / "empty_run"
     (empty / "checkpoints").mkdir(parents=True)

@@ -67,7 +67,7 @@ def test_huber_by_hand() -> None:
     x = jnp.array([0.5, -2.0, 3.0])
     # 0.5 * 0.25 ; 1 * (2 - 0.5) ; 1 * (3 - 0.5)
     np.testing.assert_allclose(np.asarray(losses.huber(x)), [0.125, 1.5, 2.5])
-    np.testing.assert_allclose(float(losses.td_loss(x, "mse")), np.mean(0.5 * np.asarray(x) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(float(losses.td_loss(x, "mse")), np.mean(np.asarray(x) ** 2), rtol=1e-6)  # (0.25 + 4 + 9) / 3
 
 
 def test_replay_wraps_around_and_samples_only_valid_items() -> None:

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import gymnasium as gym
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from rlaccel.agents.ppo import train as ppo_train
 
-from rlaccel import checkpoint, envs, rollout
+from rlaccel import checkpoint, envs, eval_episodes, rollout
 from rlaccel import config as config_lib
 from rlaccel.deploy import load_policy
 from rlaccel.deploy.export import export
@@ -95,37 +94,29 @@ def test_ppo_pendulum_int8_actors_within_5_percent_of_fp32() -> None:
 
 
 @pytest.mark.slow
-def test_dqn_cartpole_greedy_int8_policy_learns() -> None:
-    """DQN, PureJaxRL's configuration, 500k steps, 3 seeds vmapped, int8 actors.
+def test_dqn_cartpole_eval_return() -> None:
+    """DQN, PureJaxRL's configuration, 500k steps, 3 seeds vmapped, int8 actors, evaluated as
+    ``rlaccel train`` evaluates it (``configs/dqn_cartpole.yaml``'s ``eval:``: every 20k env
+    steps, 10 greedy episodes of the int8 policy and of its fp32 source, the program of
+    ``rlaccel.eval_episodes`` vmapped over the seeds), judged like the RL Zoo's benchmark.
 
-    Judged like RL Zoo's benchmark: the trained int8 Q-network acting greedily (epsilon 0)
-    on fresh episodes. (The training-time ``rollout/ep_rew_mean`` still includes 5 % random
-    actions and ends around 420-440.) Every seed's int8 greedy return is within 10 % of the
-    same network's fp32 greedy return, and 2 of 3 seeds reach 475: this configuration is not
-    3-of-3 with fp32 actors either (greedy 491, 258, 500 measured), DQN's seed variance.
+    The best int8 evaluation (what ``best/`` keeps) reaches 475 on every seed; the last one
+    (``eval_return``) on 2 of 3 seeds, and is within 10 % of the same network's fp32 return on
+    each. DQN's greedy policy on CartPole swings between evaluations: measured with the DQN of
+    commit fb86425, best 500 / 500 / 500, last 500 / 498 / 302 (seed 2: 500 from 180k to 280k
+    steps, 203 at 400k). The training-time ``rollout/ep_rew_mean`` includes 5 % random actions.
     """
-    config, states, runner = train_dqn()
-    agent, env, cfg = runner.agent, runner.env, config.dqn
-
-    def greedy_returns(agent_state: object, key: jax.Array, precision: str) -> tuple[jax.Array, jax.Array]:
-        params = agent.actor_params(agent_state, precision)._replace(epsilon=jnp.float32(0.0))
-        start = rollout.reset(env, key, cfg.n_envs)
-        _, _, episodes = rollout.collect_rollout(start, params, key, env=env, agent=agent, num_steps=1500)
-        return episodes.episode_return, episodes.done
-
-    means = {}
-    for precision in ("int8", "fp32"):
-        fn = jax.jit(jax.vmap(functools.partial(greedy_returns, precision=precision)))
-        returns, done = fn(states.agent, jax.random.split(jax.random.PRNGKey(123), SEEDS))
-        finished = [np.asarray(returns[s])[np.asarray(done[s])] for s in range(SEEDS)]
-        assert all(len(f) >= 20 for f in finished), precision
-        means[precision] = np.array([f.mean() for f in finished])
-    assert np.all(means["int8"] >= 0.9 * means["fp32"]), means
-    assert np.sum(means["int8"] >= 475) >= 2, means
+    _, _, _, history = train_dqn()
+    last, best = history[-1], np.max([h["int8"] for h in history], axis=0)
+    assert np.all(best >= 475), [h["int8"] for h in history]
+    assert np.sum(last["int8"] >= 475) >= 2, last
+    assert np.all(last["int8"] >= 0.9 * last["fp32"]), last
 
 
 def train_dqn() -> tuple:
-    """DQN on CartPole, PureJaxRL's configuration, int8 actors, ``SEEDS`` seeds vmapped (once per module)."""
+    """DQN on CartPole, PureJaxRL's configuration, int8 actors, ``SEEDS`` seeds vmapped (once per
+    module), in chunks of ``eval.freq`` env steps with the config's evaluation after each:
+    ``(config, states, runner, history)``, ``history[i][precision]`` = mean eval return ``[SEEDS]``."""
     if "dqn" not in _TRAINED:
         from rlaccel.agents.dqn import train as dqn_train
 
@@ -135,9 +126,19 @@ def train_dqn() -> tuple:
         n = dqn_train.num_updates(cfg, config.total_timesteps)
         agent = dqn_train.make_agent(cfg, env, config.total_timesteps, n, calibrate=True)
         runner = FusedSource(agent, env, cfg.n_envs, cfg.train_freq, precision="int8")
-        keys = jax.random.split(jax.random.PRNGKey(config.seed), SEEDS)
-        states, _ = jax.jit(jax.vmap(functools.partial(runner.train, num_updates=n)))(keys)
-        _TRAINED["dqn"] = (config, states, runner)
+        chunk = config.eval.freq // runner.steps_per_update
+        assert config.eval.freq > 0 and n % chunk == 0
+        states = jax.jit(jax.vmap(runner.init))(jax.random.split(jax.random.PRNGKey(config.seed), SEEDS))
+        train = jax.jit(jax.vmap(functools.partial(runner.train_chunk, num_updates=chunk)), donate_argnums=0)
+        eval_env = envs.make(config.env)  # no auto-reset: one episode per eval env, to its time limit
+        program = eval_episodes.make_program(agent, eval_env, episodes=config.eval.episodes, max_steps=eval_env.max_episode_steps, deterministic=config.eval.deterministic)
+        program = jax.jit(jax.vmap(program, in_axes=(0, None)))
+        history = []
+        for update in range(chunk, n + 1, chunk):
+            states, _ = train(states)
+            results = program(states.agent, eval_episodes.eval_key(config.seed, update))
+            history.append({p: np.asarray(r.returns).mean(axis=-1) for p, r in results.items()})
+        _TRAINED["dqn"] = (config, states, runner, history)
     return _TRAINED["dqn"]
 
 
@@ -154,7 +155,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name in ("cartpole", "pendulum", "dqn"):
         if name == "dqn":
-            config, states, _ = train_dqn()
+            config, states, _, _ = train_dqn()
         else:
             train_seeds(runs[name], "int8")
             config, states, _, _ = _TRAINED[(runs[name], "int8", "tflite")]

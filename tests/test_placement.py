@@ -12,7 +12,9 @@ from rlaccel import agent as agent_lib, envs, placement, quant
 from rlaccel import config as config_lib
 from rlaccel.config import ConfigError, PlacementConfig
 from rlaccel.placement import PlacementError
-from rlaccel.sources.device import FusedSource, SplitSource, make_source
+from rlaccel.sources import make_source
+from rlaccel.sources.device import FusedSource
+from rlaccel.sources.split import SplitSource
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,9 @@ def test_missing_devices_raise_a_one_line_config_error(learner, actor, key, word
 # --------------------------------------------------------------------------------------------
 # Runners on two devices.
 
-TINY = ("total_timesteps=512", "ppo.n_steps=64", "ppo.batch_size=64", "ppo.n_epochs=1")
+# The serial split runner (no policy lag): the same maths as the fused one. The pipelined
+# runner is tested in tests/test_pipeline.py.
+TINY = ("total_timesteps=512", "ppo.n_steps=64", "ppo.batch_size=64", "ppo.n_epochs=1", "placement.pipeline=false")
 
 
 def run_two_updates(cartpole_yaml, precision, actor):

@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cli_helpers import run_main, set_args, tree
-from flax import serialization
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlaccel import api, checkpoint, envs, guards
+from rlaccel import api, checkpoint, checkpoint_format, envs, guards
 from rlaccel import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +51,8 @@ PPO = (
     "logging.keep_checkpoints=2",
     "logging.progress=false",
 )
-# 4 envs x 8 steps per update, learning from update 2, target moved every 2 updates, linear
-# learning-rate and exploration schedules; 10 updates in chunks of 2 (log_interval 3 -> the
+# 4 envs x 8 steps per update, learning from update 3 (once more than 64 transitions), target
+# moved every 2 updates, linear learning-rate and exploration schedules; 10 updates in chunks of 2 (log_interval 3 -> the
 # divisor of 10 nearest to 3).
 DQN = (
     "total_timesteps=320",
@@ -101,15 +100,8 @@ def scalars(run_dir, prefixes=("train/", "rollout/")):
 
 
 def payload(path):
-    """A checkpoint's state as nested dicts of numpy arrays."""
-    raw = Path(path).read_bytes()
-    return serialization.msgpack_restore(raw[raw.index(b"\n") + 1 :])
-
-
-def flat(tree, prefix=""):
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}/{key}").items()}
-    return {prefix: np.asarray(tree)}
+    """A checkpoint's state as ``{"/agent/params/...": numpy array}`` (checksums verified)."""
+    return checkpoint.read_arrays(path)
 
 
 def update_of(path):
@@ -129,7 +121,7 @@ def resumed_runs(tmp_path_factory):
         config = config_lib.load(yaml_path, overrides)
         straight = api.train(config, run_dir=root / "straight", console=QUIET).summary
         stopped = api.train(config, run_dir=root / "resumed", console=QUIET, stop_at=n).summary
-        at_stop = tree(root / "resumed" / "checkpoints")
+        at_stop = payload(checkpoint.latest(root / "resumed" / "checkpoints"))
         resumed = api.train(config, run_dir=root / "resumed", resume=True, console=QUIET).summary
         runs[algo] = {"root": root, "n": n, "straight": straight, "stopped": stopped, "resumed": resumed, "at_stop": at_stop}
     return runs
@@ -149,7 +141,7 @@ def test_resume_is_bitwise_exact(resumed_runs, algo):
     a = checkpoint.latest(root / "straight" / "checkpoints")
     b = checkpoint.latest(root / "resumed" / "checkpoints")
     assert update_of(a) == update_of(b) == 2 * n
-    state_a, state_b = flat(payload(a)), flat(payload(b))
+    state_a, state_b = payload(a), payload(b)
     assert state_a.keys() == state_b.keys()
     differ = [k for k in state_a if state_a[k].dtype != state_b[k].dtype or state_a[k].tobytes() != state_b[k].tobytes()]
     assert not differ, f"{algo}: resumed state differs from the straight run in {differ}"
@@ -162,11 +154,10 @@ def test_resume_is_bitwise_exact(resumed_runs, algo):
         assert state_a["/agent/return_stats/count"] > 1000
     else:
         assert any(k.startswith("/agent/buffer/") for k in keys) and any(k.startswith("/agent/target_params/") for k in keys)
-    # The whole file (header with config and checksum, payload) is the same too.
-    assert a.read_bytes() == b.read_bytes()
+    # The whole header (config, every array's checksum) is the same too.
+    assert checkpoint_format.read_header(a) == checkpoint_format.read_header(b)
     # The resumed state differs from the one it resumed from (else this test could not fail).
-    first = [p for p in run["at_stop"] if p.name.endswith(f"{n:09d}.ckpt")]
-    assert first and run["at_stop"][first[0]] != b.read_bytes()
+    assert run["at_stop"].keys() == state_b.keys() and any(run["at_stop"][k].tobytes() != state_b[k].tobytes() for k in state_b)
 
 
 @pytest.mark.slow
@@ -232,7 +223,7 @@ def test_huge_learning_rate_stops_and_keeps_the_last_good_checkpoint(resumed_run
     latest = checkpoint.latest(run_dir / "checkpoints")
     assert update_of(latest) == 6 and str(latest) in line
     assert tree(run_dir / "checkpoints") == good  # nothing written over the good checkpoints
-    assert all(np.isfinite(v).all() for k, v in flat(payload(latest)).items() if v.dtype.kind == "f" and "/recent_" not in k)
+    assert all(np.isfinite(v).all() for k, v in payload(latest).items() if v.dtype.kind == "f" and "/recent_" not in k)
     # The curves stop at the bad update; nothing is logged for the updates after it.
     steps = [s for s, _ in scalars(run_dir)["train/value_loss"]]
     assert max(steps) <= update * 256
@@ -263,7 +254,7 @@ def test_nan_rewards_stop_the_run_naming_update_and_metric(tmp_path, monkeypatch
     assert ckpts and str(ckpts[-1]) in line
     # The latest is the last chunk boundary before the bad update, and it is clean.
     assert update_of(ckpts[-1]) == (update - 1) // 2 * 2
-    assert all(np.isfinite(v).all() for k, v in flat(payload(ckpts[-1])).items() if v.dtype.kind == "f" and "/recent_" not in k)
+    assert all(np.isfinite(v).all() for k, v in payload(ckpts[-1]).items() if v.dtype.kind == "f" and "/recent_" not in k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,8 +347,7 @@ def test_sigterm_and_kill_9_in_a_real_process(tmp_path, compilation_cache):
         assert update_of(checkpoint.latest(term_dir / "checkpoints")) == summary["updates"]
 
         ckpts = kill_dir / "checkpoints"
-        marker = ckpts / ".checkpoint_000000004.ckpt.tmp.paused"
-        wait_for(marker.exists, kill)
+        wait_for(lambda: any(ckpts.glob(f"checkpoint_000000004.*/{checkpoint_format.PAUSED}")), kill)
         kill.kill()  # SIGKILL: no handler, no cleanup
         kill.wait(timeout=30)
         assert kill.returncode == -signal.SIGKILL
@@ -366,14 +356,14 @@ def test_sigterm_and_kill_9_in_a_real_process(tmp_path, compilation_cache):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    half_written = ckpts / ".checkpoint_000000004.ckpt.tmp"
-    assert half_written.stat().st_size > 0
-    assert [p.name for p in checkpoint.list_checkpoints(ckpts)] == ["checkpoint_000000002.ckpt"]
+    half_written = next(ckpts.glob(f"checkpoint_000000004.*/{checkpoint_format.PAUSED}")).parent  # orbax's temp directory
+    assert any(p.is_file() for p in (half_written / "state").rglob("*"))
+    assert [p.name for p in checkpoint.list_checkpoints(ckpts)] == ["checkpoint_000000002"]
     rc, out, err = run_main(["--resume", str(kill_dir), "--set", "total_timesteps=1536"])
     assert rc == 0, err
-    assert f"resumed from {ckpts / 'checkpoint_000000002.ckpt'} (update 2)" in "".join(err.splitlines())  # rich wraps long lines
+    assert f"resumed from {ckpts / 'checkpoint_000000002'} (update 2)" in "".join(err.splitlines())  # rich wraps long lines
     assert json.loads((kill_dir / "summary.json").read_text())["updates"] == 6
-    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint_000000004.ckpt", "checkpoint_000000006.ckpt"]  # temp file gone
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint_000000004", "checkpoint_000000006"]  # temp directory gone
     # TensorBoard shows each update once, although the killed process may have logged past update 2.
     steps = [s for s, _ in scalars(kill_dir)["train/value_loss"]]
     assert steps == [256 * u for u in range(1, 7)]
@@ -391,18 +381,19 @@ def test_resume_from_a_corrupted_checkpoint_exits_2_and_writes_nothing(resumed_r
     run_dir = tmp_path / "run"
     shutil.copytree(resumed_runs["ppo"]["root"] / "straight", run_dir)
     latest = checkpoint.latest(run_dir / "checkpoints")
-    raw = bytearray(latest.read_bytes())
+    data = max((p for p in (latest / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
     if damage == "flip":
         raw[len(raw) // 2] ^= 0x10
     else:
         del raw[len(raw) // 2 :]
-    latest.write_bytes(bytes(raw))
+    data.write_bytes(bytes(raw))
     before = tree(tmp_path)
     rc, out, err = run_main(["--resume", str(run_dir), "--no-progress"])
     assert rc == 2 and out == ""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {latest}: "), err
-    assert "checksum" in lines[0] and "checkpoint_000000004.ckpt" in lines[0]  # the older one to fall back on
+    assert "checkpoint is damaged" in lines[0] and lines[0].endswith("checkpoint_000000004")  # the older one to fall back on
     assert tree(tmp_path) == before
 
 

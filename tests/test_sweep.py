@@ -130,7 +130,7 @@ def test_dqn_hyperparameters_are_traced(tmp_path):
     for i, s in enumerate(groups[0]):
         assert lr[i, -1] == pytest.approx(s.config.dqn.learning_rate)
         assert eps[i, -1] == pytest.approx(s.config.dqn.exploration_final_eps, abs=1e-6)  # decayed over 300 of 600 steps
-        first_learn = s.config.dqn.learning_starts // 10 - 1  # 10 transitions per update
+        first_learn = s.config.dqn.learning_starts // 10  # 10 transitions per update; learning once more than learning_starts (SB3)
         assert np.isnan(loss[i, first_learn - 1]) and np.isfinite(loss[i, first_learn])
 
 

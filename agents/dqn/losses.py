@@ -75,7 +75,8 @@ def huber(x: Array, delta: float = 1.0) -> Array:
 
 
 def td_loss(td_error: Array, kind: str) -> Array:
-    """Mean loss of TD errors ``[N]``: ``huber`` or ``mse`` (``0.5 * x**2``, Huber's quadratic part).
+    """Mean loss of TD errors ``[N]``: ``huber`` or ``mse``, ``mean(x**2)`` (``F.mse_loss`` of
+    CleanRL's DQN, PureJaxRL's ``jnp.mean((q - target) ** 2)``; twice Huber's quadratic part).
 
     With Adam, the choice matters beyond scale: Huber caps the gradient of large errors,
     which are mostly terminal transitions pulling over-estimated values down; on CartPole
@@ -84,4 +85,4 @@ def td_loss(td_error: Array, kind: str) -> Array:
     """
     if kind == "huber":
         return jnp.mean(huber(td_error))
-    return jnp.mean(0.5 * jnp.square(td_error))
+    return jnp.mean(jnp.square(td_error))

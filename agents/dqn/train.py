@@ -4,9 +4,9 @@
 It shares everything else with PPO: envs, the rollout, the step sources (fused, split or host
 actors), int8 acting (``rlaccel.quant``), logging, checkpoints and the CLI. One update:
 
-``learner_update`` (add the rollout to the replay buffer; once ``learning_starts`` is
-reached, ``gradient_steps`` of ``grad_step`` on one-step or n-step transitions; target update every
-``target_update_interval`` transitions; int8 calibration).
+``learner_update`` (add the rollout to the replay buffer; once more than ``learning_starts``
+transitions were collected, ``gradient_steps`` of ``grad_step`` on one-step or n-step
+transitions; target update every ``target_update_interval`` transitions; int8 calibration).
 
 Acting is epsilon-greedy on the int8 Q-network by default; it is re-quantised before every
 rollout, i.e. after every online update the actors could see.
@@ -25,7 +25,7 @@ from rlaccel.agents.dqn import losses
 from rlaccel.agents.dqn import networks as nets_lib
 from rlaccel.agents.dqn.config import DQNConfig
 
-from rlaccel import quant, replay
+from rlaccel import distributed, quant, replay
 from rlaccel.agent import Agent, AgentSpec
 from rlaccel.networks import MLP
 from rlaccel.rollout import Transition
@@ -99,6 +99,14 @@ def calibrate_int8(state: DQNState, obs: Array, *, cfg: DQNConfig) -> DQNState:
     return state.replace(calib=calib)
 
 
+def timeouts_as_terminations(items: Replayed, cfg: DQNConfig) -> Replayed:
+    """``items`` with truncation counted as termination unless ``handle_timeout_termination``
+    (SB3's default): PureJaxRL and CleanRL do not bootstrap a truncated episode."""
+    if cfg.handle_timeout_termination:
+        return items
+    return items._replace(terminated=items.terminated | items.truncated)
+
+
 def sample_batch(buffer: replay.ReplayState, key: Array, cfg: DQNConfig) -> tuple[Replayed, Array | float]:
     """A minibatch ``[batch_size]`` and its bootstrap discounts.
 
@@ -107,8 +115,8 @@ def sample_batch(buffer: replay.ReplayState, key: Array, cfg: DQNConfig) -> tupl
     of its last step, and the discount is ``gamma ** m`` (``losses.n_step_returns``).
     """
     if cfg.n_step == 1:
-        return replay.sample(buffer, key, cfg.batch_size), cfg.gamma
-    runs = replay.sample_sequences(buffer, key, cfg.batch_size, cfg.n_step, stride=cfg.n_envs)  # [N, n, ...]
+        return timeouts_as_terminations(replay.sample(buffer, key, cfg.batch_size), cfg), cfg.gamma
+    runs = timeouts_as_terminations(replay.sample_sequences(buffer, key, cfg.batch_size, cfg.n_step, stride=cfg.n_envs), cfg)  # [N, n, ...]
     ret, discount, terminated, last = losses.n_step_returns(runs.reward, runs.terminated, runs.truncated, cfg.gamma)
     next_obs = jnp.take_along_axis(runs.next_obs, last[:, None, None], axis=1)[:, 0]
     batch = Replayed(obs=runs.obs[:, 0], action=runs.action[:, 0], reward=ret, next_obs=next_obs, terminated=terminated, truncated=runs.truncated[:, 0])
@@ -129,13 +137,31 @@ def loss_fn(params: Any, target_params: Any, batch: Replayed, discount: Array | 
 
 
 def grad_step(
-    carry: tuple[Any, Any], key: Array, *, target_params: Any, buffer: replay.ReplayState, qnet: MLP, cfg: DQNConfig, optimizer: optax.GradientTransformation
+    carry: tuple[Any, Any],
+    key: Array,
+    *,
+    target_params: Any,
+    buffer: replay.ReplayState,
+    qnet: MLP,
+    cfg: DQNConfig,
+    optimizer: optax.GradientTransformation,
+    axis_name: str | None = None,
 ) -> tuple[tuple[Any, Any], tuple[Array, Array, Array]]:
     """Sample a minibatch from replay and take one gradient step (a scan body); returns
-    ``(loss, mean Q, global norm of the gradients before clipping)``."""
+    ``(loss, mean Q, global norm of the gradients before clipping)``.
+
+    With ``axis_name`` (data parallelism, ``rlaccel.sources.parallel``) every device samples the
+    same minibatch from its identical replay, differentiates its share of the rows, and the
+    gradients are averaged over the devices: the one-device step up to float rounding.
+    """
     params, opt_state = carry
     batch, discount = sample_batch(buffer, key, cfg)
+    if axis_name is not None:
+        batch = distributed.local_rows(batch, axis_name)
+        discount = distributed.local_rows(discount, axis_name) if jnp.ndim(discount) else discount
     (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch, discount, qnet=qnet, cfg=cfg)
+    if axis_name is not None:
+        loss, q_mean, grads = distributed.pmean((loss, q_mean, grads), axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), (loss, q_mean, optax.tree.norm(grads))
 
@@ -151,39 +177,59 @@ def learner_update(
     lr_schedule: optax.Schedule,
     epsilon_schedule: optax.Schedule,
     calibrate: bool,
+    axis_name: str | None = None,
 ) -> tuple[DQNState, dict[str, Array]]:
-    """Store the rollout, learn from replay once ``learning_starts`` is reached, move the target."""
+    """Store the rollout, learn from replay once more than ``learning_starts`` transitions were
+    collected, move the target (``axis_name``: split each minibatch's gradient over the devices,
+    :func:`grad_step`)."""
     flat = lambda x: x.reshape(cfg.rollout_size, *x.shape[2:])
     items = Replayed(obs=flat(traj.obs), action=flat(traj.action), reward=flat(traj.reward), next_obs=flat(traj.next_obs), terminated=flat(traj.terminated), truncated=flat(traj.truncated))
     buffer = replay.add(state.buffer, items)
     env_steps = (state.step + 1) * cfg.rollout_size
 
     def learn(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array, Array]:
-        step = functools.partial(grad_step, target_params=state.target_params, buffer=buffer, qnet=qnet, cfg=cfg, optimizer=optimizer)
-        carry, (loss, q_mean, grad_norm) = jax.lax.scan(step, carry, jax.random.split(key, cfg.gradient_steps))
+        step = functools.partial(grad_step, target_params=state.target_params, buffer=buffer, qnet=qnet, cfg=cfg, optimizer=optimizer, axis_name=axis_name)
+        keys = jax.random.split(key, cfg.gradient_steps)
+        if cfg.gradient_steps == 1:  # the scan's one step without the loop (a while loop per update on CPU)
+            carry, (loss, q_mean, grad_norm) = step(carry, keys[0])
+            return carry, loss, q_mean, grad_norm
+        carry, (loss, q_mean, grad_norm) = jax.lax.scan(step, carry, keys)
         return carry, jnp.mean(loss), jnp.mean(q_mean), jnp.mean(grad_norm)
 
     def wait(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array, Array]:
         # No gradient step: loss and Q undefined (NaN, not logged), gradient norm 0.
         return carry, jnp.float32(jnp.nan), jnp.float32(jnp.nan), jnp.float32(0.0)
 
-    (params, opt_state), loss, q_mean, grad_norm = jax.lax.cond(env_steps >= cfg.learning_starts, learn, wait, (state.params, state.opt_state))
-    move_target = (state.step + 1) % cfg.target_update_every == 0
-    target_params = jax.tree.map(
-        lambda t, p: jnp.where(move_target, cfg.tau * p + (1.0 - cfg.tau) * t, t), state.target_params, params
+    # SB3 and PureJaxRL: learn once more than ``learning_starts`` transitions were collected.
+    (params, opt_state), loss, q_mean, grad_norm = jax.lax.cond(env_steps > cfg.learning_starts, learn, wait, (state.params, state.opt_state))
+    # A branch, not a select over every parameter: the target moves once per target_update_every updates.
+    target_params = jax.lax.cond(
+        (state.step + 1) % cfg.target_update_every == 0,
+        lambda t, p: jax.tree.map(lambda t, p: cfg.tau * p + (1.0 - cfg.tau) * t, t, p),
+        lambda t, p: t,
+        state.target_params,
+        params,
     )
     metrics = {
         "train/loss": loss,
         "train/q_mean": q_mean,
         "train/grad_norm": grad_norm,  # this and param_max_abs: for the driver's non-finite guard
         "train/param_max_abs": optax.tree.norm(params, ord="inf"),
-        "train/learning_rate": lr_schedule(jnp.maximum(env_steps - cfg.learning_starts, 0) // cfg.rollout_size * cfg.gradient_steps),
+        "train/learning_rate": lr_schedule(jnp.maximum(env_steps // cfg.rollout_size - cfg.learning_starts // cfg.rollout_size, 0) * cfg.gradient_steps),
         "rollout/exploration_rate": epsilon_schedule(state.step * cfg.rollout_size),
     }
     new_state = DQNState(params=params, target_params=target_params, opt_state=opt_state, buffer=buffer, calib=state.calib, step=state.step + 1)
     if calibrate:
         new_state = calibrate_int8(new_state, items.obs, cfg=cfg)
     return new_state, metrics
+
+
+def make_optimizer(cfg: DQNConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+    """Adam with ``cfg.adam_eps``, after a global-norm clip at ``cfg.max_grad_norm`` (SB3) or
+    without one (``max_grad_norm: null``, PureJaxRL's plain ``optax.adam``). ``optax.flatten``
+    runs it on one concatenated vector (fewer, larger kernels; the same arithmetic)."""
+    adam = optax.adam(lr, eps=cfg.adam_eps)
+    return optax.flatten(adam if cfg.max_grad_norm is None else optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam))
 
 
 def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int, calibrate: bool = True, profile: str = "tflite") -> Agent:
@@ -207,7 +253,7 @@ def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int,
     qnet = nets_lib.make_q_network(num_actions, cfg.policy_kwargs)
     total_grad_steps = max(1, num_updates * cfg.gradient_steps)
     lr = optax.linear_schedule(cfg.learning_rate, 0.0, total_grad_steps) if cfg.lr_schedule == "linear" else optax.constant_schedule(cfg.learning_rate)
-    optimizer = optax.flatten(optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=cfg.adam_eps)))
+    optimizer = make_optimizer(cfg, lr)
     epsilon = optax.linear_schedule(
         cfg.exploration_initial_eps, cfg.exploration_final_eps, max(1, int(cfg.exploration_fraction * total_timesteps))
     )

@@ -1,8 +1,9 @@
 """PPO (Schulman et al. 2017): discrete (categorical) and continuous (Gaussian) policies.
 
-Files: ``config.py`` (hyperparameters), ``networks.py`` (modules, distributions), ``losses.py``
-(GAE, the clipped loss), ``train.py`` (the agent's pure functions), ``actor.py`` (the numpy
-actor of host mode and what an export needs; no JAX).
+Files: ``config.py`` (hyperparameters), ``networks.py`` (modules, distributions), ``sde.py``
+(gSDE, state-dependent exploration), ``losses.py`` (GAE, the clipped loss), ``train.py`` (the
+agent's pure functions), ``actor.py`` (the numpy actor of host mode and what an export needs;
+no JAX).
 """
 
 from rlaccel.agents.ppo.config import PPOConfig

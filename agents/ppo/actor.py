@@ -3,8 +3,9 @@
 :class:`PPOActor` does what ``train.act`` does: normalise, fp32 or int8 head, sample, record
 the behaviour log-probability. Its int8 head is ``rlaccel.reference.Int8Network``, bit-exact
 with the JAX actors' ``rlaccel.quant.apply``; sampling uses ``networks.sample`` /
-``networks.log_prob``'s formulas (log-probabilities agree to float rounding: numpy's exp/log
-are not XLA's).
+``networks.log_prob``'s formulas, or with gSDE ``sde.py``'s (the latent features from the same
+network, int8 ones dequantised; the ``latent @ exploration matrix`` product in fp32 here, on
+the host). Log-probabilities agree to float rounding: numpy's exp/log are not XLA's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rlaccel.registry import ExportSpec
 __all__ = ["ActorExtras", "PPOActor", "export_spec"]
 
 _HALF_LOG_2PI = np.float32(0.5 * math.log(2 * math.pi))
+SDE_EPSILON = np.float32(1e-6)  # sde.EPSILON (SB3's), added to the variance
 
 
 class ActorExtras(NamedTuple):
@@ -35,6 +37,23 @@ def _network(actor_params: Any, section: Any) -> Int8Network | Fp32Network:
     return network(actor_params.policy, section.policy_kwargs.activation, normalizer, float(section.normalization.clip_obs))
 
 
+class BlockNoise:
+    """A batch's gSDE exploration matrices, indexed by step: ``noise[t]`` is the ``[B, h, A]``
+    standard normal matrices step ``t`` acts with, ``blocks[t // sample_freq]`` (``blocks[0]``
+    throughout when ``sample_freq <= 0``): ``sde.rollout_noise`` without repeating them."""
+
+    def __init__(self, blocks: np.ndarray, num_steps: int, sample_freq: int):
+        self.blocks, self.num_steps, self.sample_freq = blocks, num_steps, sample_freq
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        if not 0 <= t < self.num_steps:
+            raise IndexError(t)
+        return self.blocks[t // self.sample_freq if self.sample_freq > 0 else 0]
+
+
 class PPOActor:
     """PPO's actor in numpy: one object per published parameter version.
 
@@ -43,13 +62,15 @@ class PPOActor:
 
     Args:
       actor_params: ``train.ActorParams`` with numpy leaves; ``.policy`` is
-        ``rlaccel.reference.Int8Tables`` (int8) or the flax fp32 params dict.
+        ``rlaccel.reference.Int8Tables`` (int8) or the flax fp32 params dict. A 2-D
+        ``log_std`` (``[latent_dim, A or 1]``) means gSDE.
       version: the learner update that produced them.
-      section: the ``ppo:`` config section (activation, normaliser clip).
+      section: the ``ppo:`` config section (activation, normaliser clip, ``sde_sample_freq``).
 
     Attributes:
       version: as given.
       discrete: categorical (True) or Gaussian policy.
+      sde: gSDE exploration (state-dependent noise).
       action_dim: number of actions (categorical) or action vector size (Gaussian).
     """
 
@@ -58,8 +79,14 @@ class PPOActor:
         self.net = _network(actor_params, section)
         self.log_std = None if actor_params.log_std is None else np.asarray(actor_params.log_std, np.float32)
         self.discrete = self.log_std is None
+        self.sde = not self.discrete and self.log_std.ndim == 2
         self.action_dim = self.net.out_dim
-        if not self.discrete:
+        if self.sde:
+            self.sample_freq = int(getattr(section, "sde_sample_freq", -1))
+            self.latent_dim = self.log_std.shape[0]
+            self._std = np.broadcast_to(np.exp(self.log_std), (self.latent_dim, self.action_dim))  # sde.std_matrix
+            self._var = np.square(self._std)
+        elif not self.discrete:
             self._std = np.exp(self.log_std)
             self._inv_std = np.exp(-self.log_std)
 
@@ -67,22 +94,30 @@ class PPOActor:
         """Raw observations ``[B, obs_dim]`` float32 -> logits or Gaussian mean ``[B, A]`` float32."""
         return self.net.forward(obs)
 
-    def noise(self, rng: np.random.Generator, num_steps: int, num_envs: int) -> np.ndarray:
-        """A batch's sampling noise ``[T, B, A]`` float32, drawn at once (as ``rollout.draw_noise``):
-        Gumbel (categorical: ``argmax(logits + g)`` samples it) or standard normal (Gaussian)."""
+    def noise(self, rng: np.random.Generator, num_steps: int, num_envs: int) -> Any:
+        """A batch's sampling noise, drawn at once (as ``rollout.draw_noise``), indexed by step:
+        Gumbel (categorical: ``argmax(logits + g)`` samples it) or standard normal (Gaussian)
+        ``[T, B, A]`` float32; with gSDE a :class:`BlockNoise` of ``[B, latent_dim, A]``
+        standard normal matrices, fresh every ``sde_sample_freq`` steps (``sde.rollout_noise``)."""
+        if self.sde:
+            blocks = -(-num_steps // self.sample_freq) if self.sample_freq > 0 else 1
+            return BlockNoise(rng.standard_normal((blocks, num_envs, self.latent_dim, self.action_dim), np.float32), num_steps, self.sample_freq)
         shape = (num_steps, num_envs, self.action_dim)
         if self.discrete:
             return -np.log(-np.log(rng.random(shape, np.float32) + np.float32(1e-20)))
         return rng.standard_normal(shape, np.float32)
 
     def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, ActorExtras]:
-        """Sample actions for ``obs [B, obs_dim]`` with one step's ``noise [B, A]``.
+        """Sample actions for ``obs [B, obs_dim]`` with one step's ``noise`` (``[B, A]``; gSDE: ``[B, latent_dim, A]``).
 
         Returns:
           ``(action, ActorExtras(log_prob [B] float32))``: ``action`` is int32 ``[B]``
-          (Gumbel-max) or float32 ``[B, A]`` (``mean + std * noise``, unclipped: the env
-          boundary clips, so the stored action keeps its exact log-probability).
+          (Gumbel-max) or float32 ``[B, A]`` (``mean + std * noise``, or with gSDE
+          ``mean + latent @ (std * noise)``; unclipped: the env boundary clips, so the stored
+          action keeps its exact log-probability).
         """
+        if self.sde:
+            return self._act_sde(obs, noise)
         head = self.net.forward(obs)
         if self.discrete:
             action = np.argmax(head + noise, axis=-1).astype(np.int32)
@@ -94,6 +129,17 @@ class PPOActor:
         logp = np.sum(-0.5 * np.square(z) - self.log_std - _HALF_LOG_2PI, axis=-1, dtype=np.float32)
         return action.astype(np.float32, copy=False), ActorExtras(log_prob=logp)
 
+    def _act_sde(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, ActorExtras]:
+        """gSDE (``sde.py``): ``mean + latent @ eps`` per env, ``eps = std * noise``; the
+        log-probability under ``N(mean, latent**2 @ std**2 + epsilon)``."""
+        latent, mean = self.net.features(obs)
+        eps = self._std * noise  # [B, h, A]
+        action = mean + np.einsum("bh,bha->ba", latent, eps).astype(np.float32)
+        std = np.sqrt(np.square(latent) @ self._var + SDE_EPSILON)
+        z = (action - mean) / std
+        logp = np.sum(-0.5 * np.square(z) - np.log(std) - _HALF_LOG_2PI, axis=-1, dtype=np.float32)
+        return action.astype(np.float32, copy=False), ActorExtras(log_prob=logp)
+
 
 def export_spec(section: Any, fp32_actor_params: Any, agent_state: Any) -> ExportSpec:
     """The registry's ``export``: head kind, observation normaliser and log-std of a PPO policy.
@@ -102,6 +148,9 @@ def export_spec(section: Any, fp32_actor_params: Any, agent_state: Any) -> Expor
       section: the ``ppo:`` config section.
       fp32_actor_params: ``train.ActorParams`` of the fp32 policy (numpy or JAX leaves).
       agent_state: the learner's state (not needed: the actor parameters carry everything).
+
+    A gSDE policy exports the same way: its deterministic action is the mean (the head);
+    ``log_std`` is then ``[latent_dim, A or 1]``.
     """
     del agent_state
     norm, log_std = fp32_actor_params.obs_norm, fp32_actor_params.log_std

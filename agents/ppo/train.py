@@ -15,6 +15,7 @@ run as one pure function is ``rlaccel.sources.device.make_train(config)``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -22,17 +23,21 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from gymnasium import spaces
 from rlaccel.agents.ppo import losses
 from rlaccel.agents.ppo import networks as nets_lib
+from rlaccel.agents.ppo import sde as sde_lib
 from rlaccel.agents.ppo.actor import ActorExtras
 from rlaccel.agents.ppo.config import PPOConfig
 
+from rlaccel import distributed
 from rlaccel import normalize as obs_norm_lib
 from rlaccel import quant
 from rlaccel import returns as returns_lib
 from rlaccel.agent import Agent, AgentSpec
 from rlaccel.reference import Normalizer
 from rlaccel.rollout import Transition
+from rlaccel.schema import ConfigError
 
 Array = jax.Array
 
@@ -41,7 +46,7 @@ Array = jax.Array
 class PPOState:
     """The learner's state."""
 
-    params: Any  # {"policy", "value"[, "log_std"]}
+    params: Any  # {"policy", "value"[, "log_std": [A], or gSDE's [latent_dim, A or 1]]}
     opt_state: Any
     obs_stats: obs_norm_lib.RunningStats
     return_stats: obs_norm_lib.RunningStats  # of the discounted return, [1], for reward scaling
@@ -52,7 +57,8 @@ class PPOState:
 
 class ActorParams(NamedTuple):
     """What an actor needs: the policy (fp32 flax params, int8 ``QuantParams``, or for numpy
-    actors ``rlaccel.reference.Int8Tables``), its log-std and the observation normaliser.
+    actors ``rlaccel.reference.Int8Tables``), its log-std (``[A]``; gSDE ``[latent_dim, A or 1]``)
+    and the observation normaliser.
 
     ``obs_norm`` is ``None`` without observation normalisation; otherwise ``mean`` and
     ``inv_std = 1 / sqrt(var + 1e-8)``, computed once by :func:`actor_normalizer`, so the
@@ -114,6 +120,15 @@ def actor_head(actor_params: ActorParams, obs: Array, *, nets: nets_lib.PPONetwo
     return policy_head(nets, actor_params.policy, obs)
 
 
+def actor_features(actor_params: ActorParams, obs: Array, *, cfg: PPOConfig) -> tuple[Array, Array]:
+    """``(latent [B, latent_dim], head [B, A])`` for raw ``obs [B, obs_dim]``: the policy's last
+    hidden layer and its output, in fp32 or int8 arithmetic (int8: both dequantised)."""
+    obs = obs_norm_lib.apply(actor_params.obs_norm, obs, cfg.normalization.clip_obs)
+    if isinstance(actor_params.policy, quant.QuantParams):
+        return quant.features(actor_params.policy, obs)
+    return nets_lib.policy_features(actor_params.policy, obs, cfg.policy_kwargs.activation)
+
+
 def act(actor_params: ActorParams, obs: Array, noise: Array, *, head_fn: Callable[[ActorParams, Array], Array]) -> tuple[Array, ActorExtras]:
     """Sample actions for ``obs [B, obs_dim]`` and record their behaviour log-probabilities.
 
@@ -126,6 +141,32 @@ def act(actor_params: ActorParams, obs: Array, noise: Array, *, head_fn: Callabl
     return action, ActorExtras(log_prob=nets_lib.log_prob(head, actor_params.log_std, action))
 
 
+def act_sde(
+    actor_params: ActorParams, obs: Array, noise: Array, *, features_fn: Callable[[ActorParams, Array], tuple[Array, Array]]
+) -> tuple[Array, ActorExtras]:
+    """gSDE's ``act``: ``mean + latent @ (std * noise)`` per env (``sde.py``), and its log-probability.
+
+    ``noise`` ``[B, latent_dim, A]`` is this step's standard normal exploration matrices
+    (``sde.rollout_noise``). With int8 actors the latent features and the mean come from the
+    int8 network; the ``[latent_dim x A]`` noise product is fp32 (on an NPU: the host beside it).
+    """
+    latent, mean = features_fn(actor_params, obs)
+    action = sde_lib.sample(mean, latent, actor_params.log_std, noise)
+    std = sde_lib.scale(latent, actor_params.log_std, mean.shape[-1])
+    return action, ActorExtras(log_prob=sde_lib.log_prob(mean, std, action))
+
+
+def action_distribution(nets: nets_lib.PPONetworks, params: Any, obs: Array, action: Array, activation: str) -> tuple[Array, Array]:
+    """The learner's ``(log_prob [N], entropy [N])`` of ``action`` under ``params``'s policy at ``obs [N, obs_dim]``."""
+    log_std = params.get("log_std")
+    if nets.sde:
+        latent, mean = nets_lib.policy_features(params["policy"], obs, activation)
+        std = sde_lib.scale(latent, log_std, nets.action_dim)
+        return sde_lib.log_prob(mean, std, action), sde_lib.entropy(std)
+    head = policy_head(nets, params["policy"], obs)
+    return nets_lib.log_prob(head, log_std, action), nets_lib.entropy(head, log_std)
+
+
 def calibrate_int8(state: PPOState, obs: Array, *, cfg: PPOConfig) -> PPOState:
     """``Agent.calibrate``: int8 activation ranges re-measured on raw ``obs [N, obs_dim]``,
     normalised as the actors of ``state`` normalise them (its statistics, the actors' formula)."""
@@ -134,20 +175,19 @@ def calibrate_int8(state: PPOState, obs: Array, *, cfg: PPOConfig) -> PPOState:
     return state.replace(calib=calib)
 
 
-def loss_fn(params: Any, mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOConfig) -> tuple[Array, losses.LossInfo]:
-    """PPO loss of one minibatch under ``params``."""
-    head = policy_head(nets, params["policy"], mb.obs)
-    log_std = params.get("log_std")
+def loss_fn(params: Any, mb: Minibatch, clip_range: Array, *, nets: nets_lib.PPONetworks, cfg: PPOConfig) -> tuple[Array, losses.LossInfo]:
+    """PPO loss of one minibatch under ``params``, with this update's ratio clip."""
+    new_log_prob, entropy = action_distribution(nets, params, mb.obs, mb.action, cfg.policy_kwargs.activation)
     new_values = value_fn(nets, params["value"], mb.obs)
     return losses.ppo_loss(
-        nets_lib.log_prob(head, log_std, mb.action),
+        new_log_prob,
         mb.behaviour_log_prob,
-        nets_lib.entropy(head, log_std),
+        entropy,
         new_values,
         mb.value,
         mb.advantage,
         mb.ret,
-        clip_range=cfg.clip_range,
+        clip_range=clip_range,
         clip_range_vf=cfg.clip_range_vf,
         ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef,
@@ -156,11 +196,34 @@ def loss_fn(params: Any, mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOC
 
 
 def minibatch_update(
-    carry: tuple[Any, Any], mb: Minibatch, *, nets: nets_lib.PPONetworks, cfg: PPOConfig, optimizer: optax.GradientTransformation
+    carry: tuple[Any, Any],
+    mb: Minibatch,
+    *,
+    nets: nets_lib.PPONetworks,
+    cfg: PPOConfig,
+    optimizer: optax.GradientTransformation,
+    clip_range: Any = None,
+    axis_name: str | None = None,
 ) -> tuple[tuple[Any, Any], tuple[losses.LossInfo, Array]]:
-    """One gradient step (a scan body over minibatches); also returns the gradients' global norm before clipping."""
+    """One gradient step (a scan body over minibatches); also returns the gradients' global norm before clipping.
+
+    ``clip_range`` is this update's ratio clip (``cfg.clip_range_at``; ``None``: ``cfg.clip_range``).
+
+    With ``axis_name`` (data parallelism, ``rlaccel.sources.parallel``) every device holds the
+    whole minibatch, takes the gradient of its share of the rows and the gradients are averaged
+    over the devices: the minibatch keeps SB3's meaning. Advantages are normalised over the
+    whole minibatch first, so the result is the one-device gradient up to float rounding.
+    """
     params, opt_state = carry
-    grads, info = jax.grad(loss_fn, has_aux=True)(params, mb, nets=nets, cfg=cfg)
+    if axis_name is not None:
+        if cfg.normalize_advantage:
+            mb = mb._replace(advantage=(mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8))
+            cfg = dataclasses.replace(cfg, normalize_advantage=False)
+        mb = distributed.local_rows(mb, axis_name)
+    clip = cfg.clip_range if clip_range is None else clip_range
+    grads, info = jax.grad(loss_fn, has_aux=True)(params, mb, clip, nets=nets, cfg=cfg)
+    if axis_name is not None:
+        grads, info = distributed.pmean((grads, info), axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), (info, optax.tree.norm(grads))
 
@@ -191,6 +254,8 @@ def learner_update(
     optimizer: optax.GradientTransformation,
     lr_schedule: optax.Schedule,
     calibrate: bool,
+    num_updates: int = 1,
+    axis_name: str | None = None,
 ) -> tuple[PPOState, dict[str, Array]]:
     """GAE on the rollout, ``n_epochs`` of minibatch steps, then normalisers and calibration.
 
@@ -201,6 +266,10 @@ def learner_update(
     return, as SB3's ``VecNormalize``; it only concerns the learner.
     With int8 actors (``calibrate``), activation ranges are re-measured on this rollout's
     observations as the next actors will see them (new statistics, new parameters).
+    With ``axis_name`` (the device axis of data parallelism), ``traj`` is the whole rollout on
+    every device and only the minibatch gradients are split (:func:`minibatch_update`).
+    The ratio clip follows ``clip_range_schedule`` over the run's ``num_updates`` (SB3's
+    ``progress_remaining`` after this update's rollout; ``cfg.clip_range_at``).
     """
     norm = cfg.normalization
     obs = normalize_obs(cfg, state.obs_stats, traj.obs)
@@ -223,7 +292,8 @@ def learner_update(
         advantage=flat(advantages),
         ret=flat(returns),
     )
-    minibatch_step = functools.partial(minibatch_update, nets=nets, cfg=cfg, optimizer=optimizer)
+    clip_range = cfg.clip_range_at(state.step, num_updates)
+    minibatch_step = functools.partial(minibatch_update, nets=nets, cfg=cfg, optimizer=optimizer, clip_range=clip_range, axis_name=axis_name)
     minibatches = shuffle_minibatches(data, key, cfg)
     (params, opt_state), (infos, grad_norms) = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
 
@@ -235,6 +305,7 @@ def learner_update(
     metrics["train/grad_norm"] = jnp.mean(grad_norms)
     metrics["train/param_max_abs"] = optax.tree.norm(params, ord="inf")
     metrics["train/learning_rate"] = lr_schedule(state.step * cfg.n_epochs * cfg.num_minibatches)
+    metrics["train/clip_range"] = jnp.asarray(clip_range, jnp.float32)
     if "log_std" in params:
         metrics["train/std"] = jnp.mean(jnp.exp(params["log_std"]))
     new_state = PPOState(
@@ -257,13 +328,13 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
     Args:
       cfg: the ``ppo:`` section.
       env: a JAX env (for its spaces).
-      num_updates: total learner updates, for the learning-rate schedule.
+      num_updates: total learner updates, for the learning-rate and clip-range schedules.
       calibrate: measure activation ranges for int8 actors after each update (skip it when
         every actor is fp32).
       profile: the int8 arithmetic (``placement.actor.int8_profile``, ``rlaccel.intmath``).
     """
     obs_dim = int(env.observation_space.shape[0])
-    nets = nets_lib.make_networks(env.observation_space, env.action_space, cfg.policy_kwargs)
+    nets = nets_lib.make_networks(env.observation_space, env.action_space, cfg.policy_kwargs, use_sde=cfg.use_sde)
     optimizer, lr_schedule = make_optimizer(cfg, num_updates)
     activation = cfg.policy_kwargs.activation
 
@@ -275,7 +346,7 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
             obs_stats=obs_norm_lib.init((obs_dim,)),
             return_stats=obs_norm_lib.init((1,)),
             running_return=jnp.zeros((cfg.n_envs,), jnp.float32),
-            calib=quant.init(obs_dim, len(cfg.policy_kwargs.net_arch) + 1),
+            calib=quant.init(obs_dim, len(cfg.policy_kwargs.pi_arch) + 1),
             step=jnp.zeros((), jnp.int32),
         )
 
@@ -286,13 +357,23 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
         return ActorParams(policy=policy, log_std=state.params.get("log_std"), obs_norm=actor_normalizer(cfg, state.obs_stats))
 
     head = functools.partial(actor_head, nets=nets, cfg=cfg)
+    if nets.sde:
+        dims = dict(latent_dim=nets.latent_dim, action_dim=nets.action_dim)
+        acting = dict(
+            act=functools.partial(act_sde, features_fn=functools.partial(actor_features, cfg=cfg)),
+            noise=functools.partial(sde_lib.step_noise, **dims),
+            rollout_noise=functools.partial(sde_lib.rollout_noise, sample_freq=cfg.sde_sample_freq, **dims),
+        )
+    else:
+        acting = dict(act=functools.partial(act, head_fn=head), noise=functools.partial(nets_lib.noise, action_dim=nets.action_dim, discrete=nets.discrete))
     return Agent(
         init=init,
         actor_params=actor_params,
-        act=functools.partial(act, head_fn=head),
-        noise=functools.partial(nets_lib.noise, action_dim=nets.action_dim, discrete=nets.discrete),
+        **acting,
         head=head,
-        update=functools.partial(learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule, calibrate=calibrate),
+        update=functools.partial(
+            learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule, calibrate=calibrate, num_updates=num_updates
+        ),
         discrete=nets.discrete,
         calibrate=functools.partial(calibrate_int8, cfg=cfg),
     )
@@ -301,6 +382,8 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
 def build(config: Any, env: Any) -> AgentSpec:
     """The registry's ``make``: PPO for ``config`` (a whole ``rlaccel.config.Config``) and ``env``."""
     cfg: PPOConfig = config.agent
+    if cfg.use_sde and not isinstance(env.action_space, spaces.Box):
+        raise ConfigError(f"ppo.use_sde: gSDE needs continuous (Box) actions; {config.env} has {env.action_space}")
     n = num_updates(cfg, config.total_timesteps)
     actor = config.placement.actor
     agent = make_agent(cfg, env, n, calibrate=actor.precision == "int8", profile=actor.int8_profile)

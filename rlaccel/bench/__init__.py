@@ -4,6 +4,10 @@ each placement costs, and the deployment latency of exported policies.
     rlaccel bench                                   # every row: prints a table, writes benchmarks/cartpole_cpu.json
     rlaccel bench --rows fused_fp32,fused_int8      # a subset (names: rlaccel.bench.rows.ROWS)
     rlaccel bench latency                           # the deployment latency table (also: --latency)
+    rlaccel bench pipeline                          # do actor and learner devices overlap? (split placement)
+    rlaccel bench int8                              # int8 vs fp32 matmuls: XLA, onnxruntime, OpenVINO
+    rlaccel bench zoo                               # RL Zoo blocks at the zoo's budgets vs its benchmark.md (hours)
+    rlaccel bench parallel                          # 1 device vs 2 devices vs 2 processes x 1 device
     python -m rlaccel.bench ...                     # the same without the console script
 
 A developer command, run from a checkout installed in editable mode (``make bench`` does it
@@ -18,7 +22,9 @@ The exit code is 1 when any row failed (after the table and the JSON are written
 arguments or a missing checkout.
 
 Modules: ``rows`` (row definitions and their workers), ``table`` (running rows, the table, the
-JSON), ``latency`` (``rlaccel bench latency``).
+JSON), ``latency`` (``rlaccel bench latency``), ``pipeline`` (``rlaccel bench pipeline``),
+``int8`` (``rlaccel bench int8``), ``zoo`` / ``zoo_work`` / ``zoo_report`` (``rlaccel bench zoo``),
+``parallel`` (``rlaccel bench parallel``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlaccel.bench import latency, returns, table
+from rlaccel.bench import int8, latency, parallel, pipeline, returns, table, zoo
 from rlaccel.bench.rows import ROOT, ROWS
 
 DESCRIPTION = "Benchmarks: PPO and DQN on CartPole-v1 against PureJaxRL and Stable-Baselines3, each placement's cost, deployment latency."
@@ -39,12 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ``bench`` subparser of the ``rlaccel`` command line."""
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--out", help=f"JSON output path (default {table.DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument("--timesteps", type=int, help="env steps per seed of the CartPole rows instead of 500k: a quick check that rows run, not a measurement")
     parser.add_argument("--latency", action="store_true", help="run the deployment latency bench instead, with its defaults (see `latency --help`)")
-    sub = parser.add_subparsers(dest="bench_command", metavar="{latency,returns}")
+    sub = parser.add_subparsers(dest="bench_command", metavar="{latency,returns,pipeline,int8,zoo,parallel}")
     lat = sub.add_parser("latency", help="decision latency of exported policies on every runtime", description=latency.DESCRIPTION)
     latency.add_arguments(lat)
     ret = sub.add_parser("returns", help="returns of exported int8 vs fp32 policies on gymnasium's envs", description=returns.DESCRIPTION)
     returns.add_arguments(ret)
+    pipe = sub.add_parser("pipeline", help="split placement: acting, learning, in turn and pipelined, per update", description=pipeline.DESCRIPTION)
+    pipeline.add_arguments(pipe)
+    i8 = sub.add_parser("int8", help="int8 vs fp32 matmuls and policies on XLA, onnxruntime and OpenVINO", description=int8.DESCRIPTION)
+    int8.add_arguments(i8)
+    zoo_parser = sub.add_parser("zoo", help="RL Zoo blocks verbatim at the zoo's budgets: deterministic eval vs the zoo's benchmark.md, SB3's wall clock", description=zoo.DESCRIPTION)
+    zoo.add_arguments(zoo_parser)
+    par = sub.add_parser("parallel", help="data parallelism: 1 device, 2 devices, 2 processes x 1 device", description=parallel.DESCRIPTION)
+    parallel.add_arguments(par)
 
 
 def _latency_defaults() -> argparse.Namespace:
@@ -65,9 +80,17 @@ def run(args: argparse.Namespace) -> int:
         return latency.run(args)
     if getattr(args, "bench_command", None) == "returns":
         return returns.run(args)
+    if getattr(args, "bench_command", None) == "pipeline":
+        return pipeline.run(args)
+    if getattr(args, "bench_command", None) == "int8":
+        return int8.run(args)
+    if getattr(args, "bench_command", None) == "zoo":
+        return zoo.run(args)
+    if getattr(args, "bench_command", None) == "parallel":
+        return parallel.run(args)
     if args.latency:
         return latency.run(_latency_defaults())
-    return table.run(args.rows, args.out)
+    return table.run(args.rows, args.out, getattr(args, "timesteps", None))
 
 
 def main(argv: list[str] | None = None) -> int:

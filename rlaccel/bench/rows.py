@@ -11,13 +11,19 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
   ``benchmarks/baselines/purejaxrl_ppo.py``, on gymnax), 1 seed / 16 vmapped seeds.
 * ``fused_fp32`` / ``fused_int8``: ``rlaccel.train`` (what ``rlaccel train`` runs: TensorBoard,
   checkpoints, probes) with fp32 or int8 actors on one device.
-* ``split_fp32`` / ``split_int8``: learner on ``cpu:0``, actors on ``cpu:1``.
+* ``split_fp32`` / ``split_int8``: learner on ``cpu:0``, actors on ``cpu:1``, pipelined (the
+  default for two devices: rollout k+1 while update k, one update of policy lag);
+  ``split_serial_fp32`` / ``split_serial_int8``: the same with ``placement.pipeline=false``.
 * ``vmap16_fp32`` / ``vmap16_int8``: 16 seeds vmapped in one compile
   (``rlaccel.sources.device.make_train``).
 * ``sweep16_fp32`` / ``sweep16_int8``: the same 16 seeds through ``rlaccel.sweep.run_grid``
   (what ``rlaccel sweep`` runs), the seed axis sharded over two CPU devices, i.e. both cores.
 * ``purejaxrl_dqn``: PureJaxRL's ``dqn.py`` (``benchmarks/baselines/purejaxrl_dqn.py``,
-  gymnax + flashbax); ``dqn_fused_fp32`` / ``dqn_fused_int8``: ``configs/dqn_cartpole.yaml``
+  gymnax + flashbax); ``dqn_purejaxrl_fp32``: the same algorithm as an rlaccel configuration
+  (``configs/dqn_cartpole_purejaxrl.yaml``: max of the target network, MSE, no gradient
+  clipping, truncation as termination), fused, fp32 actors: the like-for-like ratio;
+  ``dqn_purejaxrl_double_fp32``: that with ``dqn.double_q=true`` (double DQN's third forward
+  pass); ``dqn_fused_fp32`` / ``dqn_fused_int8``: ``configs/dqn_cartpole.yaml``
   (same configuration, plus double-DQN targets) through ``rlaccel.train``.
 * ``gym_cartpole_raw``: gymnasium's own vector env stepping ``CartPole-v1`` with random
   actions (no learning), the baseline of ``gym_cartpole_host``: PPO through host actor
@@ -32,18 +38,25 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
   inverted_pendulum in the fused mode. Both are learning figures, not ratios.
 
 ``sps`` is env steps per second of training with compile time excluded (aggregate over seeds
-for the vmapped rows).
+for the vmapped rows). ``time_to_result_s`` is the row's process start to its finished agent
+(``rlaccel.clock``: interpreter start-up, imports, compiles and training included; for
+``rlaccel.train`` rows the ``summary.json`` field, for the others taken when training returns).
+``RLACCEL_BENCH_TIMESTEPS`` (``rlaccel bench --timesteps N``) shortens the PPO / DQN CartPole
+rows to ``N`` env steps per seed: a check that rows run, not a measurement.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from rlaccel.clock import process_age_s
 
 # The checkout this package lives in (an editable install): configs/ and benchmarks/ are there.
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,12 +74,16 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "fused_int8": ("train", {"precision": "int8", "actor": "learner"}),
     "split_fp32": ("train", {"precision": "fp32", "actor": "cpu:1", "xla_flags": TWO_DEVICES}),
     "split_int8": ("train", {"precision": "int8", "actor": "cpu:1", "xla_flags": TWO_DEVICES}),
+    "split_serial_fp32": ("train", {"precision": "fp32", "actor": "cpu:1", "overrides": ["placement.pipeline=false"], "xla_flags": TWO_DEVICES}),
+    "split_serial_int8": ("train", {"precision": "int8", "actor": "cpu:1", "overrides": ["placement.pipeline=false"], "xla_flags": TWO_DEVICES}),
     "purejaxrl_16": ("purejaxrl", {"seeds": 16}),
     "vmap16_fp32": ("vmap", {"seeds": 16, "precision": "fp32"}),
     "vmap16_int8": ("vmap", {"seeds": 16, "precision": "int8"}),
     "sweep16_fp32": ("sweep", {"seeds": 16, "precision": "fp32", "xla_flags": TWO_DEVICES}),
     "sweep16_int8": ("sweep", {"seeds": 16, "precision": "int8", "xla_flags": TWO_DEVICES}),
     "purejaxrl_dqn": ("purejaxrl_dqn", {}),
+    "dqn_purejaxrl_fp32": ("train", {"config": "dqn_cartpole_purejaxrl.yaml"}),
+    "dqn_purejaxrl_double_fp32": ("train", {"config": "dqn_cartpole_purejaxrl.yaml", "overrides": ["dqn.double_q=true"]}),
     "dqn_fused_fp32": ("train", {"precision": "fp32", "actor": "learner", "config": "dqn_cartpole.yaml"}),
     "dqn_fused_int8": ("train", {"precision": "int8", "actor": "learner", "config": "dqn_cartpole.yaml"}),
     "gym_cartpole_raw": ("gym_raw", {}),
@@ -80,9 +97,9 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 BASELINE_FOR = {
-    **dict.fromkeys(["fused_fp32", "fused_int8", "split_fp32", "split_int8"], "purejaxrl_1"),
+    **dict.fromkeys(["fused_fp32", "fused_int8", "split_fp32", "split_int8", "split_serial_fp32", "split_serial_int8"], "purejaxrl_1"),
     **dict.fromkeys(["vmap16_fp32", "vmap16_int8", "sweep16_fp32", "sweep16_int8"], "purejaxrl_16"),
-    **dict.fromkeys(["dqn_fused_fp32", "dqn_fused_int8"], "purejaxrl_dqn"),
+    **dict.fromkeys(["dqn_purejaxrl_fp32", "dqn_purejaxrl_double_fp32", "dqn_fused_fp32", "dqn_fused_int8"], "purejaxrl_dqn"),
     "gym_cartpole_host": "gym_cartpole_raw",
     "ray_gym_cartpole": "gym_cartpole_raw",
     "halfcheetah_ray": "halfcheetah_host",
@@ -115,14 +132,26 @@ def _baseline(module: str) -> Any:
 # Workers: one per kind of row; each returns the row's JSON.
 
 
+def _timesteps(default: int = 500_000) -> int:
+    """Env steps per seed of the CartPole rows: ``RLACCEL_BENCH_TIMESTEPS`` (a quick check) or ``default``."""
+    return int(float(os.environ.get("RLACCEL_BENCH_TIMESTEPS") or default))
+
+
+def _short() -> list[str]:
+    """``total_timesteps`` overrides for ``RLACCEL_BENCH_TIMESTEPS``; none without it."""
+    return [f"total_timesteps={_timesteps()}"] if os.environ.get("RLACCEL_BENCH_TIMESTEPS") else []
+
+
 def work_purejaxrl(seeds: int) -> dict:
-    out = _baseline("purejaxrl_ppo").run(num_seeds=seeds)
-    return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return_mean"], "final_return_min": out["final_return_min"], "env_steps": out["env_steps"]}
+    out = _baseline("purejaxrl_ppo").run(num_seeds=seeds, total_timesteps=_timesteps())
+    time_to_result = process_age_s()
+    return {"sps": out["sps"], "compile_s": out["compile_s"], "time_to_result_s": time_to_result, "final_return": out["final_return_mean"], "final_return_min": out["final_return_min"], "env_steps": out["env_steps"]}
 
 
 def work_purejaxrl_dqn() -> dict:
-    out = _baseline("purejaxrl_dqn").run()
-    return {"sps": out["sps"], "compile_s": out["compile_s"], "final_return": out["final_return"], "env_steps": out["env_steps"]}
+    out = _baseline("purejaxrl_dqn").run(total_timesteps=_timesteps())
+    time_to_result = process_age_s()
+    return {"sps": out["sps"], "compile_s": out["compile_s"], "time_to_result_s": time_to_result, "final_return": out["final_return"], "env_steps": out["env_steps"]}
 
 
 def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, actor: str | None = None, overrides: list[str] = ()) -> dict:
@@ -130,7 +159,7 @@ def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, 
     the actors' precision and device overridden when given, and any other ``key=value``."""
     import rlaccel
 
-    overrides = list(overrides)
+    overrides = list(overrides) + (_short() if config in ("ppo_cartpole.yaml", "dqn_cartpole.yaml", "dqn_cartpole_purejaxrl.yaml") else [])
     if precision is not None:
         overrides.append(f"placement.actor.precision={precision}")
     if actor is not None:
@@ -141,6 +170,7 @@ def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, 
     return {
         "sps": s["sps"],
         "compile_s": s.get("compile_s"),
+        "time_to_result_s": s.get("time_to_result_s"),
         "final_return": s.get("final_return"),
         "env_steps": s.get("env_steps"),
         "wall_s": s.get("wall_s"),
@@ -162,7 +192,7 @@ def work_vmap(seeds: int, precision: str) -> dict:
     from rlaccel import config as config_lib
     from rlaccel.sources.device import make_train
 
-    config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}"])
+    config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}", *_short()])
     keys = jax.random.split(jax.random.PRNGKey(42), seeds)
     start = time.perf_counter()
     compiled = jax.jit(jax.vmap(make_train(config))).lower(keys).compile()
@@ -173,7 +203,8 @@ def work_vmap(seeds: int, precision: str) -> dict:
     returns = np.asarray(metrics["rollout/ep_rew_mean"])  # [seeds, updates]
     final = returns[:, -1]
     steps = seeds * returns.shape[1] * config.agent.rollout_size
-    return {"sps": steps / train_s, "compile_s": compile_s, "final_return": float(final.mean()), "final_return_min": float(final.min()), "env_steps": steps}
+    time_to_result = process_age_s()
+    return {"sps": steps / train_s, "compile_s": compile_s, "time_to_result_s": time_to_result, "final_return": float(final.mean()), "final_return_min": float(final.min()), "env_steps": steps}
 
 
 def work_sweep(seeds: int, precision: str) -> dict:
@@ -181,13 +212,14 @@ def work_sweep(seeds: int, precision: str) -> dict:
     from rlaccel import config as config_lib
     from rlaccel.sweep.run import run_grid
 
-    config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}"])
+    config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}", *_short()])
     with tempfile.TemporaryDirectory(prefix="rlaccel_bench_") as tmp:
         report = run_grid(config, grid={}, seeds=[42 + i for i in range(seeds)], out_dir=Path(tmp) / "sweep", progress=False)
     rows = report.get("results") or [{}]
     return {
         "sps": report["aggregate_steps_per_s"],
         "compile_s": report["compile_s"],
+        "time_to_result_s": process_age_s(),
         "final_return": rows[0].get("final_return_mean"),
         "final_return_min": rows[0].get("final_return_min"),
         "env_steps": round(report["aggregate_steps_per_s"] * report["train_s"]),
@@ -235,7 +267,7 @@ def work_sb3(total_timesteps: int = 30_000, **shape: int) -> dict:
         "MlpPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
         learning_rate=lambda f: f * cfg.learning_rate, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
         clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
-        policy_kwargs={"net_arch": list(cfg.policy_kwargs.net_arch), "activation_fn": torch.nn.Tanh}, device="cpu", seed=0,
+        policy_kwargs={"net_arch": {"pi": list(cfg.policy_kwargs.pi_arch), "vf": list(cfg.policy_kwargs.vf_arch)}, "activation_fn": torch.nn.Tanh}, device="cpu", seed=0,
     )  # fmt: skip
     start = time.perf_counter()
     model.learn(total_timesteps)

@@ -1,7 +1,10 @@
 """The main ``rlaccel bench`` table: run rows in subprocesses, print, write JSON.
 
 Speeds are compared as ratios to the baseline row measured in the same invocation
-(``rows.BASELINE_FOR``): absolute figures drift on shared machines. A row that fails is shown
+(``rows.BASELINE_FOR``): absolute figures drift on shared machines. ``to result s`` is each
+row's ``time_to_result_s`` (process start to finished agent, compile included), compared the
+same way (``baseline / row``: above 1 is sooner). Rows run without JAX's persistent compilation
+cache (``JAX_COMPILATION_CACHE_DIR`` is dropped), so every compile is counted. A row that fails is shown
 as ``error`` in the table and the JSON, and makes the command exit 1 after both are written.
 """
 
@@ -32,10 +35,13 @@ _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault)
 _WORKER = "import sys; from rlaccel.bench.rows import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 
 
-def run_row(name: str) -> dict:
+def run_row(name: str, timesteps: int | None = None) -> dict:
     """One row in a fresh interpreter; its JSON, or ``{"error": ...}`` (the last line of its
     stderr; the last 30 are echoed to this process's stderr)."""
     env = dict(os.environ)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of time_to_result_s
+    if timesteps:
+        env["RLACCEL_BENCH_TIMESTEPS"] = str(timesteps)
     flags = ROWS[name][1].get("xla_flags")
     if flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
@@ -103,7 +109,7 @@ def print_table(results: dict[str, dict], machine_info: dict) -> None:
     from rich.table import Table
 
     table = Table(title=TITLE, caption=describe(machine_info))
-    columns = ("row", "env steps/s", "peak RSS MiB", "vs baseline", "compile s", "return", "actor sps", "learner sps", "latency p50 us", "p99 us")
+    columns = ("row", "env steps/s", "peak RSS MiB", "vs baseline", "compile s", "to result s", "sooner", "return", "actor sps", "learner sps", "latency p50 us", "p99 us")
     for col in columns:
         table.add_column(col, justify="left" if col == "row" else "right")
     for name, r in results.items():
@@ -112,15 +118,20 @@ def print_table(results: dict[str, dict], machine_info: dict) -> None:
             continue
         base = results.get(BASELINE_FOR.get(name, ""), {})
         ratio = f"{r['sps'] / base['sps']:.2f}x" if base.get("sps") else "-"
+        sooner = f"{base['time_to_result_s'] / r['time_to_result_s']:.2f}x" if base.get("time_to_result_s") and r.get("time_to_result_s") else "-"
         ret = fmt(r.get("final_return"), ".1f") + (f" (min {r['final_return_min']:.0f})" if r.get("final_return_min") is not None else "")
         table.add_row(
-            name, fmt(r["sps"]), fmt(r.get("peak_rss_mib"), ".0f"), ratio, fmt(r.get("compile_s"), ".1f"), ret, fmt(r.get("actor_sps")),
+            name, fmt(r["sps"]), fmt(r.get("peak_rss_mib"), ".0f"), ratio, fmt(r.get("compile_s"), ".1f"), fmt(r.get("time_to_result_s"), ".1f"), sooner, ret, fmt(r.get("actor_sps")),
             fmt(r.get("learner_sps")), fmt(r.get("latency_us_p50"), ".0f"), fmt(r.get("latency_us_p99"), ".0f"),
         )  # fmt: skip
     Console(width=max(Console().width, 170)).print(table)
     fp, q = results.get("fused_fp32", {}), results.get("fused_int8", {})
     if fp.get("sps") and q.get("sps"):
         print(f"fused int8 actors vs fused fp32 actors: {100 * (q['sps'] / fp['sps'] - 1):+.1f} % env steps/s")
+    for name, r in results.items():
+        if r.get("policy_lag") and r.get("actor_sps") and r.get("learner_sps"):  # pipelined: both devices busy at once
+            bound, serial = min(r["actor_sps"], r["learner_sps"]), 1 / (1 / r["actor_sps"] + 1 / r["learner_sps"])
+            print(f"{name}: {fmt(r['sps'])} env steps/s pipelined; min(actor, learner) = {fmt(bound)} if acting and learning overlap fully, {fmt(serial)} if in turn (probe speeds, blocking)")
 
 
 def parse_rows(text: str) -> list[str]:
@@ -132,9 +143,10 @@ def parse_rows(text: str) -> list[str]:
     return names
 
 
-def run(rows: str, out: str | Path | None = None) -> int:
+def run(rows: str, out: str | Path | None = None, timesteps: int | None = None) -> int:
     """Run ``rows`` (comma-separated names), print the table, write the JSON; 0, or 1 if a row
-    failed (after printing and writing), or 2 for unknown rows."""
+    failed (after printing and writing), or 2 for unknown rows. ``timesteps`` shortens the
+    CartPole rows (``rows.RLACCEL_BENCH_TIMESTEPS``): a check that they run."""
     try:
         names = parse_rows(rows)
     except ValueError as e:
@@ -144,13 +156,15 @@ def run(rows: str, out: str | Path | None = None) -> int:
     for name in names:
         start = time.perf_counter()
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_row(name)
+        results[name] = run_row(name, timesteps)
         print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     info = machine()
     print_table(results, info)
+    if timesteps:
+        print(f"note: --timesteps {timesteps}: CartPole rows shortened to {timesteps:,} env steps per seed, a check that they run, not a measurement")
     path = Path(out) if out else DEFAULT_OUT
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "cartpole_ppo_dqn", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "config": str(CONFIG.relative_to(ROOT)), "rows": results}
+    report = {"benchmark": "cartpole_ppo_dqn", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "rows": results}
     write_json(path, report)
     print(f"wrote {path}")
     failed = [n for n, r in results.items() if "error" in r]

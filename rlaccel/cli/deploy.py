@@ -1,7 +1,7 @@
 """``rlaccel export`` (a run's policy as one file) and ``rlaccel eval`` (a saved policy on
 gymnasium's own env for N episodes).
 
-    rlaccel export --run RUN_DIR [--out PATH] [--format rlpolicy|onnx-int8|onnx-fp32|tflite|tflite-int8io|c] [--checkpoint F]
+    rlaccel export --run RUN_DIR [--out PATH] [--format rlpolicy|onnx-int8|onnx-fp32|tflite|tflite-int8io|c] [--checkpoint DIR]
     rlaccel eval --run RUN_DIR | --policy FILE [--backend numpy-int8] [--episodes 100] [--seed 0]
 
 Bad input is one line on stderr and exit code 2, with nothing written.
@@ -24,7 +24,7 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory (config.yaml + checkpoints/)")
     p.add_argument("--out", help="output file (default RUN_DIR/policy.rlpolicy or RUN_DIR/policy_<precision>.onnx)")
     p.add_argument("--format", default="rlpolicy", choices=FORMATS, help="what to write")
-    p.add_argument("--checkpoint", help="a checkpoint file instead of the run's newest")
+    p.add_argument("--checkpoint", metavar="DIR", help="a checkpoint (checkpoints/checkpoint_<update>) instead of the run's newest")
     p.set_defaults(func=export)
     return p
 

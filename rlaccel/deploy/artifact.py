@@ -31,7 +31,8 @@ Arrays (``L`` dense layers, ``i = 0 .. L-1``; shapes ``[in, out]``):
                                         ``mult{i}``, ``shift{i}`` (``[out]``), ``out_scale{i}``,
                                         ``out_zero{i}``, ``act_min{i}``, ``act_max{i}`` (scalars)
 ``int8.thresholds{i}``        int32     ``[out, 255]`` each layer's output stage as a table
-``log_std``                   float32   Gaussian policies only (not used: actions are the mean)
+``log_std``                   float32   Gaussian policies only, ``[A]`` (gSDE: ``[latent, A or 1]``);
+                                        not used: actions are the mean
 =========================  ===========  ===================================================
 
 ``meta.json``'s ``policy.int8_profile`` names the integer arithmetic (``tflite`` | ``pow2``,

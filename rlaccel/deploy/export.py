@@ -100,7 +100,7 @@ def build_artifact(run_dir: str | Path, checkpoint_path: str | Path | None = Non
         "observation_space": _space(env.observation_space),
         "action_space": _space(env.action_space),
         "policy": {
-            "hidden": list(kwargs.net_arch),
+            "hidden": list(kwargs.pi_arch),  # the policy tower (a pi/vf net_arch: its pi)
             "activation": kwargs.activation,
             "out_dim": int(layers[-1][0].shape[1]),
             "head": spec.head,

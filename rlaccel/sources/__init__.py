@@ -2,7 +2,10 @@
 
 :func:`make` picks one from the config: ``gym:`` envs get host actor threads, or Ray actor
 processes with ``actors.backend: ray`` (``rlaccel.sources.host``); JAX and brax envs get the fused program when actors and learner
-share a device, the split one when they do not (``rlaccel.sources.device``).
+share a device (``rlaccel.sources.device``), the split one when they do not
+(``rlaccel.sources.split``, pipelined unless ``placement.pipeline: false``), and the
+data-parallel one over several learner devices or processes (``rlaccel.sources.parallel``):
+:func:`make_source`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 
 from rlaccel.sources.base import SourceFault, StepSource, latency_percentiles
 
-__all__ = ["SourceFault", "StepSource", "latency_percentiles", "make"]
+__all__ = ["SourceFault", "StepSource", "latency_percentiles", "make", "make_source"]
 
 
 def make(config: Any, console: Any = None) -> StepSource:
@@ -28,7 +31,24 @@ def make(config: Any, console: Any = None) -> StepSource:
         from rlaccel.sources.host import HostSource
 
         return HostSource(config, where, console=console)
-    from rlaccel.sources.device import make_source
-
     env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
     return make_source(agent_lib.make(config, env), env, where)
+
+
+def make_source(spec: Any, env: Any, placement: Any) -> StepSource:
+    """The JAX-env source a resolved ``rlaccel.placement.Placement`` calls for, for an
+    ``rlaccel.agent.AgentSpec``: ``FusedSource`` on one device, ``SplitSource`` on two."""
+    from rlaccel.sources.device import FusedSource
+    from rlaccel.sources.split import SplitSource
+
+    args = (spec.agent, env, spec.num_envs, spec.num_steps)
+    if placement.parallel:  # placement.learner.devices > 1, or several processes
+        from rlaccel.sources.parallel import ParallelSource
+
+        source = ParallelSource(*args, placement.precision, placement.learners)
+        source.num_updates = spec.num_updates
+        return source
+    devices = {"precision": placement.precision, "learner_device": placement.learner, "actor_device": placement.actor}
+    source = FusedSource(*args, **devices) if placement.fused else SplitSource(*args, **devices, pipeline=placement.pipeline)
+    source.num_updates = spec.num_updates
+    return source

@@ -6,7 +6,7 @@ restore, compile, chunks, logging, probes, hooks, checkpoints, signals, NaN guar
 chunk of updates, and time itself:
 
 * ``rlaccel.sources.device.FusedSource``: a chunk is one compiled program on one device.
-* ``rlaccel.sources.device.SplitSource``: rollouts on the actor device, updates on the learner's.
+* ``rlaccel.sources.split.SplitSource``: rollouts on the actor device, updates on the learner's (pipelined).
 * ``rlaccel.sources.host.HostSource``: gymnasium envs stepped by host actor threads.
 * ``rlaccel.sweep.program.SweepSource``: members (settings x seeds) of one compile group, vmapped.
 """

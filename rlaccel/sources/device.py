@@ -3,9 +3,10 @@
 * :class:`FusedSource` (actors on the learner's device): a chunk of updates (re-quantise ->
   rollout -> learner update) is one compiled program. It is pure, so ``jax.vmap`` over seeds
   works unchanged (:func:`make_train`, sweeps).
-* :class:`SplitSource` (two devices): the rollout is compiled for the actor device, the
-  update for the learner device; trajectories move to the learner and freshly quantised
-  actor parameters move back after every update.
+* ``rlaccel.sources.split.SplitSource`` (two devices): the rollout is compiled for the
+  actor device, the update for the learner device; trajectories move to the learner and
+  freshly quantised actor parameters move back after every update, pipelined by default.
+  ``rlaccel.sources.make_source`` picks one of the two from the placement.
 
 Both build each update from the same two phases, :meth:`DeviceSource.act_phase` and
 :meth:`DeviceSource.learn_phase`, and both answer :meth:`DeviceSource.probe`: decision
@@ -225,44 +226,6 @@ class FusedSource(DeviceSource):
     def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
         """One compiled chunk, dispatched; metrics ``[num_updates]`` stay on the learner device."""
         return self.compile(state, num_updates)(state)
-
-
-class SplitSource(DeviceSource):
-    """Rollouts on the actor device, updates on the learner device, parameters in between.
-
-    Each update: quantise on the learner -> ``device_put`` to the actor -> rollout there ->
-    ``device_put`` the trajectories to the learner -> update there. Dispatch is asynchronous,
-    so the host loop only queues work; the chunk blocks once at its end.
-    """
-
-    learns_in_pieces = True
-
-    def compile(self, state: TrainState, num_updates: int) -> None:
-        """Compile the pieces for their devices (one set for every chunk length)."""
-        self.pieces(state)
-
-    def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
-        """``num_updates`` updates driven from the host; metrics ``[num_updates]`` on the learner device."""
-        pieces = self.pieces(state)
-        rows = []
-        for _ in range(num_updates):
-            key, key_rollout, key_update = jax.random.split(state.key, 3)
-            actor_params = pieces["actor_params"](state.agent)
-            on_actor = jax.device_put(actor_params, self.actor_device)
-            rollout, transitions, episodes = pieces["rollout"](on_actor, state.rollout, jax.device_put(key_rollout, self.actor_device))
-            transitions, episodes = jax.device_put((transitions, episodes), self.learner_device)
-            learner_state, metrics = pieces["learn"](state.replace(rollout=None, key=key), actor_params, transitions, episodes, key_update)
-            state = learner_state.replace(rollout=rollout)
-            rows.append(metrics)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
-
-
-def make_source(spec: Any, env: Any, placement: Any) -> DeviceSource:
-    """The source a resolved ``rlaccel.placement.Placement`` calls for, for an ``AgentSpec``."""
-    cls = FusedSource if placement.fused else SplitSource
-    source = cls(spec.agent, env, spec.num_envs, spec.num_steps, precision=placement.precision, learner_device=placement.learner, actor_device=placement.actor)
-    source.num_updates = spec.num_updates
-    return source
 
 
 def make_train(config: Any) -> Any:

@@ -198,11 +198,12 @@ class SweepSource(StepSource):
         self.program.chunk_fn(state, self._values, num_updates)
 
     def run_chunk(self, state: Any, num_updates: int) -> tuple[Any, dict[str, np.ndarray]]:
-        import jax
+        from rlaccel import distributed
 
         state, metrics = self.program.chunk_fn(state, self._values, num_updates)(state, self._values)
         self.state = state
-        per_member = {k: np.asarray(v)[: len(self.members)] for k, v in jax.device_get(metrics).items()}
+        # Several processes: members live on every process's devices; gathered to each one.
+        per_member = {k: np.asarray(v)[: len(self.members)] for k, v in distributed.fetch(metrics).items()}
         self.history.append(per_member)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN before the first episode ends

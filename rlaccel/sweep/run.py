@@ -80,7 +80,9 @@ def run_grid(
             if stop.requested:
                 break
     report: dict[str, Any] = {"exit_code": stop.exit_code, "stopped_by": stop.name or None}
-    if out is None:
+    from rlaccel import distributed
+
+    if out is None or not distributed.is_writer():  # several processes: process 0 writes the outputs
         total_steps = sum(r.env_steps for r in results)
         train_s = sum(r.train_s for r in results)
         return {

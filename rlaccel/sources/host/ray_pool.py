@@ -8,7 +8,9 @@ actor only; ``ray`` is imported on use (the cluster itself: ``ray_cluster.py``).
   sent, and returns numpy :class:`~rlaccel.sources.host.stepping.Steps`.
 * :class:`ActorPool`: the learner's side. ``publish`` puts the host parameters into Ray's
   object store once per update (``ray.put``) and sends each actor the reference, which it
-  resolves between batches when the version changed. ``take(i)`` returns actor ``i``'s next
+  resolves between batches when the version changed. An int8 policy travels as its
+  ``Int8Model`` only (:class:`Int8Payload`: int8 weights, int32 biases, per-channel scales); each
+  actor tabulates it in numpy (:func:`unpack`, ``rlaccel.lookup.thresholds``). ``take(i)`` returns actor ``i``'s next
   batch and keeps ``actors.queue_size + 1`` collects in flight per actor (a finished batch
   waits in the object store, as in a thread's queue, while the next one is stepped). A process
   that dies is restarted by Ray (``max_restarts``) and counted once; an env that raises ends
@@ -24,11 +26,40 @@ from typing import Any, Callable
 
 import numpy as np
 
+from typing import NamedTuple
+
 from rlaccel import registry
+from rlaccel.lookup import thresholds
+from rlaccel.reference import Int8Tables
 from rlaccel.schema import ConfigError
 from rlaccel.sources.host.stepping import EnvStepper, Steps, vector_env
 
-__all__ = ["ActorPool", "ProcessDied", "RemoteActor"]
+__all__ = ["ActorPool", "Int8Payload", "ProcessDied", "RemoteActor", "unpack"]
+
+
+class Int8Payload(NamedTuple):
+    """An int8 policy as broadcast: the ``Int8Model`` and how to tabulate it (no thresholds)."""
+
+    model: Any
+    activation: str
+    profile: str
+
+
+def unpack(params: Any) -> Any:
+    """The actor's side of the broadcast (``RaySource.host_params`` packs): every
+    :class:`Int8Payload` tabulated in numpy (NamedTuples, dicts, lists and tuples walked
+    without JAX)."""
+    if isinstance(params, Int8Payload):
+        return Int8Tables(params.model, thresholds(params.model, params.activation, params.profile))
+    if isinstance(params, np.ndarray):
+        return params
+    if isinstance(params, dict):
+        return {k: unpack(v) for k, v in params.items()}
+    if isinstance(params, tuple) and hasattr(params, "_fields"):
+        return type(params)(*(unpack(v) for v in params))
+    if isinstance(params, (list, tuple)):
+        return type(params)(unpack(v) for v in params)
+    return params
 
 POLL_S = 0.05  # how often a wait for a batch looks at the stop flag
 
@@ -73,7 +104,7 @@ class RemoteActor:
         self.set_params(holder, version)
         ref, newest = self.latest
         if self.actor is None or self.actor.version != newest:
-            self.actor = self.actor_cls(ray.get(ref), newest, self.section)
+            self.actor = self.actor_cls(unpack(ray.get(ref)), newest, self.section)
         if self.stepper is None:
             gym_id, kwargs, space, obs_dim, b = self.env_args
             seed = self.seed + 7919 * self.fresh_envs

@@ -26,7 +26,8 @@ import numpy as np
 
 from rlaccel.sources.host.actors import Batch, to_batch
 from rlaccel.sources.host.ray_cluster import Cluster
-from rlaccel.sources.host.ray_pool import ActorPool, ProcessDied
+from rlaccel import quant
+from rlaccel.sources.host.ray_pool import ActorPool, Int8Payload, ProcessDied
 from rlaccel.sources.host.source import ActorFault, HostSource
 from rlaccel.state import TrainState
 
@@ -54,6 +55,19 @@ class RaySource(HostSource):
             f"host actors on ray: {self.num_actors} actor process(es) x {self.envs_per_actor} {self.env.gym_id} envs on a {cluster}, "
             f"{self.where.precision} numpy policy; learner {self.where.learner.platform}:{self.where.learner.id} fp32"
         )
+
+    def actor_params(self, agent_state: Any) -> Any:
+        """The agent's actor parameters as they are: an int8 policy stays ``QuantParams`` (the
+        actor processes tabulate it, not the learner)."""
+        return self.agent.actor_params(agent_state, self.where.precision)
+
+    def host_params(self, params: Any) -> Any:
+        """What is broadcast: numpy copies, every int8 policy as an :class:`Int8Payload`
+        (its ``Int8Model``: int8 weights, int32 biases, scales)."""
+        def pack(x: Any) -> Any:
+            return Int8Payload(x.model, x.activation, x.profile) if isinstance(x, quant.QuantParams) else x
+
+        return jax.tree.map(pack, jax.device_get(params), is_leaf=lambda x: isinstance(x, quant.QuantParams))
 
     def start(self, state: TrainState, stop: Any) -> None:
         """Start (or join) the cluster, the actor processes, and publish the first parameters.

@@ -79,13 +79,20 @@ class HostSource(StepSource):
         self._params = jax.jit(self.actor_params)
         self._compiled: Any = None
         self._act = jax.jit(self.agent.act) if self._jax_policy else None
-        self._noise = jax.jit(lambda keys, n: jax.vmap(lambda k: self.agent.noise(k, n))(keys), static_argnums=1) if self._jax_policy else None
+        self._noise = jax.jit(self._batch_noise, static_argnums=1) if self._jax_policy else None
         self._threads: list[ActorThread] = []
         self._halt = threading.Event()
         self._faults: list = []
         self._window = _Window()
 
     # -- pure pieces ----------------------------------------------------------------------
+
+    def _batch_noise(self, keys: jax.Array, num_envs: int) -> Any:
+        """A batch's acting noise ``[T, ...]`` for ``keys [T, 2]``: the agent's per-step noise,
+        or its ``rollout_noise`` from the first key (gSDE's matrices held across steps)."""
+        if self.agent.rollout_noise is not None:
+            return self.agent.rollout_noise(keys[0], keys.shape[0], num_envs)
+        return jax.vmap(lambda k: self.agent.noise(k, num_envs))(keys)
 
     def init(self, key: jax.Array) -> TrainState:
         """Fresh learner state (no envs inside: they live in the actor threads)."""

@@ -1,0 +1,346 @@
+"""``rlaccel bench zoo``: the RL Zoo's own hyperparameter blocks at the zoo's budgets, against
+the returns the zoo publishes.
+
+    rlaccel bench zoo                                        # 11 rows x 3 seeds + 2 SB3 rows: hours of CPU
+    rlaccel bench zoo --rows ppo_pendulum,sb3_ppo_pendulum   # a subset (names: ROWS)
+    rlaccel bench zoo --budget-scale 0.02 --seeds 1          # a check that rows run, not a measurement
+
+Each row is one block of the zoo's ``hyperparams/ppo.yml`` or ``dqn.yml``, read verbatim from
+``tests/data/zoo/`` (the same files ``tests/test_zoo.py`` checks, copied from the zoo at commit
+:data:`ZOO_COMMIT`), built as ``rlaccel train --zoo FILE --env ID`` builds it
+(``rlaccel.zoo.block_from_file``) and trained with ``rlaccel.train`` at the block's
+``n_timesteps`` (times ``--budget-scale``), int8 actors, once per seed (0, 1, ...), one seed
+after the other, each in a fresh interpreter (``rlaccel.bench.zoo_work``; its peak RSS is its
+own, and JAX's persistent compilation cache is off, so compiles count). Evaluation as the zoo's
+``train.py`` does it: every 25,000 env steps (``--eval-freq``) and after the last update,
+5 deterministic episodes (``--eval-episodes``), of the int8 policy and of its fp32 source.
+
+Per row: the seeds' final int8 evaluation, mean +- std over seeds (population std), the mean
+of each seed's best evaluation, the fp32 policy's final evaluation, wall time per seed
+(``summary.json``'s ``wall_s``: compile and evaluation included), env steps/s (``sps``: neither
+included), the largest peak RSS, and the zoo's figure. **pass**: the seeds' mean final int8
+evaluation >= the zoo's mean - 1 std (only judged at ``--budget-scale 1``).
+
+The zoo's figures (:data:`ROWS`) are its ``benchmark.md`` (:data:`BENCHMARK_MD`): one trained
+agent per row, evaluated deterministically for ~150k env steps, so its std is over evaluation
+episodes of one run, not over seeds. Its MuJoCo rows are ``-v3`` envs, its blocks ``-v4``;
+here they run on gymnasium's ``-v5`` (``rlaccel.zoo.resolve_env``).
+
+``sb3_ppo_pendulum`` / ``sb3_ppo_halfcheetah``: Stable-Baselines3's PPO on the same blocks
+(100k and 200k env steps, one seed), built as the zoo's ``ExperimentManager`` builds them,
+with the zoo's ``EvalCallback``: the wall-clock ratio against the rlaccel row measured in the
+same invocation (env steps per wall second, compile and evaluation included on both sides).
+torch runs on one thread (``--sb3-threads``): on a busy 2-core machine SB3's HalfCheetah block
+took 16x longer on two threads than on one (46 s against 2.9 s for 1,024 env steps).
+
+Writes ``benchmarks/zoo_cpu.json`` (CPU model and flags as ``rlaccel bench``), a Markdown copy
+of the table beside it (``.md``) and the eval curves (``.png``, ``rlaccel.bench.zoo_report``).
+Exit code 1 when a run failed (after everything is written), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rlaccel.bench.rows import ROOT
+from rlaccel.fileio import atomic_write, write_json
+
+DESCRIPTION = "RL Zoo blocks verbatim at the zoo's budgets, 3 seeds, int8 actors: deterministic eval against the zoo's benchmark.md, and SB3's wall clock."
+DEFAULT_OUT = ROOT / "benchmarks" / "zoo_cpu.json"
+ZOO_DIR = ROOT / "tests" / "data" / "zoo"
+ZOO_COMMIT = "22e3ff2450fd92033f7f032915e1f64894a09584"
+BENCHMARK_MD = f"https://github.com/DLR-RM/rl-baselines3-zoo/blob/{ZOO_COMMIT}/benchmark.md"
+EVAL_FREQ = 25_000  # rl_zoo3/train.py: --eval-freq default (env steps over all envs)
+EVAL_EPISODES = 5  # rl_zoo3/train.py: --eval-episodes default
+MUST_PASS = 9  # issue 14: rows at or above the zoo's mean - 1 std, of 11
+HALFCHEETAH_FLOOR = 4_500.0  # issue 14: PPO HalfCheetah at 1M env steps
+SB3_RATIO_FLOOR = 5.0  # issue 14: rlaccel's wall clock vs SB3's on the shared rows
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_WORKER = "import sys; from rlaccel.bench.zoo_work import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """One row of the zoo's ``benchmark.md`` (deterministic evaluation of one trained agent)."""
+
+    env: str  # benchmark.md's env id
+    mean: float  # mean_reward
+    std: float  # std_reward (over evaluation episodes)
+    n_timesteps: int  # training budget
+    eval_episodes: int  # episodes behind mean and std
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooRow:
+    """An rlaccel row: ``algo``'s zoo block for ``block`` (``tests/data/zoo/<algo>.yml``)."""
+
+    algo: str
+    block: str
+    zoo: Published
+
+    @property
+    def label(self) -> str:
+        return f"{self.algo.upper()} {self.block}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SB3Row:
+    """Stable-Baselines3 on the block of the rlaccel row ``of``, ``timesteps`` env steps, one seed."""
+
+    of: str
+    timesteps: int
+
+
+ROWS: dict[str, ZooRow | SB3Row] = {
+    # benchmark.md at ZOO_COMMIT: mean_reward, std_reward, n_timesteps, eval_episodes
+    "ppo_cartpole": ZooRow("ppo", "CartPole-v1", Published("CartPole-v1", 500.000, 0.000, 100_000, 300)),
+    "ppo_acrobot": ZooRow("ppo", "Acrobot-v1", Published("Acrobot-v1", -73.506, 18.201, 1_000_000, 2013)),
+    "ppo_mountaincar": ZooRow("ppo", "MountainCar-v0", Published("MountainCar-v0", -110.423, 19.473, 1_000_000, 1358)),
+    "ppo_mountaincar_continuous": ZooRow("ppo", "MountainCarContinuous-v0", Published("MountainCarContinuous-v0", 88.343, 2.572, 20_000, 633)),
+    "ppo_pendulum": ZooRow("ppo", "Pendulum-v1", Published("Pendulum-v1", -172.225, 104.159, 100_000, 750)),
+    "ppo_halfcheetah": ZooRow("ppo", "HalfCheetah-v4", Published("HalfCheetah-v3", 5819.099, 663.530, 1_000_000, 150)),
+    "ppo_hopper": ZooRow("ppo", "Hopper-v4", Published("Hopper-v3", 2410.435, 10.026, 1_000_000, 150)),
+    "ppo_walker2d": ZooRow("ppo", "Walker2d-v4", Published("Walker2d-v3", 3478.798, 821.708, 1_000_000, 171)),
+    "dqn_cartpole": ZooRow("dqn", "CartPole-v1", Published("CartPole-v1", 500.000, 0.000, 50_000, 300)),
+    "dqn_acrobot": ZooRow("dqn", "Acrobot-v1", Published("Acrobot-v1", -76.639, 11.752, 100_000, 1932)),
+    "dqn_mountaincar": ZooRow("dqn", "MountainCar-v0", Published("MountainCar-v0", -100.849, 9.925, 120_000, 1487)),
+    "sb3_ppo_pendulum": SB3Row("ppo_pendulum", 100_000),
+    "sb3_ppo_halfcheetah": SB3Row("ppo_halfcheetah", 200_000),
+}
+
+
+def block_row(name: str) -> ZooRow:
+    """The rlaccel row whose zoo block row ``name`` runs (itself, or an SB3 row's ``of``)."""
+    row = ROWS[name]
+    return ROWS[row.of] if isinstance(row, SB3Row) else row
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``rlaccel bench zoo`` (their ``dest`` names start with ``zoo_``: the
+    parent ``rlaccel bench`` parser has a ``--rows`` and an ``--out`` of its own)."""
+    p.add_argument("--rows", dest="zoo_rows", default=",".join(ROWS), metavar="ROWS", help=f"comma-separated subset of: {', '.join(ROWS)}")
+    p.add_argument("--seeds", dest="zoo_seeds", type=int, default=3, metavar="N", help="seeds per rlaccel row, 0..N-1 (default %(default)s; SB3 rows run seed 0)")
+    p.add_argument("--budget-scale", dest="zoo_budget_scale", type=float, default=1.0, metavar="X", help="multiply every budget (n_timesteps, SB3's) by X: below 1 a check that rows run, not a measurement")
+    p.add_argument("--eval-freq", dest="zoo_eval_freq", type=int, default=EVAL_FREQ, metavar="STEPS", help="env steps between evaluations (default %(default)s, the zoo's)")
+    p.add_argument("--eval-episodes", dest="zoo_eval_episodes", type=int, default=EVAL_EPISODES, metavar="K", help="deterministic episodes per evaluation (default %(default)s, the zoo's)")
+    p.add_argument("--sb3-threads", dest="zoo_sb3_threads", type=int, default=1, metavar="N", help="torch threads of the SB3 rows (default %(default)s; 0: torch's default, one per core)")
+    p.add_argument("--set", dest="zoo_set", action="append", default=[], metavar="KEY=VALUE", help="an override for every rlaccel run (repeatable), e.g. logging.log_interval=32")
+    p.add_argument("--runs-dir", dest="zoo_runs_dir", metavar="DIR", help="keep each run's directory (TensorBoard, checkpoints) under DIR/<row>_s<seed>; default: deleted")
+    p.add_argument("--out", dest="zoo_out", metavar="OUT", help=f"JSON output path (default {DEFAULT_OUT.relative_to(ROOT)}); the table .md and curves .png go beside it")
+
+
+def parse_rows(text: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; raises ``ValueError`` naming unknown rows."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or not names:
+        raise ValueError(f"--rows: unknown row(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}")
+    return names
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """The rows to run; raises ``ValueError`` (one line naming the option) for bad arguments."""
+    names = parse_rows(args.zoo_rows)
+    if args.zoo_seeds < 1:
+        raise ValueError(f"--seeds: must be >= 1, got {args.zoo_seeds}")
+    if not (math.isfinite(args.zoo_budget_scale) and args.zoo_budget_scale > 0):
+        raise ValueError(f"--budget-scale: must be > 0, got {args.zoo_budget_scale}")
+    if args.zoo_sb3_threads < 0:
+        raise ValueError(f"--sb3-threads: must be >= 0, got {args.zoo_sb3_threads}")
+    if args.zoo_eval_freq < 1 or args.zoo_eval_episodes < 1:
+        raise ValueError(f"--eval-freq and --eval-episodes: must be >= 1, got {args.zoo_eval_freq} and {args.zoo_eval_episodes}")
+    bad = [s for s in args.zoo_set if "=" not in s]
+    if bad:
+        raise ValueError(f"--set: expected KEY=VALUE, got {bad[0]!r}")
+    if args.zoo_runs_dir and Path(args.zoo_runs_dir).exists() and any(Path(args.zoo_runs_dir).iterdir()):
+        raise ValueError(f"--runs-dir: {args.zoo_runs_dir} exists and is not empty")
+    return names
+
+
+def run_one(params: dict[str, Any]) -> dict[str, Any]:
+    """One seed of one row in a fresh interpreter (``rlaccel.bench.zoo_work``); its JSON, or
+    ``{"error": ...}`` (the exception line; the last 30 lines of its output go to stderr)."""
+    from rlaccel.bench.table import error_line
+
+    env = dict(os.environ)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of wall_s
+    with tempfile.TemporaryDirectory(prefix="rlaccel_zoo_") as tmp:
+        result = Path(tmp) / "result.json"
+        run_dir = params.get("run_dir") or str(Path(tmp) / "run")
+        proc = subprocess.run([sys.executable, "-c", _WORKER, json.dumps({**params, "run_dir": run_dir}), str(result)], check=False, env=env, capture_output=True, text=True)
+        if proc.returncode == 0 and result.is_file():
+            return json.loads(result.read_text())
+    output = (proc.stderr or proc.stdout or f"exit code {proc.returncode}").strip()
+    print("\n".join("    " + line for line in output.splitlines()[-30:]), file=sys.stderr)
+    return {"error": error_line(output)}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(values), statistics.pstdev(values)) if values else (None, None)
+
+
+def aggregate(name: str, seeds: list[dict[str, Any]], budget_scale: float) -> dict[str, Any]:
+    """A row's figures from its seeds' results (``zoo_work`` JSON, or ``{"error": ...}``).
+
+    Returns:
+      ``eval_mean`` / ``eval_std`` (the seeds' final int8 evaluations: mean, population std),
+      ``eval_best_mean``, ``eval_fp32_mean``, ``wall_s`` (mean per seed), ``sps`` (mean),
+      ``steps_per_wall_s`` (env steps / wall_s, mean), ``peak_rss_mib`` (max), ``zoo`` (the
+      published figure), ``threshold`` (zoo mean - std) and ``passed`` (``None`` unless every
+      seed ran at ``budget_scale`` 1), ``errors``, and ``seeds`` as given.
+    """
+    row, zoo_row = ROWS[name], block_row(name)
+    ok = [s for s in seeds if "error" not in s]
+    finals = [s["eval_return"] for s in ok if s.get("eval_return") is not None]
+    mean, std = _mean_std(finals)
+    out: dict[str, Any] = {
+        "label": zoo_row.label if isinstance(row, ZooRow) else f"SB3 {zoo_row.label}",
+        "kind": "sb3" if isinstance(row, SB3Row) else "rlaccel",
+        "of": row.of if isinstance(row, SB3Row) else None,
+        "algo": zoo_row.algo,
+        "zoo_block": f"{zoo_row.algo}.yml: {zoo_row.block}",
+        "env": ok[0].get("env") if ok else None,
+        "env_note": ok[0].get("env_note") if ok else None,
+        "env_steps": ok[0].get("env_steps") if ok else None,
+        "seeds_run": len(ok),
+        "eval_mean": mean,
+        "eval_std": std,
+        "eval_best_mean": _mean_std([s["eval_best_return"] for s in ok if s.get("eval_best_return") is not None])[0],
+        "eval_fp32_mean": _mean_std([s["eval_return_fp32"] for s in ok if s.get("eval_return_fp32") is not None])[0],
+        "wall_s": _mean_std([s["wall_s"] for s in ok if s.get("wall_s")])[0],
+        "sps": _mean_std([s["sps"] for s in ok if s.get("sps")])[0],
+        "steps_per_wall_s": _mean_std([s["env_steps"] / s["wall_s"] for s in ok if s.get("wall_s") and s.get("env_steps")])[0],
+        "peak_rss_mib": max((s["peak_rss_mib"] for s in ok if s.get("peak_rss_mib")), default=None),
+        "zoo": dataclasses.asdict(zoo_row.zoo),
+        "threshold": zoo_row.zoo.mean - zoo_row.zoo.std,
+        "passed": None,
+        "errors": [s["error"] for s in seeds if "error" in s],
+        "seeds": seeds,
+    }
+    if isinstance(row, ZooRow) and budget_scale == 1.0 and mean is not None and len(finals) == len(seeds):
+        out["passed"] = mean >= out["threshold"]
+    return out
+
+
+def sb3_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each SB3 row measured with its rlaccel row: rlaccel's env steps per wall second
+    (compile and evaluation included) over SB3's, ``x`` (above 1: rlaccel is faster)."""
+    out = {}
+    for name, r in results.items():
+        row = ROWS[name]
+        if not isinstance(row, SB3Row) or row.of not in results:
+            continue
+        ours, theirs = results[row.of].get("steps_per_wall_s"), r.get("steps_per_wall_s")
+        out[row.of] = {"sb3_row": name, "rlaccel_steps_per_wall_s": ours, "sb3_steps_per_wall_s": theirs, "x": ours / theirs if ours and theirs else None}
+    return out
+
+
+def verdict(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, Any]], budget_scale: float) -> list[str]:
+    """Lines saying what the run shows against issue 14's must-reach figures."""
+    if budget_scale != 1.0:
+        return [f"budget scale {budget_scale:g}: a check that the rows run; returns are not compared with the zoo's"]
+    judged = {n: r["passed"] for n, r in results.items() if r["kind"] == "rlaccel"}
+    lines = [f"{sum(1 for p in judged.values() if p)} of {len(judged)} rows reach the zoo's mean - 1 std (must reach: {MUST_PASS} of 11)"]
+    hc = results.get("ppo_halfcheetah", {})
+    if hc.get("eval_mean") is not None:
+        lines.append(f"PPO HalfCheetah at {hc['env_steps']:,} env steps: {hc['eval_mean']:,.0f} (must reach {HALFCHEETAH_FLOOR:,.0f})")
+    for of, r in ratios.items():
+        if r["x"] is not None:
+            lines.append(f"{results[of]['label']}: rlaccel {r['x']:.1f}x SB3's env steps per wall second (must reach {SB3_RATIO_FLOOR:g}x)")
+    return lines
+
+
+def _budget(name: str, scale: float) -> int | None:
+    """An SB3 row's env steps (rlaccel rows take the block's ``n_timesteps`` times ``scale`` in the worker)."""
+    row = ROWS[name]
+    return max(1, round(row.timesteps * scale)) if isinstance(row, SB3Row) else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the rows' seeds one after the other, print the table, write JSON, Markdown and PNG;
+    0, 1 if a run failed (after writing), 2 for bad arguments (nothing run or written)."""
+    try:
+        names = check_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    scale, started = args.zoo_budget_scale, time.perf_counter()
+    results = {}
+    for name in names:
+        row = ROWS[name]
+        seeds = [0] if isinstance(row, SB3Row) else list(range(args.zoo_seeds))
+        runs = []
+        for seed in seeds:
+            run_dir = str(Path(args.zoo_runs_dir) / f"{name}_s{seed}") if args.zoo_runs_dir else None
+            params = {
+                "row": name, "kind": "sb3" if isinstance(row, SB3Row) else "rlaccel", "zoo_file": str(ZOO_DIR / f"{block_row(name).algo}.yml"),
+                "block": block_row(name).block, "seed": seed, "budget_scale": scale, "timesteps": _budget(name, scale),
+                "eval_freq": args.zoo_eval_freq, "eval_episodes": args.zoo_eval_episodes, "overrides": list(args.zoo_set), "run_dir": run_dir, "threads": args.zoo_sb3_threads,
+            }  # fmt: skip
+            start = time.perf_counter()
+            print(f"running {name} seed {seed} ...", file=sys.stderr, flush=True)
+            r = run_one(params)
+            runs.append(r)
+            said = f"error: {r['error']}" if "error" in r else f"{r.get('env_steps', 0):,} env steps, eval {r.get('eval_return')}"
+            print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s, {said}", file=sys.stderr, flush=True)
+        results[name] = aggregate(name, runs, scale)
+    return write_report(results, args, time.perf_counter() - started)
+
+
+def write_report(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s: float) -> int:
+    """Print the table and write ``--out`` (JSON), its ``.md`` and ``.png``; the exit code."""
+    from rlaccel.bench.table import describe, machine
+    from rlaccel.bench.zoo_report import markdown, plot, print_table
+
+    info = machine()
+    ratios = sb3_ratios(results)
+    scale = args.zoo_budget_scale
+    report = {
+        "benchmark": "rl_zoo",
+        "title": f"RL Zoo blocks verbatim, int8 actors, deterministic eval ({args.zoo_eval_episodes} episodes every {args.zoo_eval_freq:,} env steps and at the end)"
+        + (f", budget scale {scale:g}" if scale != 1.0 else ", the zoo's budgets"),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": info,
+        "machine_line": describe(info),
+        "zoo_commit": ZOO_COMMIT,
+        "zoo_figures": BENCHMARK_MD,
+        "zoo_files": str(ZOO_DIR.relative_to(ROOT)),
+        "budget_scale": scale,
+        "seeds": args.zoo_seeds,
+        "eval": {"freq": args.zoo_eval_freq, "episodes": args.zoo_eval_episodes, "deterministic": True},
+        "overrides": list(args.zoo_set),
+        "sb3_torch_threads": args.zoo_sb3_threads,
+        "total_s": total_s,
+        "sb3_ratio": ratios,
+        "verdict": verdict(results, ratios, scale),
+        "rows": results,
+    }
+    print_table(report)
+    path = Path(args.zoo_out) if args.zoo_out else DEFAULT_OUT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, report)
+    atomic_write(path.with_suffix(".md"), markdown(report))
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
+    try:
+        print(f"wrote {plot(report, path.with_suffix('.png'))}")
+    except Exception as e:  # noqa: BLE001 - the table and JSON are written; a plot failure is reported, not fatal
+        print(f"error: the eval-curve plot failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    failed = [n for n, r in results.items() if r["errors"]]
+    if failed:
+        print(f"error: runs failed in {len(failed)} row(s): {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0

@@ -1,0 +1,165 @@
+"""Evaluation between chunks: the int8 actor policy and its fp32 source on separate envs.
+
+What Stable-Baselines3's ``EvalCallback`` and Brax's ``Evaluator`` do, as the loop's built-in
+hook (``rlaccel.loop.run`` adds :func:`for_run`'s :class:`Evaluator` when ``eval.freq`` > 0):
+
+* every ``eval.freq`` env steps (all envs together; at the first chunk end at or after each
+  multiple) and after the run's last update, ``eval.episodes`` episodes of the actors' policy
+  (int8 by default: the one you deploy) and of its fp32 source, from the same starting states;
+  greedy actions unless ``eval.deterministic: false``. Normalisation statistics are the ones
+  the actors act with at that update, frozen for the evaluation;
+* the episodes run in ``rlaccel.eval_episodes``: on JAX envs (``CartPole-v1``, ``brax:<name>``)
+  one compiled program, vmapped episodes in a ``lax.while_loop`` up to the env's time limit;
+  on ``gym:`` envs the algorithm's numpy actor (the int8 reference host actors act with) on
+  gymnasium envs of its own, same id and keyword arguments;
+* metrics ``eval/mean_reward``, ``eval/std_reward``, ``eval/mean_ep_length`` (the actors'
+  policy), ``eval/mean_reward_fp32``, ``eval/seconds`` (not part of ``time/fps`` or ``sps``);
+* the best ``eval/mean_reward`` so far keeps a checkpoint in ``<run_dir>/best/`` (through
+  ``rlaccel.checkpoint.save``; its header's ``eval`` holds the figures, so the best survives
+  ``--resume``);
+* ``summary.json``: ``eval_return``, ``eval_return_std``, ``eval_return_fp32``, ``eval_ep_len``
+  (the last evaluation), ``eval_best_return``, ``eval_best_env_steps``, ``eval_best_checkpoint``.
+
+Episodes draw their randomness from the run's seed and the update number (never from the
+training key), so a resumed run evaluates exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlaccel import checkpoint
+from rlaccel.agent import Agent
+from rlaccel.eval_episodes import Episodes, HostEpisodes, JaxEpisodes
+
+__all__ = ["Evaluator", "for_run", "summarize"]
+
+
+def summarize(results: dict[str, Episodes], acting: str) -> dict[str, float]:
+    """TensorBoard rows of one evaluation: the ``acting`` precision's mean / std return (SB3's
+    ``np.std``, population) and mean length, and the fp32 policy's mean return."""
+    ret = np.asarray(results[acting].returns, np.float64)
+    return {
+        "eval/mean_reward": float(np.mean(ret)),
+        "eval/std_reward": float(np.std(ret)),
+        "eval/mean_ep_length": float(np.mean(results[acting].lengths)),
+        "eval/mean_reward_fp32": float(np.mean(np.asarray(results["fp32"].returns, np.float64))),
+    }
+
+
+class Evaluator:
+    """The loop's evaluation hook (``rlaccel.loop.Hook``): see the module docstring.
+
+    Args:
+      config: the run's config (its ``eval`` section, seed, env).
+      source: the run's step source (``steps_per_update``, ``num_updates``, ``checkpoint_meta``).
+      episodes: ``(agent_state, update) -> {precision: Episodes}`` with a ``compile_s``
+        attribute (seconds spent compiling, excluded from ``eval/seconds``).
+      acting: the actors' precision (``int8`` or ``fp32``): what ``eval/mean_reward`` reports.
+      run_dir: where ``best/`` goes (``None``: nowhere).
+      start_update: the update the run starts (or resumes) at.
+      resume: read the best evaluation so far from ``run_dir/best``.
+    """
+
+    def __init__(self, config: Any, source: Any, episodes: Callable[[Any, int], dict[str, Episodes]], acting: str, run_dir: Path | None, start_update: int, resume: bool):
+        self.freq = config.eval.freq
+        self.num_episodes = config.eval.episodes
+        self.spu = source.steps_per_update
+        self.num_updates = source.num_updates
+        self.episodes = episodes
+        self.acting = acting
+        self.best_dir = Path(run_dir) / "best" if run_dir is not None else None
+        self.meta = {"config": config.to_dict(), "steps_per_update": self.spu, **source.checkpoint_meta}
+        self.last_steps = start_update * self.spu
+        self.last: dict[str, float] | None = None
+        self.best: dict[str, Any] | None = _read_best(self.best_dir) if resume and self.best_dir is not None else None
+        self.seconds = 0.0
+        self.count = 0
+
+    def due(self, update: int) -> bool:
+        """Whether the chunk that ended at ``update`` crossed a multiple of ``freq`` or ended the run."""
+        steps = update * self.spu
+        return steps // self.freq > self.last_steps // self.freq or update >= self.num_updates
+
+    def __call__(self, end: Any) -> dict[str, float] | None:
+        """Evaluate after the chunk ``end`` (a ``loop.ChunkEnd``) when due; returns the ``eval/*`` rows."""
+        if not self.due(end.update):
+            return None
+        start, compile_s = time.perf_counter(), self.episodes.compile_s
+        results = self.episodes(end.state.agent, end.update)
+        seconds = time.perf_counter() - start - (self.episodes.compile_s - compile_s)  # compiling is not evaluating
+        metrics = summarize(results, self.acting)
+        self.last_steps, self.count, self.seconds = end.update * self.spu, self.count + 1, self.seconds + seconds
+        self.last = {**metrics, "env_steps": end.env_steps}
+        if self.best is None or metrics["eval/mean_reward"] > self.best["mean_reward"]:
+            self.best = {
+                "mean_reward": metrics["eval/mean_reward"],
+                "std_reward": metrics["eval/std_reward"],
+                "mean_reward_fp32": metrics["eval/mean_reward_fp32"],
+                "env_steps": end.env_steps,
+                "checkpoint": None,
+            }
+            if self.best_dir is not None:
+                path = checkpoint.save(self.best_dir, end.update, end.state, {**self.meta, "update": end.update, "eval": self.best}, keep=1)
+                self.best["checkpoint"] = str(path)
+        if self.count == 1:
+            metrics["eval/compile_s"] = self.episodes.compile_s
+        return {**metrics, "eval/seconds": seconds}
+
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``'s eval keys (``None`` where no evaluation happened)."""
+        last, best = self.last or {}, self.best or {}
+        return {
+            "eval_return": last.get("eval/mean_reward"),
+            "eval_return_std": last.get("eval/std_reward"),
+            "eval_return_fp32": last.get("eval/mean_reward_fp32"),
+            "eval_ep_len": last.get("eval/mean_ep_length"),
+            "eval_env_steps": last.get("env_steps"),
+            "eval_best_return": best.get("mean_reward"),
+            "eval_best_env_steps": best.get("env_steps"),
+            "eval_best_checkpoint": best.get("checkpoint"),
+            "eval_policy": self.acting,
+            "eval_episodes": self.num_episodes,
+            "evaluations": self.count,
+            "eval_s": self.seconds,
+            "eval_compile_s": self.episodes.compile_s,
+        }
+
+
+def _read_best(best_dir: Path) -> dict[str, Any] | None:
+    """The best evaluation recorded in ``best_dir``'s checkpoint header, or ``None``."""
+    path = checkpoint.latest(best_dir)
+    if path is None:
+        return None
+    try:
+        best = dict(checkpoint.read_meta(path)["eval"])
+    except (checkpoint.CheckpointError, KeyError, TypeError):
+        return None  # unreadable: the next evaluation writes a new best
+    if not math.isfinite(best.get("mean_reward", math.nan)):
+        return None
+    return {**best, "checkpoint": str(path)}
+
+
+def for_run(config: Any, source: Any, run_dir: str | Path | None, start_update: int, resume: bool = False) -> Evaluator | None:
+    """The evaluation hook for a run, or ``None``: ``eval.freq`` is 0, or the source has no
+    single agent (a sweep group's members are vmapped; sweeps do not evaluate).
+
+    Builds the evaluation envs now (before the run writes anything): ``envs.make(config.env)``
+    for JAX envs, gymnasium envs for ``gym:`` ones.
+    """
+    agent = getattr(source, "agent", None)
+    if config.eval.freq <= 0 or not isinstance(agent, Agent):
+        return None
+    acting = config.placement.actor.precision
+    precisions = ("int8", "fp32") if acting == "int8" else ("fp32",)
+    if config.env_kind == "gym":
+        episodes: Any = HostEpisodes(config, agent, precisions)
+    else:
+        episodes = JaxEpisodes(config, agent, precisions)
+    return Evaluator(config, source, episodes, acting, Path(run_dir) if run_dir is not None else None, start_update, resume)

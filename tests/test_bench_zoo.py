@@ -1,0 +1,131 @@
+"""``rlaccel bench zoo`` (``rlaccel/bench/zoo*.py``), unit level: its rows are the zoo's blocks at
+the zoo's budgets, SB3 gets each block as the zoo's ``ExperimentManager`` would, the figures
+and the pass rule, the eval curves read back from TensorBoard events, the Markdown and PNG, and
+bad arguments. No training here: ``rlaccel bench zoo --budget-scale 0.02 --seeds 1`` is the
+end-to-end check (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_helpers import run_main
+
+from rlaccel.bench import zoo, zoo_report, zoo_work
+from rlaccel.logging import MetricLogger
+
+DATA = Path(__file__).resolve().parent / "data" / "zoo"
+ISSUE_ROWS = {  # issue 14's rows: (algo, the zoo block's env id)
+    ("ppo", "CartPole-v1"), ("ppo", "Acrobot-v1"), ("ppo", "MountainCar-v0"), ("ppo", "MountainCarContinuous-v0"), ("ppo", "Pendulum-v1"),
+    ("ppo", "HalfCheetah-v4"), ("ppo", "Hopper-v4"), ("ppo", "Walker2d-v4"), ("dqn", "CartPole-v1"), ("dqn", "Acrobot-v1"), ("dqn", "MountainCar-v0"),
+}  # fmt: skip
+ZOO_ROWS = {n: r for n, r in zoo.ROWS.items() if isinstance(r, zoo.ZooRow)}
+
+
+def block(algo: str, env: str) -> dict:
+    return yaml.safe_load((DATA / f"{algo}.yml").read_text())[env]
+
+
+def test_rows_are_the_issues_zoo_blocks_read_from_the_test_data_at_the_zoos_budgets():
+    assert zoo.ZOO_DIR.resolve() == DATA  # the bench and tests/test_zoo.py read the same files
+    assert {(r.algo, r.block) for r in ZOO_ROWS.values()} == ISSUE_ROWS
+    for name, row in ZOO_ROWS.items():
+        assert row.zoo.n_timesteps == block(row.algo, row.block)["n_timesteps"], name  # benchmark.md's budget is the block's
+        assert row.zoo.env.rsplit("-v", 1)[0] == row.block.rsplit("-v", 1)[0], name
+        assert row.zoo.std >= 0 and row.zoo.eval_episodes > 0
+    for algo in ("ppo", "dqn"):  # the figures and the blocks come from the same zoo commit
+        assert zoo.ZOO_COMMIT in (DATA / f"{algo}.yml").read_text().split("\n\n")[0]
+    assert zoo.ZOO_COMMIT in zoo.BENCHMARK_MD
+    sb3 = {n: r for n, r in zoo.ROWS.items() if isinstance(r, zoo.SB3Row)}
+    assert {r.of for r in sb3.values()} == {"ppo_pendulum", "ppo_halfcheetah"}
+    assert sb3["sb3_ppo_pendulum"].timesteps == block("ppo", "Pendulum-v1")["n_timesteps"] and sb3["sb3_ppo_halfcheetah"].timesteps == 200_000
+
+
+def test_sb3_gets_each_block_as_the_zoos_experiment_manager_builds_it():
+    raw = block("ppo", "CartPole-v1")
+    n_envs, normalize, kw = zoo_work.sb3_hyperparams(raw)
+    assert (n_envs, normalize) == (raw["n_envs"], None)
+    assert "n_timesteps" not in kw and "n_envs" not in kw and kw["policy"] == "MlpPolicy"
+    lr0, clip0 = float(raw["learning_rate"].removeprefix("lin_")), float(raw["clip_range"].removeprefix("lin_"))
+    assert kw["learning_rate"](1.0) == pytest.approx(lr0) and kw["learning_rate"](0.25) == pytest.approx(0.25 * lr0)
+    assert kw["clip_range"](0.5) == pytest.approx(0.5 * clip0)
+    assert {k: v for k, v in kw.items() if k not in ("learning_rate", "clip_range")} == {k: v for k, v in raw.items() if k not in ("learning_rate", "clip_range", "n_envs", "n_timesteps")}
+
+    raw = block("ppo", "HalfCheetah-v4")
+    n_envs, normalize, kw = zoo_work.sb3_hyperparams(raw)
+    assert n_envs == 1 and normalize == {"gamma": raw["gamma"]}  # normalize: true, VecNormalize with the block's gamma
+    pk = kw["policy_kwargs"]
+    assert pk["net_arch"] == {"pi": [256, 256], "vf": [256, 256]} and pk["log_std_init"] == -2 and pk["ortho_init"] is False
+    assert pk["activation_fn"] == "nn.ReLU"  # torch.nn.ReLU once in the worker (zoo_work.torch_kwargs)
+    assert kw["learning_rate"] == raw["learning_rate"] and "normalize" not in kw
+
+
+def seed_result(ret: float | None, best: float, steps: int = 1000, wall: float = 10.0, curve=None) -> dict:
+    return {"env": "CartPole-v1", "env_steps": steps, "eval_return": ret, "eval_best_return": best, "eval_return_fp32": ret, "wall_s": wall, "sps": steps / wall, "peak_rss_mib": 900.0, "curve": curve or []}
+
+
+def test_aggregate_mean_std_over_seeds_and_the_pass_rule():
+    row = zoo.ROWS["ppo_acrobot"]
+    threshold = row.zoo.mean - row.zoo.std
+    finals = [threshold + 5, threshold - 1, threshold + 2]
+    r = zoo.aggregate("ppo_acrobot", [seed_result(x, x + 1) for x in finals], 1.0)
+    assert r["eval_mean"] == pytest.approx(statistics.fmean(finals)) and r["eval_std"] == pytest.approx(statistics.pstdev(finals))
+    assert r["eval_best_mean"] == pytest.approx(statistics.fmean(finals) + 1) and r["threshold"] == pytest.approx(threshold)
+    assert r["passed"] is True and r["seeds_run"] == 3 and r["errors"] == []
+    assert zoo.aggregate("ppo_acrobot", [seed_result(threshold - 0.5, 0.0)], 1.0)["passed"] is False
+    assert zoo.aggregate("ppo_acrobot", [seed_result(x, x) for x in finals], 0.02)["passed"] is None  # not judged on a scaled budget
+    broken = zoo.aggregate("ppo_acrobot", [seed_result(threshold + 5, 0.0), {"error": "RuntimeError: boom"}], 1.0)
+    assert broken["passed"] is None and broken["seeds_run"] == 1 and broken["errors"] == ["RuntimeError: boom"]
+
+
+def test_sb3_ratio_is_env_steps_per_wall_second_of_the_same_run():
+    results = {
+        "ppo_pendulum": zoo.aggregate("ppo_pendulum", [seed_result(-200.0, -150.0, steps=100_000, wall=20.0)] * 2, 1.0),
+        "sb3_ppo_pendulum": zoo.aggregate("sb3_ppo_pendulum", [seed_result(-300.0, -250.0, steps=100_000, wall=150.0)], 1.0),
+    }
+    ratios = zoo.sb3_ratios(results)
+    assert ratios["ppo_pendulum"]["x"] == pytest.approx(150.0 / 20.0) and ratios["ppo_pendulum"]["sb3_row"] == "sb3_ppo_pendulum"
+    assert results["sb3_ppo_pendulum"]["passed"] is None  # SB3 rows are timing rows
+    assert any("7.5x" in line for line in zoo.verdict(results, ratios, 1.0))
+
+
+def test_eval_curve_reads_the_runs_tensorboard_events(tmp_path):
+    logger = MetricLogger(tmp_path)  # the writer a run uses
+    for step, (i8, fp) in [(512, (20.0, 21.0)), (1024, (150.0, 149.0))]:
+        logger.log(step, {"eval/mean_reward": i8, "eval/std_reward": 3.0, "eval/mean_reward_fp32": fp, "rollout/ep_rew_mean": 9.0})
+    logger.close()
+    assert zoo_work.eval_curve(tmp_path) == [[512, 20.0, 3.0, 21.0], [1024, 150.0, 3.0, 149.0]]
+    empty = tmp_path / "no_eval"
+    logger = MetricLogger(empty)
+    logger.log(512, {"rollout/ep_rew_mean": 9.0})
+    logger.close()
+    assert zoo_work.eval_curve(empty) == []
+
+
+def test_markdown_and_png_from_a_report(tmp_path):
+    curve = [[25_000, 100.0, 5.0, 101.0], [50_000, 400.0, 0.0, 400.0]]
+    results = {
+        "ppo_cartpole": zoo.aggregate("ppo_cartpole", [seed_result(500.0, 500.0, 100_000, curve=curve), seed_result(500.0, 500.0, 100_000, curve=curve)], 1.0),
+        "ppo_acrobot": zoo.aggregate("ppo_acrobot", [seed_result(-300.0, -90.0, 1_000_000, curve=curve), seed_result(-100.0, -95.0, 1_000_000)], 1.0),
+        "dqn_cartpole": zoo.aggregate("dqn_cartpole", [{"error": "ValueError: x"}], 1.0),
+    }
+    report = {"title": "t", "machine_line": "cpu", "date": "d", "budget_scale": 1.0, "zoo_figures": zoo.BENCHMARK_MD, "rows": results, "sb3_ratio": {}, "verdict": zoo.verdict(results, {}, 1.0)}
+    text = zoo_report.markdown(report)
+    assert "| ppo_cartpole |" in text and "500.0 +- 0.0" in text and "-200.0 +- 100.0" in text and "error: ValueError: x" in text and zoo.BENCHMARK_MD in text
+    assert "1 of 3 rows reach" in text  # CartPole passes; Acrobot is below the zoo's mean - std; DQN did not run
+    path = zoo_report.plot(report, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [(["--rows", "ppo_cartpole,nope"], "--rows"), (["--seeds", "0"], "--seeds"), (["--budget-scale", "0"], "--budget-scale"), (["--set", "seed"], "--set")],
+)
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, key):
+    rc, out, err = run_main(["bench", "zoo", *args, "--out", str(tmp_path / "zoo.json")])
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {key}")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,248 @@
+"""Data parallelism over devices and processes (``rlaccel.sources.parallel``, ``rlaccel.distributed``).
+
+* Bad input: ``placement.learner.devices`` and the multi-process flags, one line, exit code 2.
+* Two forced CPU devices (``tests/conftest.py``) against one: the first update sees the same
+  data and ends with the same parameters (float tolerance); both learn CartPole-v1 (slow).
+* Two real processes on 127.0.0.1 with one CPU device each (gloo): they learn CartPole-v1 and
+  end with the parameters of one process on two devices (slow); one of them SIGKILLed makes
+  the other stop within a bound, with one line, exit code 1 and a usable last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from cli_helpers import run_main
+
+import rlaccel
+from rlaccel import api, checkpoint, loop, sources
+from rlaccel import config as config_lib
+from rlaccel.sources.device import FusedSource
+from rlaccel.sources.parallel import ParallelSource
+
+LOST_WITHIN_S = 60  # what docs/multi-host.md promises for a process that dies (measured: ~1 s)
+# The learning runs: configs/ppo_cartpole.yaml in 200k steps at lr 1e-3 (annealed): 390 updates
+# of 16 minibatches, 2.5x fewer gradient averages than 500k steps (each one a network round
+# trip between the processes); a return of 500 with PRNGKey(0..3).
+LEARN = ("total_timesteps=200000", "ppo.learning_rate=lin_1e-3")
+
+
+def load(path, *overrides):
+    return config_lib.load(path, list(overrides))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["placement.learner.devices=3"], ["placement.learner.devices: 3 requested", "2 cpu device(s)"]),
+        (["placement.learner.devices=2", "ppo.n_envs=3", "ppo.batch_size=128", "ppo.n_steps=128"], ["ppo.n_envs: 3 is not divisible by the 2 learner devices"]),
+        (["placement.learner.devices=2", "ppo.batch_size=1"], ["ppo.batch_size: 1 is not divisible"]),
+        (["placement.learner.devices=all", "placement.learner.device=cpu:1"], ["placement.learner.device: 'cpu:1' names one device"]),
+        (["placement.learner.devices=2", "placement.actor.device=cpu:1"], ["placement.actor.device:", "use learner"]),
+        (["placement.learner.devices=2", "env=gym:CartPole-v1"], ["placement.learner.devices: data parallelism steps JAX and brax envs"]),
+        (["placement.learner.devices=0"], ["placement.learner.devices: must be >= 1 or all"]),
+        (["placement.learner.devices=two"], ["placement.learner.devices: expected int | 'all'"]),
+    ],
+)
+def test_devices_refused_in_one_line(cartpole_yaml, overrides, words):
+    with pytest.raises(config_lib.ConfigError) as info:
+        api.validate(load(cartpole_yaml, *overrides))
+    message = str(info.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message, (w, message)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--coordinator", "127.0.0.1:1234"], ["--coordinator HOST:PORT, --num-processes N and --process-id I go together"]),
+        (["--coordinator", "127.0.0.1", "--num-processes", "2", "--process-id", "0"], ["--coordinator: expected HOST:PORT"]),
+        (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], ["--process-id: must be in 0 .. 1"]),
+    ],
+)
+def test_multi_process_flags_refused_in_one_line(tmp_path, cartpole_yaml, flags, words):
+    rc, _, err = run_main(["--config", str(cartpole_yaml), "--run-dir", str(tmp_path / "run"), *flags])
+    assert rc == 2
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# One process, two devices.
+
+
+def first_update(config) -> tuple[object, object, dict, object]:
+    """``(source, state after one update, metrics, the rollout's observations)``."""
+    source = sources.make(config)
+    state = source.place(source.initial_state(jax.random.PRNGKey(config.seed)))
+    source.initial_params = jax.device_get(state.agent.params)
+    state, metrics = source.run_chunk(state, 1)
+    return source, state, jax.device_get(metrics), np.asarray(jax.device_get(state.rollout.obs))
+
+
+def test_first_update_is_the_same_on_one_and_two_devices(cartpole_yaml):
+    one, state_1, metrics_1, obs_1 = first_update(load(cartpole_yaml))
+    two, state_2, metrics_2, obs_2 = first_update(load(cartpole_yaml, "placement.learner.devices=2"))
+    assert isinstance(one, FusedSource) and isinstance(two, ParallelSource)
+    assert two.describe() == "learner 2 x cpu (cpu:0, cpu:1) fp32, actors on each int8 (data parallel)"
+    # Each device holds its half of the envs and a whole copy of the parameters.
+    envs = {shard.device: shard.data.shape[0] for shard in state_2.rollout.obs.addressable_shards}
+    assert envs == {d: two.num_envs // 2 for d in jax.devices()[:2]}
+    kernel = jax.tree.leaves(state_2.agent.params)[0]
+    assert kernel.sharding.is_fully_replicated and len(kernel.addressable_shards) == 2
+    # The same data: the envs' observations after the rollout, and the episode statistics.
+    np.testing.assert_array_equal(obs_1, obs_2)
+    assert metrics_1["rollout/ep_rew_mean"] == metrics_2["rollout/ep_rew_mean"]
+    # The same parameters, up to the rounding of a gradient summed in two halves.
+    params_1, params_2 = jax.device_get(state_1.agent.params), jax.device_get(state_2.agent.params)
+    for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params_2), jax.tree.leaves(two.initial_params)))  # it learned
+    for name in ("train/loss", "train/grad_norm", "train/approx_kl", "train/value_loss"):
+        np.testing.assert_allclose(metrics_1[name], metrics_2[name], rtol=1e-4, err_msg=name)
+
+
+_RUNS: dict[str, object] = {}
+
+
+def trained(devices: int, cartpole_yaml: Path, root: Path):
+    """CartPole (:data:`LEARN`) trained through ``rlaccel.train`` on ``devices`` devices (once)."""
+    key = f"devices{devices}"
+    if key not in _RUNS:
+        _RUNS[key] = rlaccel.train(cartpole_yaml, overrides=[*LEARN, f"placement.learner.devices={devices}"], run_dir=root / key, progress=False)
+    return _RUNS[key]
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("parallel_runs")
+
+
+@pytest.mark.slow
+def test_one_and_two_devices_both_learn_cartpole(cartpole_yaml, runs_root):
+    for devices in (1, 2):
+        summary = trained(devices, cartpole_yaml, runs_root).summary
+        assert summary["status"] == "completed"
+        assert summary["final_return"] >= 475, (devices, summary["final_return"])
+    assert trained(2, cartpole_yaml, runs_root).summary["devices"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Two processes on 127.0.0.1, one CPU device each.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(run_dir: Path, overrides: list[str], cartpole_yaml: Path) -> list[subprocess.Popen]:
+    """``rlaccel train --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` for I = 0, 1."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    port = free_port()
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    base = [sys.executable, "-m", "rlaccel", "train", "--config", str(cartpole_yaml), *sets, "--run-dir", str(run_dir), "--no-progress"]
+    return [
+        subprocess.Popen([*base, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
+    """Wait for every process (killing all of them past ``timeout``); ``(code, stdout, stderr)`` each."""
+    deadline = time.monotonic() + timeout
+    out = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            out.append((p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is still in the process table (and not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_two_processes_learn_and_match_one_process_on_two_devices(cartpole_yaml, runs_root, tmp_path):
+    run_dir = tmp_path / "two_processes"
+    results = finish(launch(run_dir, list(LEARN), cartpole_yaml), timeout=600)
+    for i, (code, _, stderr) in enumerate(results):
+        assert code == 0, (i, stderr[-3000:])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_return"] >= 475, summary["final_return"]
+    assert summary["placement"] == "learner 2 x cpu on 2 processes fp32, actors on each int8 (data parallel)"
+    assert summary["processes"] == 2 and len(summary["process_sps"]) == 2 and all(s > 0 for s in summary["process_sps"])
+    # One process on two devices ran the same program: the same final parameters.
+    two_devices = trained(2, cartpole_yaml, runs_root)
+    mine = checkpoint.read_arrays(checkpoint.latest(run_dir / "checkpoints"))
+    theirs = checkpoint.read_arrays(checkpoint.latest(two_devices.run_dir / "checkpoints"))
+    assert sorted(mine) == sorted(theirs)
+    params = [k for k in mine if k.startswith("/agent/params/")]
+    assert params
+    for k in params:
+        np.testing.assert_allclose(mine[k], theirs[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_killed_process_stops_the_other_with_one_line(cartpole_yaml, tmp_path):
+    run_dir = tmp_path / "killed"
+    overrides = [*LEARN, "logging.checkpoint_interval=10"]  # the learning runs' program (compile cache)
+    procs = launch(run_dir, overrides, cartpole_yaml)
+    try:
+        deadline = time.monotonic() + 300
+        while checkpoint.latest(run_dir / "checkpoints") is None:  # a committed checkpoint
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no checkpoint appeared"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        (code, _, stderr), _ = finish(procs, timeout=LOST_WITHIN_S)
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert stopped_after < LOST_WITHIN_S
+    assert code == 1
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "process 0 of 2: another process of the run is gone" in lines[0], stderr[-3000:]
+    assert "Check failure" not in stderr  # not JAX's abort with a stack trace
+    assert not any(alive(p.pid) for p in procs)
+    latest = checkpoint.latest(run_dir / "checkpoints")
+    assert str(latest) in lines[0]
+    if (run_dir / "summary.json").exists():  # a collective failed in process 0's main thread
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "failed" and summary["exit_code"] == 1 and summary["checkpoint"] == str(latest)
+    else:  # process 0 waited on a checkpoint barrier: its lifeline to process 1 broke (rlaccel.lifeline)
+        assert "process 1: its connection closed" in lines[0]
+    # The last checkpoint restores (here: one process on two devices, the same global state).
+    template = sources.make(load(cartpole_yaml, *overrides, "placement.learner.devices=2")).initial_state(jax.random.PRNGKey(0))
+    state, path = loop.restore_latest(run_dir / "checkpoints", template)
+    assert path == latest and int(state.update) == checkpoint.read_meta(latest)["update"] >= 2

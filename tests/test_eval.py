@@ -1,0 +1,185 @@
+"""Evaluation (``rlaccel.evaluate``, the loop's built-in hook; ``eval:`` in the config).
+
+* A tiny real run with ``eval.freq`` = one chunk: ``eval/*`` read back with TensorBoard's own
+  reader, ``summary.json``'s eval fields, ``best/`` holding the best int8 evaluation (restored
+  and re-evaluated: the same figure), and ``--resume`` keeping that best.
+* The compiled evaluation against a plain step-by-step loop over the same JAX env.
+* Host mode (``gym:CartPole-v1``): the evaluation's return equals the exported ``numpy-int8``
+  policy's on gymnasium's env from the same seeds (``rlaccel.deploy.evaluate``).
+* Bad ``eval:`` input: one line, exit 2, nothing written.
+
+DQN CartPole's deterministic ``eval_return`` is checked in ``tests/test_learning.py`` on its
+cached training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from cli_helpers import run_main, set_args, tree
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rlaccel import agent as agent_lib
+from rlaccel import checkpoint, envs, eval_episodes
+from rlaccel import config as config_lib
+from rlaccel.sources.device import FusedSource
+
+EVAL = ["eval.freq=512", "eval.episodes=4"]  # tiny runs do 256 env steps per update, 2 per chunk
+EVAL_TAGS = ("eval/mean_reward", "eval/std_reward", "eval/mean_ep_length", "eval/mean_reward_fp32", "eval/seconds")
+
+
+def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory, cartpole_yaml, tiny_overrides):
+    """The tiny PPO CartPole run (4 updates x 256 env steps, int8 actors) evaluating 4 episodes
+    after every chunk of 512 env steps."""
+    run_dir = tmp_path_factory.mktemp("eval") / "run"
+    rc, _, err = run_main(["--config", str(cartpole_yaml), *set_args([*tiny_overrides, *EVAL]), "--run-dir", str(run_dir), "--no-progress"])
+    assert rc == 0, err
+    return {"dir": run_dir, "summary": json.loads((run_dir / "summary.json").read_text()), "overrides": [*tiny_overrides, *EVAL]}
+
+
+def test_eval_metrics_in_tensorboard_and_summary(eval_run):
+    tags, summary = scalars(eval_run["dir"]), eval_run["summary"]
+    for tag in EVAL_TAGS:
+        assert [step for step, _ in tags.get(tag, [])] == [512, 1024], tag
+    assert [step for step, _ in tags["eval/compile_s"]] == [512]
+    last = {tag: values[-1][1] for tag, values in tags.items()}
+    # CartPole pays 1 per step: return == length, within the time limit; int8 and fp32 both ran.
+    for step, value in tags["eval/mean_reward"]:
+        assert 1 <= value <= 500 and value == pytest.approx(dict(tags["eval/mean_ep_length"])[step])
+    assert all(1 <= v <= 500 for _, v in tags["eval/mean_reward_fp32"])
+    assert last["eval/std_reward"] >= 0 and last["eval/seconds"] > 0
+    # summary.json: the last evaluation, the best, and the time spent, apart from training's.
+    assert summary["eval_return"] == pytest.approx(last["eval/mean_reward"], rel=1e-6)
+    assert summary["eval_return_std"] == pytest.approx(last["eval/std_reward"], rel=1e-6)
+    assert summary["eval_return_fp32"] == pytest.approx(last["eval/mean_reward_fp32"], rel=1e-6)
+    assert summary["eval_ep_len"] == pytest.approx(last["eval/mean_ep_length"], rel=1e-6)
+    assert summary["eval_env_steps"] == 1024 and summary["evaluations"] == 2 and summary["eval_episodes"] == 4
+    assert summary["eval_policy"] == "int8"
+    assert summary["eval_best_return"] == pytest.approx(max(v for _, v in tags["eval/mean_reward"]), rel=1e-6)
+    assert summary["eval_s"] == pytest.approx(sum(v for _, v in tags["eval/seconds"]), rel=1e-5)
+    assert summary["train_s"] + summary["eval_s"] + summary["eval_compile_s"] + summary["compile_s"] <= summary["wall_s"]
+
+
+def test_best_checkpoint_holds_the_best_int8_evaluation(eval_run):
+    run_dir, summary = eval_run["dir"], eval_run["summary"]
+    best = checkpoint.list_checkpoints(run_dir / "best")
+    assert len(best) == 1 and str(best[0]) == summary["eval_best_checkpoint"]
+    rewards = scalars(run_dir)["eval/mean_reward"]
+    first_max = next(step for step, v in rewards if v == max(v for _, v in rewards))  # a tie keeps the earlier one
+    meta = checkpoint.read_meta(best[0])
+    assert meta["update"] * 256 == first_max == summary["eval_best_env_steps"] and meta["eval"]["env_steps"] == first_max
+    # The checkpoint is the evaluated policy: restored and evaluated again, the same figures.
+    config = config_lib.load(run_dir / "config.yaml")
+    source = FusedSource(*_agent_and_env(config))
+    state, _ = checkpoint.restore(best[0], source.initial_state(jax.random.PRNGKey(0)))
+    program = eval_episodes.make_program(source.agent, envs.make(config.env), episodes=4, max_steps=500)
+    again = jax.jit(program)(state.agent, eval_episodes.eval_key(config.seed, meta["update"]))
+    assert float(np.mean(again["int8"].returns)) == meta["eval"]["mean_reward"]
+    assert float(np.mean(again["fp32"].returns)) == meta["eval"]["mean_reward_fp32"]
+
+
+def _agent_and_env(config):
+    env = envs.make(config.env, auto_reset=True)
+    spec = agent_lib.make(config, env)
+    return spec.agent, env, spec.num_envs, spec.num_steps
+
+
+def test_resume_keeps_the_best(eval_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(eval_run["dir"], run_dir)
+    before = eval_run["summary"]
+    rc, _, err = run_main(["--resume", str(run_dir), "--set", "total_timesteps=1536", "--no-progress"])
+    assert rc == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["evaluations"] == 1 and summary["eval_env_steps"] == 1536  # the final one; 512 and 1024 were done
+    new = summary["eval_return"]
+    assert summary["eval_best_return"] == pytest.approx(max(before["eval_best_return"], new), rel=1e-6)
+    best = checkpoint.list_checkpoints(run_dir / "best")
+    assert len(best) == 1 and checkpoint.read_meta(best[0])["update"] == (6 if new > before["eval_best_return"] else before["eval_best_env_steps"] // 256)
+    assert [step for step, _ in scalars(run_dir)["eval/mean_reward"]] == [512, 1024, 1536]
+
+
+def test_compiled_episodes_match_a_step_by_step_loop():
+    """``run_episodes`` (vmapped, ``lax.while_loop``, masked) against one env stepped at a time
+    in Python from the same starting states, with a step bound that cuts some episodes short."""
+    config = config_lib.load("configs/ppo_cartpole.yaml")
+    agent, *_ = _agent_and_env(config)
+    env = envs.make("CartPole-v1")
+    agent_state = jax.jit(agent.init)(jax.random.PRNGKey(3))
+    params = agent.actor_params(agent_state, "fp32")  # (int8 compiles 4x longer; the mechanics are the same)
+    start = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(4), 16))
+    bound = 9  # the untrained policy's episodes last 8-10 steps
+    got = jax.jit(lambda p, s: eval_episodes.run_episodes(env, agent, p, s, jax.random.PRNGKey(5), max_steps=bound))(params, start)
+    head, step = jax.jit(agent.head), jax.jit(env.step)
+    returns, lengths = [], []
+    for i in range(16):
+        state, obs = jax.tree.map(lambda x, i=i: x[i], start)
+        total, steps, done = 0.0, 0, False
+        while not done and steps < bound:
+            action = int(np.argmax(np.asarray(head(params, obs[None]))[0]))
+            state, obs, reward, terminated, truncated, _ = step(jax.random.PRNGKey(0), state, action)
+            total, steps, done = total + float(reward), steps + 1, bool(terminated or truncated)
+        returns.append(total)
+        lengths.append(steps)
+    np.testing.assert_array_equal(np.asarray(got.lengths), lengths)
+    np.testing.assert_array_equal(np.asarray(got.returns), returns)
+    assert 0 < sum(n == bound for n in lengths) < 16, lengths  # the bound cut some episodes, not all
+
+
+def test_host_mode_eval_is_the_deployed_policy_on_gymnasium(tmp_path):
+    """``gym:CartPole-v1`` (host actors): the evaluation's int8 return equals what the exported
+    ``numpy-int8`` policy of the best checkpoint scores on gymnasium's env from the same seeds."""
+    from rlaccel.deploy import load_policy
+    from rlaccel.deploy.evaluate import episode_returns
+    from rlaccel.deploy.export import export
+    from rlaccel.eval_episodes import eval_seeds
+
+    run_dir = tmp_path / "run"
+    overrides = ["total_timesteps=1024", "ppo.n_epochs=1", "logging.log_interval=1", "logging.probe_seconds=0", "eval.freq=512", "eval.episodes=3"]
+    rc, _, err = run_main(["--config", "configs/ppo_gym_cartpole.yaml", *set_args(overrides), "--run-dir", str(run_dir), "--no-progress"])
+    assert rc == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["placement"].startswith("host actors") and summary["evaluations"] == 2 and summary["eval_env_steps"] == 1024
+    tags = scalars(run_dir)
+    for tag in EVAL_TAGS:
+        assert [step for step, _ in tags.get(tag, [])] == [512, 1024], tag
+    assert summary["eval_return"] == pytest.approx(summary["eval_ep_len"]) and 1 <= summary["eval_return"] <= 500
+    best = checkpoint.latest(run_dir / "best")
+    meta = checkpoint.read_meta(best)
+    policy = load_policy(export(run_dir, tmp_path / "best.rlpolicy", checkpoint_path=best), "numpy-int8")
+    seed0 = int(eval_seeds(0, meta["update"], 3)[0])
+    assert episode_returns(policy, "CartPole-v1", 3, seed=seed0).mean() == meta["eval"]["mean_reward"]
+
+
+BAD_EVAL = {
+    "negative_freq": ("eval.freq=-1", ["eval.freq:", "must be >= 0"]),
+    "no_episodes": ("eval.episodes=0", ["eval.episodes:", "must be >= 1"]),
+    "typo": ("eval.episode=5", ["unknown key 'eval.episode'", "did you mean 'eval.episodes'?"]),
+    "wrong_type": ("eval.deterministic=sometimes", ["eval.deterministic:", "expected true or false"]),
+    "bound": ("eval.max_episode_steps=0", ["eval.max_episode_steps:", "must be >= 1"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EVAL))
+def test_bad_eval_config_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, cartpole_yaml, case):
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    override, words = BAD_EVAL[case]
+    rc, out, err = run_main(["--config", str(cartpole_yaml), "--set", override, "--no-progress"])
+    assert rc == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert tree(tmp_path) == before

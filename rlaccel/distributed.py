@@ -40,8 +40,8 @@ from rlaccel.sources.base import SourceFault
 
 __all__ = [
     "AXIS",
-    "ChunkExchange",
     "HEARTBEAT_TIMEOUT_S",
+    "ChunkExchange",
     "ProcessLost",
     "abandon",
     "agree",
@@ -224,7 +224,7 @@ class ChunkExchange:
 
         try:
             rows = np.asarray(multihost_utils.process_allgather(np.array([seconds, stop.signum or 0], np.float64)))
-        except Exception as e:  # noqa: BLE001 - a lost process is the one failure expected here
+        except Exception as e:  # a lost process is the one failure expected here
             if is_lost_peer(e):
                 raise lost(e, self.updates) from None
             raise

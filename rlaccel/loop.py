@@ -232,7 +232,7 @@ def run(
                 if log.checkpoint_interval and update - max(last_ckpt, start_update) >= log.checkpoint_interval and update < end_update:
                     try:
                         save(update)
-                    except Exception as e:  # noqa: BLE001 - several processes: a save's collective broke
+                    except Exception as e:  # several processes: a save's collective broke
                         if not distributed.is_lost_peer(e):
                             raise
                         failure = distributed.lost(e, update)

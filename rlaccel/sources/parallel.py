@@ -13,7 +13,7 @@ actors. A chunk of updates is one compiled program; each update is
    ``[T, B]`` rollout as one device would, and the agent's ``update`` runs on each device with
    ``axis_name``: values, GAE, normalisers and calibration are computed whole; every minibatch
    (SB3's ``batch_size``, global) is split over the devices, each differentiates its rows,
-   and the gradients are averaged (``lax.pmean``). An algorithm whose ``update`` takes no
+   and the gradients are averaged (one flat ``lax.pmean``). An algorithm whose ``update`` takes no
    ``axis_name`` runs the whole update on every device (acting is still split).
 
 Same config and seed: the same data as ``FusedSource`` on one device, and parameters equal
@@ -208,7 +208,7 @@ class ParallelSource(DeviceSource):
             new_state, metrics = self.compile(state, num_updates)(state)
             if jax.process_count() > 1:
                 jax.block_until_ready(metrics)
-        except Exception as e:  # noqa: BLE001 - only a lost process is handled here
+        except Exception as e:  # only a lost process is handled here
             if not distributed.is_lost_peer(e):
                 raise
             self._fault = distributed.lost(e, int(np.max(self.local_view(state).update)))

@@ -29,8 +29,9 @@ def thresholds(model: Any, activation: str, profile: str) -> tuple[np.ndarray, .
 
     A Ray actor process receives only the ``Int8Model`` (int8 weights and scales, about a third
     of fp32's bytes) and tabulates it here, numpy only. Each entry's search starts from the
-    float estimate ``acc ~= (y - z) / multiplier`` bracketed to 5 accumulators and checked on
-    the integer kernels; an entry whose bracket fails is bisected over ``[-R_j, R_j + 1]``.
+    float estimate ``acc ~= (y - z) / multiplier``, checked on the integer kernels (one call for
+    all entries: right almost always); an entry it misses is bracketed to 5 accumulators around
+    it, or, failing that, bisected over ``[-R_j, R_j + 1]``.
     """
     return tuple(_layer_thresholds(model, i, activation, profile) for i in range(len(model.w_q)))
 
@@ -56,12 +57,18 @@ def _layer_thresholds(model: Any, i: int, activation: str, profile: str) -> np.n
     y_need = np.searchsorted(table, target, side="left") - 128 if tanh else target  # smallest int8 y reaching the level
     estimate = np.ceil((y_need - int(model.out_zero[i]) - 0.5) / slope[cols])
     estimate = np.clip(np.nan_to_num(estimate, nan=0.0, posinf=2.0**40, neginf=-(2.0**40)), -(2.0**40), 2.0**40).astype(np.int64)
-    lo, hi = np.clip(estimate - 2, -rr, rr + 1), np.clip(estimate + 2, -rr, rr + 1)
-    ok = ((lo == -rr) | (out(lo - 1, cols) < target)) & ((hi == rr + 1) | (out(hi, cols) >= target))
-    lo, hi = np.where(ok, lo, -rr), np.where(ok, hi, rr + 1)
-    bad = np.flatnonzero(~ok)
-    lo, hi = _bisect(out, target, lo, hi, cols, np.flatnonzero(ok), 3)
-    lo, hi = _bisect(out, target, lo, hi, cols, bad, TABLE_ITERATIONS)
+    e = np.clip(estimate, -rr, rr + 1)
+    e = np.where(y_need > int(model.act_max[i]), rr + 1, np.where(y_need <= int(model.act_min[i]), -rr, e))  # never / always
+    # The double rounding (SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT) moves a
+    # threshold at most one accumulator from the estimate: evaluate e-2 .. e+1 in one call.
+    probe = np.clip(e[None, :] + np.arange(-2, 2)[:, None], -rr, rr + 1)  # [4, E]
+    above = out(probe.reshape(-1), np.tile(cols, 4)).reshape(4, -1) >= target
+    above |= probe == rr + 1  # "never" sits at R + 1
+    found = (probe[0] > -rr) & ~above[0] & above[3]  # the threshold is e-1, e or e+1: the first above
+    lo = np.where(found, probe[1] + ~above[1] + (~above[1] & ~above[2]), -rr)
+    done = found | ((e == -rr) & above[2])  # or reached already at -R
+    hi = np.where(done, lo, rr + 1)
+    lo, _ = _bisect(out, target, lo, hi, cols, np.flatnonzero(lo < hi), TABLE_ITERATIONS)  # the rare misses
     return np.ascontiguousarray(np.minimum(lo, rr + 1).reshape(LEVELS, n).T).astype(np.int32)
 
 

@@ -35,6 +35,7 @@ TINY_OVERRIDES = (
     "logging.probe_seconds=0",
     "logging.checkpoint_interval=2",
     "logging.keep_checkpoints=2",
+    "eval.freq=0",  # no evaluation program to compile per tiny run; tests/test_eval.py sets its own after these
 )
 
 

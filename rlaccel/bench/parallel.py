@@ -115,7 +115,7 @@ def run_row(name: str, timesteps: int | None) -> dict:
     config, layout = name.rsplit("_", 1)
     path, overrides = CONFIGS_USED[config]
     processes, devices = LAYOUTS[layout]
-    sets = [*overrides, "logging.checkpoint_interval=0", *([f"placement.learner.devices={devices}"] if devices > 1 else [])]
+    sets = [*overrides, "logging.checkpoint_interval=0", "eval.freq=0", *([f"placement.learner.devices={devices}"] if devices > 1 else [])]
     if timesteps:
         sets.append(f"total_timesteps={timesteps}")
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,12 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second SIGINT / SIGTERM while the first was being handled
         print("error: interrupted twice; stopped without a checkpoint", file=sys.stderr)
         return guards.exit_code(signal.SIGINT)
-    except Exception as e:  # several processes: a collective that broke outside a chunk (a save)
-        if multi and distributed.is_lost_peer(e):
+    except Exception as e:
+        if multi and distributed.is_lost_peer(e):  # a collective that broke outside a chunk (a save)
             distributed.exit_lost(distributed.lost(e), run_dir / "checkpoints")
+        if multi:  # the others would wait for it in their next collective: exit as a dead process does
+            traceback.print_exc()
+            distributed.abandon(EXIT_FAILED)
         raise
     summary = result.summary
     verb = "done" if summary["status"] == "completed" else f"stopped ({summary['stopped_by']})"

@@ -67,6 +67,8 @@ class Evaluator:
       resume: read the best evaluation so far from ``run_dir/best``.
     """
 
+    name = "evaluation"  # how a failure of it is named (``loop.run`` stops as on a source fault)
+
     def __init__(self, config: Any, source: Any, episodes: Callable[[Any, int], dict[str, Episodes]], acting: str, run_dir: Path | None, start_update: int, resume: bool):
         self.freq = config.eval.freq
         self.num_episodes = config.eval.episodes

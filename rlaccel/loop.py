@@ -221,8 +221,12 @@ def run(
                     logger.log(update * spu, probes[-1])
                     last_probe = time.perf_counter()
                 end = ChunkEnd(update=update, env_steps=update * spu, state=state, metrics=metrics, train_s=train_s)
-                for hook in hooks:
-                    logger.log(update * spu, hook(end) or {})
+                try:
+                    for hook in hooks:
+                        logger.log(update * spu, hook(end) or {})
+                except Exception as e:  # noqa: BLE001 - e.g. the evaluation env raised: stop as a source fault does
+                    failure = SourceFault(f"{getattr(hook, 'name', type(hook).__name__)} after update {update}: {type(e).__name__}: {e}")
+                    break
                 last = np.asarray(metrics.get("rollout/ep_rew_mean", [math.nan])[-1])
                 ret = float(np.mean(last[np.isfinite(last)])) if np.isfinite(last).any() else math.nan
                 bar.update(task, completed=update * spu, sps=f"{k * spu / elapsed:,.0f}", ret=f"{ret:.1f}" if math.isfinite(ret) else "-")

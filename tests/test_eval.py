@@ -137,6 +137,25 @@ def test_compiled_episodes_match_a_step_by_step_loop():
     assert 0 < sum(n == bound for n in lengths) < 16, lengths  # the bound cut some episodes, not all
 
 
+def test_an_evaluation_env_that_raises_stops_the_run_cleanly(tmp_path, monkeypatch):
+    """An evaluation whose gymnasium env raises (its episodes replaced by one that raises as a
+    crashing simulator would) is a fault like an actor's: one ``error:`` line naming the
+    evaluation, exit 1, ``status: failed`` and a checkpoint of the trained state."""
+    from rlaccel import eval_episodes
+
+    def exploding(*args, **kwargs):
+        raise RuntimeError("simulator exploded")
+
+    monkeypatch.setattr(eval_episodes, "gym_episodes", exploding)
+    run_dir = tmp_path / "run"
+    overrides = ["total_timesteps=512", "ppo.n_epochs=1", "logging.log_interval=1", "logging.probe_seconds=0", "eval.freq=512", "eval.episodes=2"]
+    rc, _, err = run_main(["--config", "configs/ppo_gym_cartpole.yaml", *set_args(overrides), "--run-dir", str(run_dir), "--no-progress"])
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert rc == 1 and len(lines) == 1 and "evaluation after update 1" in lines[0] and "simulator exploded" in lines[0], err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["updates"] == 1 and summary["checkpoint"]
+
+
 def test_host_mode_eval_is_the_deployed_policy_on_gymnasium(tmp_path):
     """``gym:CartPole-v1`` (host actors): the evaluation's int8 return equals what the exported
     ``numpy-int8`` policy of the best checkpoint scores on gymnasium's env from the same seeds."""

@@ -221,6 +221,7 @@ def test_two_nodes_learn_cartpole_through_a_sigkill(two_nodes, joined, tmp_path)
 @pytest.mark.slow
 def test_env_error_stops_the_run_or_restarts_the_env(two_nodes, joined, tmp_path):
     small = ["env=gym:ray_envs:RayFailingCartPole-v0", "ppo.n_envs=4", "ppo.n_steps=8", "ppo.batch_size=32", "ppo.n_epochs=1", "logging.log_interval=1"]
+    small.append("eval.freq=0")  # the actors' env errors; an evaluation env that raises is tests/test_eval.py's
     small.append("total_timesteps=320")  # 10 updates; the env fails in the 5th batch
     rc, _, err = run_main(["--config", CONFIG, *set_args([*joined, *small]), "--run-dir", str(tmp_path / "a"), "--no-progress"])
     line = [x for x in err.splitlines() if x.startswith("error:")]

@@ -62,6 +62,7 @@ def unpack(params: Any) -> Any:
     return params
 
 POLL_S = 0.05  # how often a wait for a batch looks at the stop flag
+START_RETRIES = 20  # ``where`` after an actor died while starting: 20 tries, 0.5 s apart
 
 
 class ProcessDied(RuntimeError):
@@ -168,8 +169,21 @@ class ActorPool:
                 raise ConfigError(f"{key}: each actor needs {amount:g} {name}, the Ray cluster has {total.get(name, 0):g} in all")
 
     def where(self) -> list[dict[str, Any]]:
-        """Process and node of every actor (blocks until they run)."""
-        return self.ray.get([h.where.remote() for h in self.handles])
+        """Process and node of every actor (blocks until they run). An actor that dies meanwhile
+        is asked again once Ray has restarted it (``take`` counts the restart, from its lost
+        collects); after ``START_RETRIES`` tries the error stands."""
+        errors = (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError)
+        out = []
+        for h in self.handles:
+            for attempt in range(START_RETRIES):
+                try:
+                    out.append(self.ray.get(h.where.remote()))
+                    break
+                except errors:
+                    if attempt == START_RETRIES - 1:
+                        raise
+                    time.sleep(0.5)
+        return out
 
     def publish(self, params: Any, version: int) -> None:
         """Put ``params`` into the object store once and send every actor the reference;

@@ -34,6 +34,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from rlaccel import checkpoint_format as fmt
 from rlaccel.checkpoint_format import CheckpointError, DamagedCheckpointError
+from rlaccel.fileio import fsync
 
 __all__ = ["make_manager", "read_arrays", "restore", "save"]
 
@@ -127,25 +128,16 @@ class _DurableRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
             while True:  # until killed
                 time.sleep(1.0)
         await super().finalize()
-        await asyncio.to_thread(_fsync, final.parent)
+        await asyncio.to_thread(fsync, final.parent)
 
 
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for f in files:
-            _fsync(Path(folder) / f)
-        _fsync(Path(folder))
+            fsync(Path(folder) / f)
+        fsync(Path(folder))
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _orbax_restore(path: Path, item: Any, restore_args: Any) -> Any:

@@ -41,13 +41,15 @@ def atomic_write(path: str | Path, data: bytes | str, *, shared: bool = False) -
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync(path.parent)
     return path
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync(path: Path) -> None:
+    """``fsync`` a file or a directory (its entries: a rename is durable); a path that cannot be
+    opened is skipped."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

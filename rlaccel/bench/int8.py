@@ -42,8 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaccel.bench.rows import CONFIGS, ROOT, peak_rss_mib
-from rlaccel.fileio import write_json
+from rlaccel.bench.rows import CONFIGS, ROOT, finish, peak_rss_mib
 
 DESCRIPTION = "int8 vs fp32 on this CPU: XLA dot_general and policy heads, onnxruntime and OpenVINO, at batch 1, 64, 1024."
 DEFAULT_OUT = ROOT / "benchmarks" / "int8_cpu.json"
@@ -96,13 +95,7 @@ def run(args: argparse.Namespace) -> int:
     print_rows(rows)
     print(f"machine: {describe_cpu(info)}; load average {os.getloadavg()}")
     path = Path(args.int8_out or DEFAULT_OUT)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"benchmark": "int8", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "rows": rows})
-    print(f"wrote {path}")
-    if failed:
-        print(f"error: failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(path, {"benchmark": "int8", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "rows": rows}, failed)
 
 
 def print_rows(rows: list[dict]) -> None:

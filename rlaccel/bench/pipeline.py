@@ -43,8 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlaccel.bench.rows import CONFIGS, ROOT, TWO_DEVICES, peak_rss_mib
-from rlaccel.fileio import write_json
+from rlaccel.bench.rows import CONFIGS, ROOT, TWO_DEVICES, finish, peak_rss_mib
 
 DESCRIPTION = "Pipelined actor-learner on two CPU devices: acting alone, learning alone, in turn and pipelined, per update."
 DEFAULT_OUT = ROOT / "benchmarks" / "pipeline_cpu.json"
@@ -83,13 +82,7 @@ def run(args: argparse.Namespace) -> int:
     print_rows(rows)
     print(f"machine: {describe_cpu(info)}; load average {os.getloadavg()}")
     path = Path(args.pipeline_out or DEFAULT_OUT)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"benchmark": "pipeline", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "config": args.config, "rows": rows})
-    print(f"wrote {path}")
-    if failed:
-        print(f"error: failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(path, {"benchmark": "pipeline", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "config": args.config, "rows": rows}, failed)
 
 
 def print_rows(rows: list[dict]) -> None:

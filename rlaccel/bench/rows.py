@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaccel.clock import process_age_s
+from rlaccel.fileio import write_json
 
 # The checkout this package lives in (an editable install): configs/ and benchmarks/ are there.
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,17 @@ BASELINE_FOR = {
     "ray_gym_cartpole": "gym_cartpole_raw",
     "halfcheetah_ray": "halfcheetah_host",
 }
+
+
+def finish(path: Path, payload: dict[str, Any], failed: list[str]) -> int:
+    """Write a bench command's JSON to ``path`` and say so; 1 (named on stderr) if any row failed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, payload)
+    print(f"wrote {path}")
+    if failed:
+        print(f"error: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def peak_rss_mib() -> float:

@@ -50,6 +50,7 @@ PPO = (
     "logging.checkpoint_interval=2",
     "logging.keep_checkpoints=2",
     "logging.progress=false",
+    "eval.freq=0",  # resuming evaluation is tests/test_eval.py's
 )
 # 4 envs x 8 steps per update, learning from update 3 (once more than 64 transitions), target
 # moved every 2 updates, linear learning-rate and exploration schedules; 10 updates in chunks of 2 (log_interval 3 -> the
@@ -68,6 +69,7 @@ DQN = (
     "logging.checkpoint_interval=2",
     "logging.keep_checkpoints=2",
     "logging.progress=false",
+    "eval.freq=0",  # resuming evaluation is tests/test_eval.py's
 )
 QUIET = Console(stderr=True, quiet=True)
 

@@ -37,7 +37,16 @@ from rlaccel.bench.rows import ROOT, ROWS
 
 DESCRIPTION = "Benchmarks: PPO and DQN on CartPole-v1 against PureJaxRL and Stable-Baselines3, each placement's cost, deployment latency."
 
-__all__ = ["ROOT", "ROWS", "add_arguments", "main", "run"]
+__all__ = ["ROOT", "ROWS", "SUBCOMMANDS", "add_arguments", "main", "run"]
+
+SUBCOMMANDS = {  # name: (module with DESCRIPTION, add_arguments, run; one-line help)
+    "latency": (latency, "decision latency of exported policies on every runtime"),
+    "returns": (returns, "returns of exported int8 vs fp32 policies on gymnasium's envs"),
+    "pipeline": (pipeline, "split placement: acting, learning, in turn and pipelined, per update"),
+    "int8": (int8, "int8 vs fp32 matmuls and policies on XLA, onnxruntime and OpenVINO"),
+    "zoo": (zoo, "RL Zoo blocks verbatim at the zoo's budgets: deterministic eval vs the zoo's benchmark.md, SB3's wall clock"),
+    "parallel": (parallel, "data parallelism: 1 device, 2 devices, 2 processes x 1 device"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,20 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help=f"JSON output path (default {table.DEFAULT_OUT.relative_to(ROOT)})")
     parser.add_argument("--timesteps", type=int, help="env steps per seed of the CartPole rows instead of 500k: a quick check that rows run, not a measurement")
     parser.add_argument("--latency", action="store_true", help="run the deployment latency bench instead, with its defaults (see `latency --help`)")
-    sub = parser.add_subparsers(dest="bench_command", metavar="{latency,returns,pipeline,int8,zoo,parallel}")
-    lat = sub.add_parser("latency", help="decision latency of exported policies on every runtime", description=latency.DESCRIPTION)
-    latency.add_arguments(lat)
-    ret = sub.add_parser("returns", help="returns of exported int8 vs fp32 policies on gymnasium's envs", description=returns.DESCRIPTION)
-    returns.add_arguments(ret)
-    pipe = sub.add_parser("pipeline", help="split placement: acting, learning, in turn and pipelined, per update", description=pipeline.DESCRIPTION)
-    pipeline.add_arguments(pipe)
-    i8 = sub.add_parser("int8", help="int8 vs fp32 matmuls and policies on XLA, onnxruntime and OpenVINO", description=int8.DESCRIPTION)
-    int8.add_arguments(i8)
-    zoo_parser = sub.add_parser("zoo", help="RL Zoo blocks verbatim at the zoo's budgets: deterministic eval vs the zoo's benchmark.md, SB3's wall clock", description=zoo.DESCRIPTION)
-    zoo.add_arguments(zoo_parser)
-    par = sub.add_parser("parallel", help="data parallelism: 1 device, 2 devices, 2 processes x 1 device", description=parallel.DESCRIPTION)
-    parallel.add_arguments(par)
-
+    sub = parser.add_subparsers(dest="bench_command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.DESCRIPTION))
 
 def _latency_defaults() -> argparse.Namespace:
     p = argparse.ArgumentParser()
@@ -76,18 +74,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return table.EXIT_USAGE
-    if getattr(args, "bench_command", None) == "latency":
-        return latency.run(args)
-    if getattr(args, "bench_command", None) == "returns":
-        return returns.run(args)
-    if getattr(args, "bench_command", None) == "pipeline":
-        return pipeline.run(args)
-    if getattr(args, "bench_command", None) == "int8":
-        return int8.run(args)
-    if getattr(args, "bench_command", None) == "zoo":
-        return zoo.run(args)
-    if getattr(args, "bench_command", None) == "parallel":
-        return parallel.run(args)
+    command = getattr(args, "bench_command", None)
+    if command is not None:
+        return SUBCOMMANDS[command][0].run(args)
     if args.latency:
         return latency.run(_latency_defaults())
     return table.run(args.rows, args.out, getattr(args, "timesteps", None))

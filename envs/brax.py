@@ -13,11 +13,19 @@ Actions are float32 ``[action_size]`` in ``[-1, 1]`` (every brax env's conventio
 Backends: ``spring``, ``positional``, ``generalized`` (``mjx`` needs a GPU to be useful).
 On a CPU brax is slow (``shared/REFERENCE.md``: 8.8k steps/s for inverted_pendulum at 1024
 envs); it is the robotics path for a GPU.
+
+Several processes (``rlaccel.distributed``): MuJoCo's ``mjx.put_model`` / ``make_data``, which
+brax calls when it builds a system and inside every physics step, place arrays on
+``jax.devices()[0]`` unless told a device: process 0's device, which no other process can read.
+Once a brax env is built they default to this process's first device instead
+(:func:`use_local_device`; the same device in a single-process run).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,6 +39,32 @@ from .core import Env, EnvState, Info, PRNGKey, UnknownEnvError
 PREFIX = "brax"
 BACKENDS = ("spring", "positional", "generalized", "mjx")
 EPISODE_LENGTH = 1000  # brax's training default (``episode_length``)
+_MJX_PLACERS = ("put_model", "make_data", "put_data")  # mujoco.mjx functions with ``device=None`` -> jax.devices()[0]
+
+
+def _on_local_device(place: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(place)
+    def placed(*args: Any, device: Any = None, impl: Any = None, **kwargs: Any) -> Any:
+        if device is None and impl is None:
+            device = jax.local_devices()[0]
+        return place(*args, device=device, impl=impl, **kwargs)
+
+    placed.rlaccel_local = True
+    return placed
+
+
+def use_local_device() -> None:
+    """From now on ``mujoco.mjx.put_model`` / ``make_data`` / ``put_data`` called without a
+    device or impl (as brax calls them) place on ``jax.local_devices()[0]`` instead of
+    ``jax.devices()[0]``, which is another process's device in a multi-process run (and the
+    same device in a single-process one). Brax looks them up on the ``mujoco.mjx`` module at
+    each call, so this covers building a system and tracing a step. Idempotent."""
+    from mujoco import mjx
+
+    for name in _MJX_PLACERS:
+        place = getattr(mjx, name)
+        if not getattr(place, "rlaccel_local", False):
+            setattr(mjx, name, _on_local_device(place))
 
 
 @struct.dataclass
@@ -57,7 +91,6 @@ class BraxEnv(Env):
     def __init__(self, name: str, backend: str = "spring", max_episode_steps: int = EPISODE_LENGTH, **kwargs: Any):
         from brax import envs as brax_envs
 
-
         if name not in brax_envs._envs:  # brax exposes its registry only as this dict
             known = sorted(brax_envs._envs)
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
@@ -69,6 +102,7 @@ class BraxEnv(Env):
         self.id = f"{PREFIX}:{name}"
         self.backend = backend
         self.max_episode_steps = max_episode_steps
+        use_local_device()
         self.brax_env = brax_envs.get_environment(name, backend=backend, **kwargs)
         obs_size, action_size = int(self.brax_env.observation_size), int(self.brax_env.action_size)
         self.observation_space = spaces.Box(-np.inf, np.inf, (obs_size,), np.float32)

@@ -22,6 +22,28 @@ from rich.progress import (
 )
 
 
+def summary_writer() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports torch at import time when it is installed (as it is beside SB3), only
+    to accept torch tensors; that costs 2-6 s and ~300 MiB per run here, and rlaccel logs
+    Python floats. ``sys.modules["torch"] = None`` makes that import fail for the moment of
+    tensorboardX's import; a torch imported before (or after) is left as it is.
+    """
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricLogger:
     """Writes scalars to TensorBoard event files in ``run_dir``.
 
@@ -37,9 +59,7 @@ class MetricLogger:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._writer = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(logdir=str(self.run_dir), flush_secs=10, purge_step=purge_step)
+            self._writer = summary_writer()(logdir=str(self.run_dir), flush_secs=10, purge_step=purge_step)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write ``metrics`` at x-axis ``step`` (env steps, as SB3)."""

@@ -37,8 +37,26 @@ def orthogonal(gain: float) -> Callable[..., Array]:
     return init
 
 
+def torch_uniform(fan_in: int) -> Callable[..., Array]:
+    """PyTorch's ``nn.Linear`` default for a layer with ``fan_in`` inputs: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
+    (``kaiming_uniform_(a=sqrt(5))`` for the weight, the same bound for the bias)."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+INITS = ("flax", "torch")
+"""Initialisations without ``ortho_init``: ``flax`` (``lecun_normal`` kernels, zero biases: flax's
+and PureJaxRL's default) or ``torch`` (PyTorch's ``nn.Linear`` default, :func:`torch_uniform`
+for kernels and biases: what SB3's ``ortho_init=False`` means)."""
+
+
 class MLP(nn.Module):
-    """``Dense -> act -> ... -> Dense`` with orthogonal init (gain sqrt(2) hidden, ``out_gain`` head).
+    """``Dense -> act -> ... -> Dense`` with orthogonal init (gain sqrt(2) hidden, ``out_gain`` head),
+    or without ``ortho_init`` the ``weight_init`` of :data:`INITS`.
 
     Parameters are ``{"Dense_0": {"kernel": [in, h0], "bias": [h0]}, ..., "Dense_L": ...}``.
     """
@@ -48,15 +66,20 @@ class MLP(nn.Module):
     activation: str = "tanh"
     out_gain: float = 1.0
     ortho_init: bool = True
+    weight_init: str = "flax"  # without ortho_init: one of INITS
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``[..., in] -> [..., out_dim]``."""
         act = ACTIVATIONS[self.activation]
 
-        def init(gain: float) -> Any:
-            return orthogonal(gain) if self.ortho_init else nn.initializers.lecun_normal()
+        def dense(width: int, gain: float, fan_in: int) -> nn.Dense:
+            if self.ortho_init:
+                return nn.Dense(width, kernel_init=orthogonal(gain), bias_init=nn.initializers.zeros)
+            if self.weight_init == "torch":
+                return nn.Dense(width, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in))
+            return nn.Dense(width, kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
 
         for width in self.hidden:
-            x = act(nn.Dense(width, kernel_init=init(math.sqrt(2.0)), bias_init=nn.initializers.zeros)(x))
-        return nn.Dense(self.out_dim, kernel_init=init(self.out_gain), bias_init=nn.initializers.zeros)(x)
+            x = act(dense(width, math.sqrt(2.0), x.shape[-1])(x))
+        return dense(self.out_dim, self.out_gain, x.shape[-1])(x)

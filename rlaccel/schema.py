@@ -98,6 +98,10 @@ class PolicyKwargs:
     """``tanh`` / ``relu`` / ``elu`` (RL Zoo spellings ``nn.Tanh``, ``nn.ReLU``, ``nn.ELU`` work too)."""
     ortho_init: bool = True
     """Orthogonal initialisation (gains sqrt(2) hidden, 0.01 policy head, 1 value head), as SB3."""
+    weight_init: str = "flax"
+    """Without ``ortho_init``: ``flax`` (``lecun_normal`` kernels, zero biases) or ``torch``
+    (PyTorch's ``nn.Linear`` default, uniform kernels and biases: SB3's ``ortho_init=False``;
+    what an RL Zoo block gets, ``SB3_DEFAULTS``)."""
     log_std_init: float = 0.0
     """Initial log standard deviation of the Gaussian policy (continuous actions; with gSDE,
     of the exploration matrix's entries, as SB3)."""
@@ -111,6 +115,7 @@ class PolicyKwargs:
             arch = NetArch.parse(arch, "net_arch")
         object.__setattr__(self, "net_arch", arch if isinstance(arch, NetArch) else _layer_sizes(arch, "net_arch"))
         check(self.activation_fn in ACTIVATION_ALIASES, "activation_fn", f"expected one of {', '.join(ACTIVATION_ALIASES)}, got {self.activation_fn!r}")
+        check(self.weight_init in ("flax", "torch"), "weight_init", f"expected flax or torch, got {self.weight_init!r}")
 
     @property
     def pi_arch(self) -> tuple[int, ...]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -217,6 +219,20 @@ def test_tiny_run_tensorboard_events(finished_run):
     assert 0.5 <= last["quant/action_agreement"] <= 1.0
     assert 0.0 < last["quant/weight_rel_error"] < 0.05
     assert 0.0 <= last["train/clip_fraction"] <= 1.0 and last["train/entropy_loss"] < 0
+
+
+def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch when it is installed (2-6 s, ~300 MiB a run); rlaccel's
+    writer does not, and torch stays importable afterwards."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys; from rlaccel.logging import MetricLogger; "
+        f"log = MetricLogger({str(tmp_path)!r}); log.log(1, {{'a/b': 2.0}}); log.close(); "
+        "assert 'torch' not in sys.modules, 'torch imported'; import torch; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert scalars(tmp_path)["a/b"] == [(1, 2.0)]
 
 
 @pytest.mark.slow

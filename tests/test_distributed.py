@@ -5,7 +5,8 @@
   data and ends with the same parameters (float tolerance); both learn CartPole-v1 (slow).
 * Two real processes on 127.0.0.1 with one CPU device each (gloo): they learn CartPole-v1 and
   end with the parameters of one process on two devices (slow); one of them SIGKILLed makes
-  the other stop within a bound, with one line, exit code 1 and a usable last checkpoint.
+  the other stop within a bound, with one line, exit code 1 and a usable last checkpoint;
+  ``rlaccel sweep`` over them gives the member returns of one process on two devices (slow).
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def test_devices_refused_in_one_line(cartpole_yaml, overrides, words):
         (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], ["--process-id: must be in 0 .. 1"]),
     ],
 )
-def test_multi_process_flags_refused_in_one_line(tmp_path, cartpole_yaml, flags, words):
-    rc, _, err = run_main(["--config", str(cartpole_yaml), "--run-dir", str(tmp_path / "run"), *flags])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_multi_process_flags_refused_in_one_line(tmp_path, cartpole_yaml, flags, words, command):
+    where = ["--run-dir", str(tmp_path / "run")] if command == "train" else ["--out", str(tmp_path / "run")]
+    rc, _, err = run_main([command, "--config", str(cartpole_yaml), *where, *flags])
     assert rc == 2
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -157,10 +160,16 @@ def free_port() -> int:
 
 def launch(run_dir: Path, overrides: list[str], cartpole_yaml: Path) -> list[subprocess.Popen]:
     """``rlaccel train --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` for I = 0, 1."""
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    return launch_command(["train", "--config", str(cartpole_yaml), *sets, "--run-dir", str(run_dir), "--no-progress"])
+
+
+def launch_command(args: list[str]) -> list[subprocess.Popen]:
+    """``rlaccel ARGS --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` for I = 0, 1,
+    one CPU device each."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     port = free_port()
-    sets = [arg for item in overrides for arg in ("--set", item)]
-    base = [sys.executable, "-m", "rlaccel", "train", "--config", str(cartpole_yaml), *sets, "--run-dir", str(run_dir), "--no-progress"]
+    base = [sys.executable, "-m", "rlaccel", *args]
     return [
         subprocess.Popen([*base, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
@@ -214,7 +223,8 @@ def test_two_processes_learn_and_match_one_process_on_two_devices(cartpole_yaml,
 
 def test_a_killed_process_stops_the_other_with_one_line(cartpole_yaml, tmp_path):
     run_dir = tmp_path / "killed"
-    overrides = [*LEARN, "logging.checkpoint_interval=10"]  # the learning runs' program (compile cache)
+    # The learning runs' program (compile cache); a checkpoint at the end of the first chunk (6 updates).
+    overrides = [*LEARN, "logging.checkpoint_interval=6"]
     procs = launch(run_dir, overrides, cartpole_yaml)
     try:
         deadline = time.monotonic() + 300
@@ -246,3 +256,26 @@ def test_a_killed_process_stops_the_other_with_one_line(cartpole_yaml, tmp_path)
     template = sources.make(load(cartpole_yaml, *overrides, "placement.learner.devices=2")).initial_state(jax.random.PRNGKey(0))
     state, path = loop.restore_latest(run_dir / "checkpoints", template)
     assert path == latest and int(state.update) == checkpoint.read_meta(latest)["update"] >= 2
+
+
+@pytest.mark.slow
+def test_two_processes_sweep_like_one_process_on_two_devices(cartpole_yaml, tmp_path, capsys):
+    """``rlaccel sweep`` over two processes: the members (2 settings x 2 seeds) sharded over
+    both processes' devices, process 0 writes the outputs, the same member returns as one
+    process on two devices (the grid of tests/test_sweep.py's CLI test: its compiled program)."""
+    from rlaccel import cli
+
+    sets = ["total_timesteps=1024", "ppo.n_steps=32", "ppo.batch_size=32", "ppo.n_epochs=1", "logging.log_interval=2", "placement.actor.precision=fp32"]
+    args = ["sweep", "--config", str(cartpole_yaml), *[a for o in sets for a in ("--set", o)], "--no-progress", "--seeds", "2", "--grid", "ppo.learning_rate=3e-3,1e-5"]
+    procs = launch_command([*args, "--out", str(tmp_path / "two")])
+    assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0, capsys.readouterr().err
+    results = finish(procs, timeout=300)
+    for i, (code, _, stderr) in enumerate(results):
+        assert code == 0, (i, stderr[-3000:])
+    assert "process 0 wrote the results" in results[1][1] and "process 0 wrote" not in results[0][1]
+    two, one = (json.loads((tmp_path / d / "results.json").read_text())["results"] for d in ("two", "one"))
+    assert [r["setting"] for r in two] == [r["setting"] for r in one]
+    for a, b in zip(two, one):
+        assert len(a["final_returns"]) == 2 and np.all(np.isfinite(a["final_returns"]))
+        np.testing.assert_allclose(a["final_returns"], b["final_returns"], rtol=1e-6, err_msg=a["setting"])
+    assert (tmp_path / "two" / "results.csv").is_file() and (tmp_path / "two" / "best_config.yaml").is_file()

@@ -101,7 +101,7 @@ def test_short_dqn_run_logs_sb3_tags(tmp_path, precision: str) -> None:
         [
             "train", "--config", "configs/dqn_cartpole.yaml", "--run-dir", str(run_dir), "--no-progress",
             "--set", "total_timesteps=3000", "--set", "dqn.learning_starts=1000", "--set", "logging.log_interval=100",
-            "--set", f"placement.actor.precision={precision}",
+            "--set", f"placement.actor.precision={precision}", "--set", "eval.freq=0",  # evaluation: tests/test_eval.py
         ]
     )  # fmt: skip
     assert rc == 0

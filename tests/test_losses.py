@@ -166,7 +166,7 @@ OLD_V = np.array([1.5, 1.5, 3.0, 3.0])
 RETURNS = np.array([2.0, 2.0, 2.0, 2.0])
 
 
-def loss_of(new_log_prob=None, advantages=ADV, clip_range_vf=None, normalize_advantage=False, ent_coef=0.01, vf_coef=0.5):
+def loss_of(new_log_prob=None, advantages=ADV, clip_range_vf=None, normalize_advantage=False, ent_coef=0.01, vf_coef=0.5, value_loss_kind="half_mse"):
     if new_log_prob is None:
         new_log_prob = BEHAVIOUR + np.log(RATIOS)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
@@ -183,6 +183,7 @@ def loss_of(new_log_prob=None, advantages=ADV, clip_range_vf=None, normalize_adv
         ent_coef=ent_coef,
         vf_coef=vf_coef,
         normalize_advantage=normalize_advantage,
+        value_loss_kind=value_loss_kind,
     )
 
 
@@ -200,6 +201,14 @@ def test_ppo_loss_hand_worked_without_value_clipping():
     assert float(info.entropy_loss) == pytest.approx(-0.65, abs=1e-6)
     # total = -0.175 + 0.5 * 0.75 + 0.01 * -0.65 = 0.1935
     assert float(total) == pytest.approx(0.1935, abs=1e-6)
+
+
+def test_ppo_loss_sb3_value_loss_has_no_half():
+    # SB3's F.mse_loss (an RL Zoo block's value_loss: mse): mean([1, 0, 1, 4]) = 1.5
+    total, info = loss_of(value_loss_kind="mse")
+    assert float(info.value_loss) == pytest.approx(1.5, abs=1e-6)
+    # total = -0.175 + 0.5 * 1.5 + 0.01 * -0.65 = 0.5685
+    assert float(total) == pytest.approx(0.5685, abs=1e-6)
 
 
 def test_ppo_loss_hand_worked_with_value_clipping():

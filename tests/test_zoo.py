@@ -7,13 +7,18 @@ zoo's ``ExperimentManager`` does) and from SB3's constructor defaults; no traini
 
 from __future__ import annotations
 
+import math
 import types
 from pathlib import Path
 
+import gymnasium
+import jax
+import jax.numpy as jnp
 import pytest
 import yaml
 from cli_helpers import run_main, set_args, tree
 
+from rlaccel import api
 from rlaccel import config as config_lib
 from rlaccel import zoo
 from rlaccel.schema import ConfigError, NetArch, PolicyKwargs
@@ -338,3 +343,42 @@ def test_normalize_gamma_follows_the_zoo():
     assert cfg.ppo.normalization.gamma is None and cfg.ppo.gamma == 0.9
     with pytest.raises(ConfigError, match=r"^ppo\.normalize\.gamma: "):
         config_lib.load(None, ["ppo.normalize={gamma: 0.5}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# SB3's meanings an RL Zoo block relies on beyond its keys: PyTorch's init, the value loss.
+
+
+def _zoo_cfg(file: str, env: str):
+    data, _ = zoo.block_from_file(config_lib.load_data(f"tests/data/zoo/{file}"), file, env)
+    return api.load_config(data, [])
+
+
+def test_zoo_blocks_without_ortho_init_use_torch_default_init():
+    """SB3's ortho_init=False keeps nn.Linear's default: U(+-1/sqrt(fan_in)) kernels AND biases."""
+    from rlaccel.agents.ppo import networks as nets_lib
+
+    cfg = _zoo_cfg("ppo.yml", "MountainCarContinuous-v0")
+    assert cfg.agent.policy_kwargs.weight_init == "torch" and cfg.agent.policy_kwargs.ortho_init is False
+    obs, act = gymnasium.spaces.Box(-1, 1, (2,)), gymnasium.spaces.Box(-1, 1, (1,))
+    nets = nets_lib.make_networks(obs, act, cfg.agent.policy_kwargs, use_sde=True)
+    params = nets_lib.init_params(nets, jax.random.PRNGKey(0), 2, -3.29)["policy"]
+    for layer in params.values():
+        fan_in = layer["kernel"].shape[0]
+        bound = 1 / math.sqrt(fan_in)
+        for x in (layer["kernel"], layer["bias"]):
+            assert float(jnp.max(jnp.abs(x))) <= bound
+            assert float(jnp.max(jnp.abs(x))) > 0  # not zeros
+            if x.size >= 16:
+                assert float(jnp.std(x)) > 0.8 * bound / math.sqrt(3)  # uniform's std
+    # gSDE's latent features at the normalised mean state (obs = 0) are not zero: noise there.
+    latent, _ = nets_lib.policy_features(params, jnp.zeros((1, 2)), "tanh")
+    assert float(jnp.mean(jnp.abs(latent))) > 0.05
+
+
+def test_rlaccel_native_sections_keep_flax_init_and_half_mse():
+    cfg = api.load_config("configs/dqn_cartpole_purejaxrl.yaml", [])
+    assert cfg.agent.policy_kwargs.weight_init == "flax"
+    ppo = api.load_config("configs/ppo_cartpole.yaml", [])
+    assert ppo.agent.policy_kwargs.weight_init == "flax" and ppo.agent.value_loss == "half_mse"
+    assert _zoo_cfg("ppo.yml", "CartPole-v1").agent.value_loss == "mse"  # SB3's F.mse_loss, no 1/2

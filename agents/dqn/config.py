@@ -104,11 +104,12 @@ class DQNConfig:
         "target_update_interval": 10_000,
         "exploration_fraction": 0.1,
         "double_q": False,
-        "policy_kwargs": {"net_arch": [64, 64]},
+        "policy_kwargs": {"net_arch": [64, 64], "weight_init": "torch"},
     }
     """Where Stable-Baselines3's ``DQN`` defaults (and the RL Zoo's ``n_envs: 1``) differ from
     the fields': an RL Zoo block (a section with ``policy:``, see ``rlaccel.zoo``) starts from
-    these. SB3's DQN is not double DQN (``double_q: false``); its Q network is 64-64 ReLU."""
+    these. SB3's DQN is not double DQN (``double_q: false``); its Q network is 64-64 ReLU with PyTorch's
+    default initialisation (``weight_init: torch``)."""
     SB3_RENAMES: ClassVar[dict[str, str]] = {"n_steps": "n_step"}
     """SB3 keys spelled differently here (SB3's DQN ``n_steps`` is the n-step return length)."""
 

@@ -15,7 +15,7 @@ Array = jax.Array
 
 def make_q_network(num_actions: int, kwargs: QNetKwargs) -> MLP:
     """``[..., obs_dim] -> [..., num_actions]`` Q-values; a plain Dense stack (int8-quantisable)."""
-    return MLP(hidden=tuple(kwargs.net_arch), out_dim=num_actions, activation=kwargs.activation, out_gain=1.0, ortho_init=kwargs.ortho_init)
+    return MLP(hidden=tuple(kwargs.net_arch), out_dim=num_actions, activation=kwargs.activation, out_gain=1.0, ortho_init=kwargs.ortho_init, weight_init=kwargs.weight_init)
 
 
 class ExplorationNoise(NamedTuple):

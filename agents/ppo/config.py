@@ -68,7 +68,10 @@ class PPOConfig:
     ent_coef: float = traced_field(0.0)
     """Entropy bonus coefficient."""
     vf_coef: float = traced_field(0.5)
-    """Value loss coefficient."""
+    """Value loss coefficient (of ``value_loss``)."""
+    value_loss: Literal["half_mse", "mse"] = "half_mse"
+    """What ``vf_coef`` weighs: ``half_mse``, ``0.5 * mean((V - R)**2)`` (CleanRL, PureJaxRL), or
+    ``mse``, ``mean((V - R)**2)``, SB3's ``F.mse_loss`` (an RL Zoo block's, ``SB3_DEFAULTS``)."""
     max_grad_norm: float = traced_field(0.5)
     """Global gradient-norm clip."""
     normalize_advantage: bool = True
@@ -87,10 +90,12 @@ class PPOConfig:
     of each rollout (SB3's meaning)."""
     policy_kwargs: PolicyKwargs = PolicyKwargs()
 
-    SB3_DEFAULTS: ClassVar[dict[str, Any]] = {"n_envs": 1, "n_steps": 2048, "n_epochs": 10, "batch_size": 64, "learning_rate": 3e-4}
+    SB3_DEFAULTS: ClassVar[dict[str, Any]] = {"n_envs": 1, "n_steps": 2048, "n_epochs": 10, "batch_size": 64, "learning_rate": 3e-4, "value_loss": "mse", "policy_kwargs": {"weight_init": "torch"}}
     """Where Stable-Baselines3's ``PPO`` defaults (and the RL Zoo's ``n_envs: 1``) differ from
     the fields': an RL Zoo block (a section with ``policy:``, see ``rlaccel.zoo``) starts from
-    these. The other defaults (``gamma``, ``gae_lambda``, ``clip_range``, ``ent_coef``,
+    these (``policy_kwargs.weight_init: torch``: with ``ortho_init=False`` SB3 keeps PyTorch's default
+    initialisation, whose random biases keep gSDE's latent features, hence its noise, away from
+    zero at the normalised mean state; ``value_loss: mse``: SB3's value loss has no 1/2). The other defaults (``gamma``, ``gae_lambda``, ``clip_range``, ``ent_coef``,
     ``vf_coef``, ``max_grad_norm``, Adam's ``eps=1e-5``, ``policy_kwargs``) are SB3's already."""
 
     def __post_init__(self) -> None:

@@ -78,6 +78,7 @@ def ppo_loss(
     ent_coef: float,
     vf_coef: float,
     normalize_advantage: bool,
+    value_loss_kind: str = "half_mse",
 ) -> tuple[Array, LossInfo]:
     """Clipped surrogate + value loss - entropy bonus (https://arxiv.org/abs/1707.06347).
 
@@ -95,6 +96,8 @@ def ppo_loss(
       clip_range_vf: value clip around ``old_values``; ``None`` for none.
       ent_coef, vf_coef: loss weights.
       normalize_advantage: normalise ``advantages`` over this minibatch.
+      value_loss_kind: ``half_mse`` (``0.5 * mean(err**2)``, CleanRL / PureJaxRL) or ``mse``
+        (``mean(err**2)``, SB3's ``F.mse_loss``): what ``vf_coef`` weighs.
 
     Returns:
       ``(total_loss, LossInfo)``.
@@ -106,11 +109,12 @@ def ppo_loss(
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages)
     policy_loss = -surrogate.mean()
 
+    half = 0.5 if value_loss_kind == "half_mse" else 1.0
     if clip_range_vf is None:
-        value_loss = 0.5 * jnp.square(new_values - returns).mean()
+        value_loss = half * jnp.square(new_values - returns).mean()
     else:
         clipped = old_values + jnp.clip(new_values - old_values, -clip_range_vf, clip_range_vf)
-        value_loss = 0.5 * jnp.maximum(jnp.square(new_values - returns), jnp.square(clipped - returns)).mean()
+        value_loss = half * jnp.maximum(jnp.square(new_values - returns), jnp.square(clipped - returns)).mean()
 
     entropy_loss = -entropy.mean()
     total = policy_loss + vf_coef * value_loss + ent_coef * entropy_loss

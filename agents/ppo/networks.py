@@ -48,7 +48,7 @@ def make_networks(observation_space: spaces.Box, action_space: spaces.Space, kwa
     if discrete and use_sde:
         raise ValueError("use_sde (gSDE) needs a continuous (Box) action space")
     action_dim = int(action_space.n) if discrete else int(math.prod(action_space.shape))
-    common = dict(activation=kwargs.activation, ortho_init=kwargs.ortho_init)
+    common = dict(activation=kwargs.activation, ortho_init=kwargs.ortho_init, weight_init=kwargs.weight_init)
     return PPONetworks(
         policy=MLP(hidden=kwargs.pi_arch, out_dim=action_dim, out_gain=0.01, **common),
         value=MLP(hidden=kwargs.vf_arch, out_dim=1, out_gain=1.0, **common),

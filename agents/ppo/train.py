@@ -192,6 +192,7 @@ def loss_fn(params: Any, mb: Minibatch, clip_range: Array, *, nets: nets_lib.PPO
         ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef,
         normalize_advantage=cfg.normalize_advantage,
+        value_loss_kind=cfg.value_loss,
     )
 
 

@@ -11,6 +11,11 @@ Search (Optuna TPE + median pruner; several processes or machines can share one 
     rlaccel sweep --config configs/ppo_cartpole.yaml --search optuna \\
         --space configs/search_ppo_cartpole.yaml --trials 40 [--storage URL_OR_JOURNAL_FILE]
 
+Several processes or hosts (a grid; members sharded over every process's devices, process 0
+writes the outputs; docs/multi-host.md)::
+
+    rlaccel sweep --config C --grid ... --out /shared/sweep --coordinator HOST:PORT --num-processes N --process-id I
+
 Best config of a finished sweep, ready for ``rlaccel train``::
 
     rlaccel sweep --export-best sweeps/mine [--to best.yaml]
@@ -25,10 +30,12 @@ import argparse
 import datetime
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from rlaccel import config as config_lib
+from rlaccel.cli.train import add_process_arguments
 from rlaccel.config import ConfigError
 from rlaccel.fileio import atomic_write
 
@@ -53,6 +60,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--export-best", metavar="SWEEP_DIR", help="write the best config of a finished sweep and exit")
     p.add_argument("--to", help="with --export-best: output YAML (default SWEEP_DIR/best_config.yaml)")
+    add_process_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -103,7 +111,18 @@ def run(args: argparse.Namespace) -> int:
     from rlaccel.sweep import search
 
     # ---- everything is validated before anything is written ----
+    multi = False
     try:
+        from rlaccel import distributed
+
+        multi = distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before JAX starts
+        if multi:
+            if args.search:
+                raise ConfigError("--search over several processes: run one worker per process without --coordinator, sharing the study through --storage")
+            if args.devices is not None:
+                raise ConfigError("--devices: a sweep over several processes shards its members over every process's devices")
+            if not args.out:
+                raise ConfigError("--out DIR: a sweep over several processes needs a directory every process names (the default has a timestamp)")
         if not args.config:
             raise ConfigError("--config FILE is required (e.g. --config configs/ppo_cartpole.yaml)")
         overrides = list(args.overrides) + (["logging.progress=false"] if args.no_progress else [])
@@ -143,17 +162,30 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--devices {args.devices}: JAX sees {len(devices)} device(s) ({', '.join(str(d) for d in devices)})")
             devices = devices[: args.devices]
     except ConfigError as e:
+        if multi:
+            distributed.agree(False)
         return _fail(str(e))
 
     if args.search:
         return run_search(args, base, space, seeds, out, devices)
-    if out.exists() and args.overwrite:
+    if out.exists() and args.overwrite and distributed.is_writer():
         shutil.rmtree(out)
+    if multi and not distributed.agree(True):  # after the removal: no process writes into it before
+        return _fail("another process of the sweep refused it (see its error)")
     from rlaccel.sweep.run import run_grid
 
     seed_list = [base.seed + i for i in range(seeds)]
     meta = {"config_file": args.config, "overrides": list(args.overrides), "grid": list(args.grid)}
-    report = run_grid(base, grid, seed_list, out, devices=devices, meta=meta)
+    try:
+        report = run_grid(base, grid, seed_list, out, devices=devices, meta=meta)
+    except Exception as e:
+        if multi:  # the others would wait for it in their next collective: exit as a dead process does
+            print(f"error: {e}" if isinstance(e, distributed.ProcessLost) else traceback.format_exc(), file=sys.stderr)
+            distributed.abandon(1)
+        raise
+    if not distributed.is_writer():
+        print(f"done: process {distributed.process_index()} of {distributed.process_count()}; process 0 wrote the results to {out}")
+        return report["exit_code"]
     if report["exit_code"]:
         print(f"stopped by {report['stopped_by']}; the groups done so far are in {out}", file=sys.stderr)
         return report["exit_code"]

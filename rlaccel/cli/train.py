@@ -38,11 +38,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--check", action="store_true", help="validate everything, print the resolved config, write nothing")
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="a multi-process run (docs/multi-host.md): process 0's address; with --num-processes and --process-id (none of them under srun / mpirun: detected)")
-    p.add_argument("--num-processes", type=int, metavar="N", help="a multi-process run: how many processes")
-    p.add_argument("--process-id", type=int, metavar="I", help="a multi-process run: this process, 0 .. N-1 (0 writes the run directory)")
+    add_process_arguments(p)
     p.set_defaults(func=run)
     return p
+
+
+def add_process_arguments(p: argparse.ArgumentParser) -> None:
+    """``--coordinator HOST:PORT --num-processes N --process-id I``: one run (or sweep) over
+    several processes (``rlaccel.distributed.initialize``; ``rlaccel train`` and ``rlaccel sweep``)."""
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="a multi-process run (docs/multi-host.md): process 0's address; with --num-processes and --process-id (none of them under srun / mpirun: detected)")
+    p.add_argument("--num-processes", type=int, metavar="N", help="a multi-process run: how many processes")
+    p.add_argument("--process-id", type=int, metavar="I", help="a multi-process run: this process, 0 .. N-1 (0 writes the run directory or sweep outputs)")
 
 
 def resolve(args: argparse.Namespace) -> tuple[config_lib.Config, Path, bool, str | None]:

@@ -81,7 +81,7 @@ class DeviceSource(StepSource):
         self.num_envs = num_envs
         self.num_steps = num_steps
         self.precision = precision
-        self.learner_device = learner_device or jax.devices()[0]
+        self.learner_device = learner_device or jax.local_devices()[0]  # this process's (several processes: jax.devices()[0] is process 0's)
         self.actor_device = actor_device or self.learner_device
         self._pieces: dict[str, Any] | None = None
         self._chunks: dict[int, Any] = {}

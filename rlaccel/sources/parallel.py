@@ -193,12 +193,27 @@ class ParallelSource(DeviceSource):
 
     def compile(self, state: TrainState, num_updates: int) -> Any:
         """The chunk compiled for the mesh. The state is not donated: after a lost process
-        the last good state stays readable (for ``summary.json``)."""
+        the last good state stays readable (for ``summary.json``).
+
+        Several processes: the probe's pieces are compiled here too, before any chunk is
+        timed. Compiled at the first probe instead, each process would take its own time over
+        it and the faster one would wait that long inside its next chunk's first collective
+        (counted as training time)."""
         if num_updates not in self._chunks:
             shardings = self.shardings(state)
             chunk = jax.jit(self.train_chunk, static_argnums=1, in_shardings=(shardings,), out_shardings=(shardings, self._sharding(P())))
             self._chunks[num_updates] = chunk.lower(state, num_updates).compile()
+            if jax.process_count() > 1:
+                self._probe.pieces(self.local_view(state))  # once: cached by the probe's source
         return self._chunks[num_updates]
+
+    def start(self, state: TrainState, stop: Any) -> None:
+        """Several processes: wait until every process is here (after its compile and the
+        writer's setup), so the first timed chunk does not include another's start-up."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("rlaccel: first chunk")
 
     def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
         """One compiled chunk. Several processes: it blocks here, so a process that died shows

@@ -124,7 +124,9 @@ def write_tensorboard(run_dir: Path, steps: np.ndarray, metrics: Mapping[str, np
     """
     import warnings
 
-    from tensorboardX import SummaryWriter
+    from rlaccel.logging import summary_writer
+
+    SummaryWriter = summary_writer()  # tensorboardX without torch's import
     from tensorboardX.summary import hparams as hparams_summary
 
     with warnings.catch_warnings():

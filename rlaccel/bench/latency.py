@@ -64,10 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and export the policies (unless ``--policy``), then measure; the exit code."""
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        print(f"error: unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}", file=sys.stderr)
+    from rlaccel.bench.table import pick
+
+    try:
+        backends = pick(args.backends, BACKENDS, noun="backend")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     missing = [p for p in args.policy if not Path(p).is_file()]
     if missing:

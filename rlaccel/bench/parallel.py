@@ -56,12 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Every row in its own process(es); the table and the JSON. Exit code 1 if a row failed, 2 for unknown rows."""
-    from rlaccel.bench.table import cpu_info, describe_cpu
+    from rlaccel.bench.table import cpu_info, describe_cpu, pick
 
-    names = [n.strip() for n in args.parallel_rows.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ROWS]
-    if unknown or not names:
-        print(f"error: --rows: unknown row(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}", file=sys.stderr)
+    try:
+        names = pick(args.parallel_rows, ROWS)
+    except ValueError as e:
+        print(f"error: --rows: {e}", file=sys.stderr)
         return 2
     rows = {}
     for name in names:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from rlaccel.bench.rows import BASELINE_FOR, CONFIG, ROOT, ROWS
@@ -134,13 +135,20 @@ def print_table(results: dict[str, dict], machine_info: dict) -> None:
             print(f"{name}: {fmt(r['sps'])} env steps/s pipelined; min(actor, learner) = {fmt(bound)} if acting and learning overlap fully, {fmt(serial)} if in turn (probe speeds, blocking)")
 
 
+def pick(text: str, choices: Iterable[str], noun: str = "row") -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``, each one of ``choices``; raises ``ValueError`` naming the
+    unknown ones (every bench subcommand's ``--rows``-like option)."""
+    choices = list(choices)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown or not names:
+        raise ValueError(f"unknown {noun}(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(choices)}")
+    return names
+
+
 def parse_rows(text: str) -> list[str]:
     """``"a,b"`` -> ``["a", "b"]``; raises ``ValueError`` naming unknown rows."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ROWS]
-    if unknown or not names:
-        raise ValueError(f"unknown row(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}")
-    return names
+    return pick(text, ROWS)
 
 
 def run(rows: str, out: str | Path | None = None, timesteps: int | None = None) -> int:

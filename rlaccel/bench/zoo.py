@@ -144,11 +144,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_rows(text: str) -> list[str]:
     """``"a,b"`` -> ``["a", "b"]``; raises ``ValueError`` naming unknown rows."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ROWS]
-    if unknown or not names:
-        raise ValueError(f"--rows: unknown row(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}")
-    return names
+    from rlaccel.bench.table import pick
+
+    try:
+        return pick(text, ROWS)
+    except ValueError as e:
+        raise ValueError(f"--rows: {e}") from None
 
 
 def check_args(args: argparse.Namespace) -> list[str]:

@@ -39,6 +39,8 @@ from rlaccel.fileio import atomic_write, write_json
 from rlaccel.logging import MetricLogger, make_progress
 from rlaccel.sources.base import SourceFault, StepSource
 
+POINTS_PER_RUN = 1000  # per-update metrics written when logging.log_every is None (TensorBoard keeps 1,000 per tag)
+
 __all__ = ["ChunkEnd", "Hook", "chunk_length", "open_run_dir", "restore_latest", "run"]
 
 
@@ -145,6 +147,7 @@ def run(
     end_update = source.num_updates if stop_at is None else max(start_update, min(stop_at, source.num_updates))
 
     chunk = chunk_length(source.num_updates, log.log_interval)
+    every = log.log_every or -(-source.num_updates // POINTS_PER_RUN)
     compile_start = time.perf_counter()
     source.compile(state, chunk)
     compile_s = time.perf_counter() - compile_start
@@ -193,7 +196,10 @@ def run(
                 elapsed = time.perf_counter() - start
                 k = len(next(iter(metrics.values()))) if metrics else 0
                 bad = guards.first_nonfinite(metrics) if source.guard_nonfinite and k else None
-                for i in range(k if bad is None else bad[0] + 1):
+                rows = k if bad is None else bad[0] + 1
+                for i in range(rows):
+                    if (update + i + 1) % every and i < rows - 1:
+                        continue  # written at a stride (DQN: tens of thousands of updates)
                     row = {name: v[i] for name, v in metrics.items()}
                     if i == k - 1:
                         row["time/fps"] = k * spu / elapsed
@@ -214,7 +220,7 @@ def run(
                 except distributed.ProcessLost as e:
                     failure = e
                     break
-                if time.perf_counter() - last_probe >= log.probe_seconds or update >= end_update:
+                if log.probe_seconds is not None and (time.perf_counter() - last_probe >= log.probe_seconds or update >= end_update):
                     probes.append(source.probe(state, elapsed / k))
                     if costs and "time/actor_sps" in probes[-1]:
                         probes[-1].update(costs_lib.ops_per_s(costs, probes[-1]["time/actor_sps"]))

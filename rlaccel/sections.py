@@ -131,12 +131,17 @@ class LoggingConfig:
     """Run directory; default ``runs/<algo>_<env>_s<seed>_<timestamp>``."""
     log_interval: int = 8
     """Updates per compiled chunk; metrics, progress and the NaN check happen between chunks."""
+    log_every: Optional[int] = None
+    """Write every this many updates' metrics to TensorBoard (a chunk's last update always);
+    ``None``: about 1,000 points per run, what TensorBoard's reader keeps per tag by default.
+    The NaN check sees every update either way."""
     checkpoint_interval: int = 100
     """Write a checkpoint every this many updates (rounded up to whole chunks); 0 = only at the end."""
     keep_checkpoints: int = 3
     """How many most recent checkpoints to keep."""
-    probe_seconds: float = 2.0
-    """Seconds between probes (decision latency, actor and learner speed), timed between chunks."""
+    probe_seconds: Optional[float] = 2.0
+    """Seconds between probes (decision latency, actor and learner speed, int8 agreement), timed
+    between chunks, and one at the end; ``null``: no probes (their pieces are never compiled)."""
     tensorboard: bool = True
     """Write TensorBoard event files into the run directory."""
     progress: bool = True
@@ -144,9 +149,10 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         _check(self.log_interval >= 1, "logging.log_interval", "must be >= 1")
+        _check(self.log_every is None or self.log_every >= 1, "logging.log_every", "must be >= 1 or null")
         _check(self.checkpoint_interval >= 0, "logging.checkpoint_interval", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "logging.keep_checkpoints", "must be >= 1")
-        _check(self.probe_seconds >= 0, "logging.probe_seconds", "must be >= 0")
+        _check(self.probe_seconds is None or self.probe_seconds >= 0, "logging.probe_seconds", "must be >= 0 or null")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,7 +55,10 @@ def cartpole_yaml() -> Path:
 
 # The longest modules first (measured: CPU seconds per module in a full run), so the two
 # workers of `make test` do not end with one of them alone on a long module.
-LONGEST_FIRST = ("test_learning", "test_ray", "test_reference", "test_quant", "test_sweep", "test_reliability", "test_host_actors", "test_deploy", "test_placement", "test_brax", "test_cli")
+LONGEST_FIRST = (
+    "test_learning", "test_distributed", "test_reliability", "test_deploy", "test_host_actors", "test_sweep", "test_pipeline",
+    "test_ray", "test_brax", "test_gsde", "test_eval", "test_cli", "test_reference", "test_quant", "test_placement",
+)  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)

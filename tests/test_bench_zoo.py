@@ -1,4 +1,4 @@
-"""``rlaccel bench zoo`` (``rlaccel/bench/zoo*.py``), unit level: its rows are the zoo's blocks at
+"""``rlaccel bench zoo`` (``rlaccel/bench/zoo*.py``), unit level (and, at the end, the main table's markdown): its rows are the zoo's blocks at
 the zoo's budgets, SB3 gets each block as the zoo's ``ExperimentManager`` would, the figures
 and the pass rule, the eval curves read back from TensorBoard events, the Markdown and PNG, and
 bad arguments. No training here: ``rlaccel bench zoo --budget-scale 0.02 --seeds 1`` is the
@@ -129,3 +129,24 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, ke
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {key}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_main_table_markdown_has_each_row_and_its_same_run_ratio():
+    """``rlaccel bench`` writes its table as markdown beside the JSON (what docs/benchmarks.md
+    quotes): one line per row, ratios against the baseline row of the same results."""
+    from rlaccel.bench import table
+
+    results = {
+        "purejaxrl_1": {"sps": 200.0, "time_to_result_s": 12.0, "final_return": 500.0, "final_return_min": 500.0},
+        "fused_int8": {"sps": 150.0, "time_to_result_s": 4.0, "final_return": 498.5},
+        "split_fp32": {"error": "RuntimeError: boom"},
+    }
+    info = {"cpu": "Test CPU", "cores": 2, "cpu_flags": ["avx2"], "python": "3", "jax": "0", "backend": "cpu"}
+    text = table.markdown(results, info, "2026-12-02T00:00:00")
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[0].split(" | ")[:4] == ["| row", "env steps/s", "peak RSS MiB", "vs baseline"]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:]}  # after the header and its rule
+    assert list(rows) == list(results)
+    assert rows["fused_int8"][3] == "0.75x" and rows["fused_int8"][6] == "3.00x"  # sps ratio, time to result sooner
+    assert rows["split_fp32"][1] == "error: RuntimeError: boom"
+    assert "Test CPU, 2 cores, flags: avx2" in text

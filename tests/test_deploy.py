@@ -48,7 +48,7 @@ def cartpole_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("deploy") / "ppo_cartpole"
     cfg = config_lib.load(
         REPO / "configs" / "ppo_cartpole.yaml",
-        ["total_timesteps=294912", "logging.progress=false", "logging.tensorboard=false", "logging.log_interval=96", "eval.freq=0"],  # evaluation: tests/test_eval.py
+        ["total_timesteps=294912", "logging.progress=false", "logging.tensorboard=false", "logging.log_interval=96", "eval.freq=0", "logging.probe_seconds=null"],  # evaluation: tests/test_eval.py; probes: tests/test_cli.py
     )
     api.train(cfg, run_dir=run_dir, progress=False)
     export(run_dir)
@@ -161,7 +161,7 @@ def test_host_actor_mujoco_run_exports_bit_exact(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("deploy_gym") / "halfcheetah"
     cfg = config_lib.load(
         REPO / "configs" / "ppo_halfcheetah.yaml",
-        ["total_timesteps=4096", "logging.log_interval=1", "logging.progress=false", "logging.tensorboard=false", "eval.freq=0"],
+        ["total_timesteps=4096", "logging.log_interval=1", "logging.progress=false", "logging.tensorboard=false", "eval.freq=0", "logging.probe_seconds=null"],
     )
     api.train(cfg, run_dir=run_dir, progress=False)
     export(run_dir)

@@ -35,7 +35,8 @@ LOST_WITHIN_S = 60  # what docs/multi-host.md promises for a process that dies (
 # The learning runs: configs/ppo_cartpole.yaml in 200k steps at lr 1e-3 (annealed): 390 updates
 # of 16 minibatches, 2.5x fewer gradient averages than 500k steps (each one a network round
 # trip between the processes); a return of 500 with PRNGKey(0..3).
-LEARN = ("total_timesteps=200000", "ppo.learning_rate=lin_1e-3", "eval.freq=0")  # the final training returns are compared
+# The final training returns are compared: no evaluation, no probes (tests/test_cli.py's).
+LEARN = ("total_timesteps=200000", "ppo.learning_rate=lin_1e-3", "eval.freq=0", "logging.probe_seconds=null")
 
 
 def load(path, *overrides):

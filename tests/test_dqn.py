@@ -100,8 +100,9 @@ def test_short_dqn_run_logs_sb3_tags(tmp_path, precision: str) -> None:
     rc = cli.main(
         [
             "train", "--config", "configs/dqn_cartpole.yaml", "--run-dir", str(run_dir), "--no-progress",
-            "--set", "total_timesteps=3000", "--set", "dqn.learning_starts=1000", "--set", "logging.log_interval=100",
+            "--set", "total_timesteps=3000", "--set", "dqn.learning_starts=1000", "--set", "logging.log_interval=100", "--set", "logging.log_every=7",
             "--set", f"placement.actor.precision={precision}", "--set", "eval.freq=0",  # evaluation: tests/test_eval.py
+            *(["--set", "logging.probe_seconds=null"] if precision == "fp32" else []),  # probes off
         ]
     )  # fmt: skip
     assert rc == 0
@@ -112,7 +113,12 @@ def test_short_dqn_run_logs_sb3_tags(tmp_path, precision: str) -> None:
     tags = set(events.Tags()["scalars"])
     assert {"rollout/exploration_rate", "train/loss", "train/q_mean", "rollout/ep_rew_mean", "time/fps"} <= tags
     if precision == "int8":
-        assert {"quant/action_agreement", "quant/logit_mae", "actor/decision_latency_us_p50"} <= tags
+        assert {"quant/action_agreement", "quant/logit_mae", "actor/decision_latency_us_p50", "time/actor_sps"} <= tags
+    else:  # logging.probe_seconds: null
+        assert not any(t.startswith(("actor/decision_latency", "quant/")) or t in ("time/actor_sps", "time/learner_sps") for t in tags), tags
+        assert "time/actor_sps" not in summary and "actor/decision_latency_us_p50" not in summary
+    # Per-update metrics every 7th update and at each chunk's end (100 updates of 10 env steps).
+    assert [e.step for e in events.Scalars("rollout/exploration_rate")] == [10 * u for u in range(1, 301) if u % 7 == 0 or u % 100 == 0]
     epsilon = [e.value for e in events.Scalars("rollout/exploration_rate")]
     assert epsilon[0] > epsilon[-1]  # the schedule decays
     losses_logged = [e.value for e in events.Scalars("train/loss")]

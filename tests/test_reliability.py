@@ -327,7 +327,8 @@ def wait_for(predicate, proc, timeout=120.0):
 def test_sigterm_and_kill_9_in_a_real_process(tmp_path, compilation_cache):
     """SIGTERM: exit 143 with a checkpoint and summary.json. ``kill -9`` in the middle of
     writing a checkpoint: the previous one is intact and ``--resume`` continues from it."""
-    long_run = ["--config", str(PPO_YAML), *set_args(PPO), "--set", "total_timesteps=33554432"]
+    # (every update logged: the stride a 131k-update run would get hides what is checked below)
+    long_run = ["--config", str(PPO_YAML), *set_args(PPO), "--set", "total_timesteps=33554432", "--set", "logging.log_every=1"]
     train = [sys.executable, "-m", "rlaccel", "train"]
     term_dir, kill_dir = tmp_path / "term", tmp_path / "kill"
     # The two processes run side by side; the second pauses inside its second checkpoint write.

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rlaccel.bench.rows import BASELINE_FOR, CONFIG, ROOT, ROWS
-from rlaccel.fileio import write_json
+from rlaccel.fileio import atomic_write, write_json
 
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
@@ -105,34 +105,59 @@ def fmt(value: object, spec: str = ",.0f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
-def print_table(results: dict[str, dict], machine_info: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+COLUMNS = ("row", "env steps/s", "peak RSS MiB", "vs baseline", "compile s", "to result s", "sooner", "return", "actor sps", "learner sps", "latency p50 us", "p99 us")
 
-    table = Table(title=TITLE, caption=describe(machine_info))
-    columns = ("row", "env steps/s", "peak RSS MiB", "vs baseline", "compile s", "to result s", "sooner", "return", "actor sps", "learner sps", "latency p50 us", "p99 us")
-    for col in columns:
-        table.add_column(col, justify="left" if col == "row" else "right")
+
+def table_rows(results: dict[str, dict]) -> list[list[str]]:
+    """One list of cells (:data:`COLUMNS`) per row: ratios against the baseline of the same run."""
+    out = []
     for name, r in results.items():
         if "error" in r:
-            table.add_row(name, f"error: {r['error'][:80]}", *[""] * (len(columns) - 2))
+            out.append([name, f"error: {r['error'][:80]}", *[""] * (len(COLUMNS) - 2)])
             continue
         base = results.get(BASELINE_FOR.get(name, ""), {})
         ratio = f"{r['sps'] / base['sps']:.2f}x" if base.get("sps") else "-"
         sooner = f"{base['time_to_result_s'] / r['time_to_result_s']:.2f}x" if base.get("time_to_result_s") and r.get("time_to_result_s") else "-"
         ret = fmt(r.get("final_return"), ".1f") + (f" (min {r['final_return_min']:.0f})" if r.get("final_return_min") is not None else "")
-        table.add_row(
+        out.append([
             name, fmt(r["sps"]), fmt(r.get("peak_rss_mib"), ".0f"), ratio, fmt(r.get("compile_s"), ".1f"), fmt(r.get("time_to_result_s"), ".1f"), sooner, ret, fmt(r.get("actor_sps")),
             fmt(r.get("learner_sps")), fmt(r.get("latency_us_p50"), ".0f"), fmt(r.get("latency_us_p99"), ".0f"),
-        )  # fmt: skip
-    Console(width=max(Console().width, 170)).print(table)
+        ])  # fmt: skip
+    return out
+
+
+def notes(results: dict[str, dict]) -> list[str]:
+    """The lines printed under the table: int8 against fp32 acting, what pipelining could reach."""
+    out = []
     fp, q = results.get("fused_fp32", {}), results.get("fused_int8", {})
     if fp.get("sps") and q.get("sps"):
-        print(f"fused int8 actors vs fused fp32 actors: {100 * (q['sps'] / fp['sps'] - 1):+.1f} % env steps/s")
+        out.append(f"fused int8 actors vs fused fp32 actors: {100 * (q['sps'] / fp['sps'] - 1):+.1f} % env steps/s")
     for name, r in results.items():
         if r.get("policy_lag") and r.get("actor_sps") and r.get("learner_sps"):  # pipelined: both devices busy at once
             bound, serial = min(r["actor_sps"], r["learner_sps"]), 1 / (1 / r["actor_sps"] + 1 / r["learner_sps"])
-            print(f"{name}: {fmt(r['sps'])} env steps/s pipelined; min(actor, learner) = {fmt(bound)} if acting and learning overlap fully, {fmt(serial)} if in turn (probe speeds, blocking)")
+            out.append(f"{name}: {fmt(r['sps'])} env steps/s pipelined; min(actor, learner) = {fmt(bound)} if acting and learning overlap fully, {fmt(serial)} if in turn (probe speeds, blocking)")
+    return out
+
+
+def print_table(results: dict[str, dict], machine_info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=TITLE, caption=describe(machine_info))
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for cells in table_rows(results):
+        table.add_row(*cells)
+    Console(width=max(Console().width, 170)).print(table)
+    for line in notes(results):
+        print(line)
+
+
+def markdown(results: dict[str, dict], machine_info: dict, date: str) -> str:
+    """The table as markdown (written beside the JSON; docs/benchmarks.md quotes it)."""
+    lines = [f"{TITLE}", "", f"{date}; {describe(machine_info)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
+    return "\n".join([*lines, "", *notes(results), ""])
 
 
 def pick(text: str, choices: Iterable[str], noun: str = "row") -> list[str]:
@@ -172,9 +197,11 @@ def run(rows: str, out: str | Path | None = None, timesteps: int | None = None) 
         print(f"note: --timesteps {timesteps}: CartPole rows shortened to {timesteps:,} env steps per seed, a check that they run, not a measurement")
     path = Path(out) if out else DEFAULT_OUT
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "cartpole_ppo_dqn", "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "rows": results}
+    date = datetime.datetime.now().isoformat(timespec="seconds")
+    report = {"benchmark": "cartpole_ppo_dqn", "date": date, "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "rows": results}
     write_json(path, report)
-    print(f"wrote {path}")
+    atomic_write(path.with_suffix(".md"), markdown(results, info, date))
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
     failed = [n for n, r in results.items() if "error" in r]
     if failed:
         print(f"error: {len(failed)} row(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -19,6 +19,12 @@ __all__ = ["SourceFault", "StepSource", "latency_percentiles", "make", "make_sou
 
 def make(config: Any, console: Any = None) -> StepSource:
     """The step source ``config`` calls for (imports JAX and the algorithm's code)."""
+    source = _make(config, console)
+    source.probes = config.logging.probe_seconds is not None
+    return source
+
+
+def _make(config: Any, console: Any) -> StepSource:
     from rlaccel import agent as agent_lib
     from rlaccel import envs, placement
 

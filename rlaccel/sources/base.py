@@ -42,6 +42,9 @@ class StepSource:
     steps_per_update: int
     num_updates: int
     guard_nonfinite: bool = True
+    probes: bool = True
+    """Whether the loop will call :meth:`probe` (``logging.probe_seconds`` not null): a source
+    that compiles the probe's pieces ahead of time skips them otherwise."""
     checkpoint_meta: Mapping[str, Any] = {}
     resume_note: str = ""
 

@@ -203,7 +203,7 @@ class ParallelSource(DeviceSource):
             shardings = self.shardings(state)
             chunk = jax.jit(self.train_chunk, static_argnums=1, in_shardings=(shardings,), out_shardings=(shardings, self._sharding(P())))
             self._chunks[num_updates] = chunk.lower(state, num_updates).compile()
-            if jax.process_count() > 1:
+            if jax.process_count() > 1 and self.probes:
                 self._probe.pieces(self.local_view(state))  # once: cached by the probe's source
         return self._chunks[num_updates]
 

@@ -349,10 +349,10 @@ def tables(qp: QuantParams) -> Int8Tables:
 
     Every layer's ``acc -> int8 output`` (requantise, zero point, clamp, TANH) is nondecreasing
     in each channel's accumulator: ``thresholds[i][j, k]`` is the smallest accumulator ``a`` in
-    ``[-R_j, R_j + 1]`` (``R_j`` = :func:`reach`; above it means "never") whose output is
-    ``>= k - 127``, found by bisection on the integer kernels themselves. All searches of a
-    layer step together and stop once every one has closed, so a "never" entry may sit at
-    ``R_j + 2``: the numpy reference treats every value above ``R_j`` alike.
+    ``[-R_j, R_j]`` (``R_j`` = :func:`reach`) whose output is ``>= k - 127``, or ``R_j + 1``
+    ("never"). As ``rlaccel.lookup.thresholds``: each entry from the float estimate
+    ``(y - z) / multiplier``, checked on the integer kernels at four accumulators around it; if
+    any entry misses, the open ones are bisected on the integer kernels (``TABLE_ITERATIONS``).
 
     Returns:
       ``Int8Tables`` with ``thresholds[i]`` int32 ``[out_i, LEVELS]`` for every layer.
@@ -360,26 +360,37 @@ def tables(qp: QuantParams) -> Int8Tables:
     return Int8Tables(model=qp.model, thresholds=tuple(_thresholds(qp, i) for i in range(len(qp.model.w_q))))
 
 
-def _thresholds(qp: QuantParams, i: int) -> Array:
+def _thresholds(qp: QuantParams, i: int, estimate: bool = True) -> Array:
     m = qp.model
-    r = reach(m.w_q[i], m.b_q[i])  # [out]
+    tanh = qp.activation == "tanh" and i < len(m.w_q) - 1
     target = (jnp.arange(LEVELS, dtype=jnp.int32) - 127)[:, None]  # [255, 1]: levels -127 .. 127
-    shape = (LEVELS, r.shape[0])
-    lo, hi = jnp.broadcast_to(-r, shape), jnp.broadcast_to(r + 1, shape)
+    r = jnp.broadcast_to(reach(m.w_q[i], m.b_q[i]), (LEVELS, m.w_q[i].shape[1]))  # [255, out]
 
     def out(acc: Array) -> Array:
         y = jnp.clip(requantize(acc, m.mult[i], m.shift[i], qp.profile) + m.out_zero[i], m.act_min[i], m.act_max[i])
-        return _tanh(y, m.out_scale[i]) if qp.activation == "tanh" and i < len(m.w_q) - 1 else y
+        return _tanh(y, m.out_scale[i]) if tanh else y
 
     def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
         lo, hi = bounds
-        active = jnp.any(lo < hi)
         mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without int32 overflow
         above = out(mid) >= target
-        return jnp.where(active & ~above, mid + 1, lo), jnp.where(active & above, mid, hi)
+        return jnp.where((lo < hi) & ~above, mid + 1, lo), jnp.where((lo < hi) & above, mid, hi)
 
-    lo, _ = jax.lax.fori_loop(0, TABLE_ITERATIONS, step, (lo, hi))
-    return lo.T
+    lo, hi = -r, r + 1
+    if estimate:
+        row = jnp.asarray(TANH_LUTS)[-jnp.frexp(m.out_scale[i])[1] - 4] if tanh else None
+        y_need = jnp.searchsorted(row, target[:, 0], side="left")[:, None] - 128 if tanh else target
+        slope = m.mult[i] * 2.0 ** (m.shift[i] - 31.0) if qp.profile == "tflite" else 2.0 ** m.shift[i].astype(jnp.float32)
+        e = jnp.clip(jnp.nan_to_num(jnp.ceil((y_need - m.out_zero[i] - 0.5) / slope), posinf=2.0**31, neginf=-(2.0**31)), -r, r + 1)
+        e = jnp.where(y_need > m.act_max[i], r + 1, jnp.where(y_need <= m.act_min[i], -r, e.astype(jnp.int32)))  # never / always
+        probe = jnp.clip(e + jnp.arange(-2, 2)[:, None, None], -r, r + 1)  # [4, 255, out]: e-2 .. e+1
+        above = (out(probe) >= target) | (probe == r + 1)
+        found = (probe[0] > -r) & ~above[0] & above[3]  # the first above is e-1, e or e+1
+        lo = jnp.where(found, probe[1] + (~above[1]).astype(jnp.int32) + (~above[1] & ~above[2]).astype(jnp.int32), -r)
+        hi = jnp.where(found | ((e == -r) & above[2]), lo, r + 1)
+    searching = lambda c: (c[0] < TABLE_ITERATIONS) & jnp.any(c[1] < c[2])  # noqa: E731 - no step once all are closed
+    _, lo, _ = jax.lax.while_loop(searching, lambda c: (c[0] + 1, *step(c[0], c[1:])), (0, lo, hi))
+    return jnp.minimum(lo, r + 1).T
 
 
 def with_tables(tree: Any) -> Any:

@@ -131,15 +131,16 @@ def test_tables_are_the_output_stage_thresholds(policies):
 
 def test_numpy_tabulation_equals_the_jax_tables(policies):
     """``lookup.thresholds`` (what a Ray actor process computes from the broadcast ``Int8Model``)
-    equals ``quant.tables`` (JAX) entry for entry; a level no accumulator reaches is ``R_j + 1``
-    (JAX's bisection may leave ``R_j + 2``: the same "never" to the lookup)."""
+    equals ``quant.tables`` (JAX) entry for entry, a level no accumulator reaches being ``R_j + 1``
+    in both; and ``quant.tables``' estimate-first search equals bisection of every entry."""
     profile, activation, cases = policies
-    for _, tables, _, _ in cases:
+    bisect = jax.jit(lambda qp, i: quant._thresholds(qp, i, estimate=False), static_argnums=1)
+    for qp, tables, _, _ in cases:
         got = lookup.thresholds(tables.model, activation, profile)
         assert len(got) == len(tables.thresholds)
         for i, (mine, theirs) in enumerate(zip(got, tables.thresholds)):
-            r = reference.reach(tables.model.w_q[i], tables.model.b_q[i])[:, None]
-            assert mine.dtype == np.int32 and np.array_equal(mine, np.minimum(np.asarray(theirs, np.int64), r + 1))
+            assert mine.dtype == np.int32 and np.array_equal(mine, np.asarray(theirs))
+            assert np.array_equal(np.asarray(bisect(qp, i)), np.asarray(theirs))
 
 
 def test_int8_network_search_fallback_equals_lookup(policies, monkeypatch):

@@ -181,6 +181,11 @@ def test_cli_pasted_mujoco_block_checks(tmp_path, monkeypatch):
     assert rc == 0, err
     resolved = config_lib.build(yaml.safe_load(out))
     assert resolved.env == "gym:HalfCheetah-v5" and resolved.actors.num_actors == 1  # the block's one env, one actor
+    assert resolved.actors.max_policy_lag == 0  # SB3 trains on the rollout of the policy it updates
+    # Given ``actors`` keys win: a free-running zoo run is still one override away.
+    rc, out, err = run_main(["train", "--config", str(pasted(tmp_path, "ppo", "HalfCheetah-v4")), "--check", "--set", "actors.max_policy_lag=null"])
+    assert rc == 0, err
+    assert config_lib.build(yaml.safe_load(out)).actors.max_policy_lag is None
     assert_zoo_values(resolved, "ppo", zoo_block("ppo", "HalfCheetah-v4"))
 
 

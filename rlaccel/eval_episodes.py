@@ -8,7 +8,7 @@ plays the episodes, for every precision asked, from the same starting states:
   stepping all ``K`` episodes until every one has ended or a fixed bound (the env's time
   limit). :class:`JaxEpisodes` compiles it once per run.
 * ``gym:`` envs: :class:`HostEpisodes`, the algorithm's numpy actor (``rlaccel.registry``'s
-  ``numpy_actor``, built from the parameters host actors get: int8 as ``rlaccel.quant.tables``
+  ``numpy_actor``, built from the parameters host actors get: int8 as ``rlaccel.quant_tables.tables``
   through the bit-exact numpy reference) on ``K`` gymnasium envs of its own (same id and
   keyword arguments, never the training actors'), reset with :func:`eval_seeds`.
 
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from rlaccel import quant, registry
+from rlaccel import quant_tables, registry
 from rlaccel.agent import Agent
 
 __all__ = ["EVAL_TAG", "Episodes", "HostEpisodes", "JaxEpisodes", "eval_key", "eval_seeds", "gym_episodes", "make_program", "policy_action", "run_episodes"]
@@ -235,7 +235,7 @@ class HostEpisodes:
         self.seed = config.seed
         self.section = config.agent
         self.actor_cls = registry.load(registry.get(config.algo).numpy_actor)
-        self._params = jax.jit(lambda state: {p: quant.with_tables(agent.actor_params(state, p)) for p in precisions})
+        self._params = jax.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions})
         self._compiled: Any = None
         self.compile_s = 0.0
 

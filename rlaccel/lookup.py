@@ -1,6 +1,6 @@
 """Each int8 layer's output stage as a branch-free numpy lookup on its int32 accumulator.
 
-numpy only. ``rlaccel.quant.tables`` gives, per layer and channel, the accumulator thresholds at
+numpy only. ``rlaccel.quant_tables.tables`` gives, per layer and channel, the accumulator thresholds at
 which the layer's int8 output (requantise, zero point, clamp, TANH) steps up a level;
 :class:`LayerLookup` turns them into the few numpy calls ``rlaccel.reference.Int8Network``
 runs per layer, with float64 arithmetic that is exact (module docstring of ``reference``).
@@ -19,12 +19,12 @@ TABLE_ITERATIONS = 32  # bisection steps: the widest window, 2 R + 2 <= 2**32 ca
 
 
 def reach(w_q: np.ndarray, b_q: np.ndarray) -> np.ndarray:
-    """``[out]`` int64: the bound on ``|acc|`` the tables use, ``255 sum|w| + |b|`` (``rlaccel.quant.reach``)."""
+    """``[out]`` int64: the bound on ``|acc|`` the tables use, ``255 sum|w| + |b|`` (``rlaccel.quant_tables.reach``)."""
     return 255 * np.abs(np.asarray(w_q, np.int64)).sum(axis=0) + np.abs(np.asarray(b_q, np.int64))
 
 
 def thresholds(model: Any, activation: str, profile: str) -> tuple[np.ndarray, ...]:
-    """``rlaccel.quant.tables``' thresholds in numpy: per layer, int32 ``[out, LEVELS]``, equal
+    """``rlaccel.quant_tables.tables``' thresholds in numpy: per layer, int32 ``[out, LEVELS]``, equal
     entry for entry where the level is reachable (a "never" entry is ``R_j + 1``).
 
     A Ray actor process receives only the ``Int8Model`` (int8 weights and scales, about a third

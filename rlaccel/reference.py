@@ -12,7 +12,7 @@ arithmetic, ``rlaccel.intmath``) and ``rlaccel.quant`` computes in JAX:
   a constant-1 input, so ``np.matmul`` / ``np.dot`` return the int32 accumulator exactly
   (every partial sum is an integer far below ``2**53``, exact in any order, with or without FMA).
 * Each layer's output stage (requantise, zero point, clamp, TANH) is nondecreasing in each
-  channel's accumulator, i.e. a step function: ``rlaccel.quant.tables`` tabulates it as
+  channel's accumulator, i.e. a step function: ``rlaccel.quant_tables.tables`` tabulates it as
   per-channel thresholds on the integer kernels themselves, and :class:`rlaccel.lookup.LayerLookup` turns them
   into a branch-free lookup whose result is already the next layer's ``x - z`` (or, for the
   last layer, ``q - out_zero``, dequantised with one float32 multiply).
@@ -158,7 +158,7 @@ class Int8Network(_Network):
     """The int8 network of :class:`Int8Tables`, bit-exact with ``rlaccel.int8model.head`` (module docstring).
 
     Args:
-      tables: numpy leaves (``jax.device_get(rlaccel.quant.tables(qp))`` or an artifact's arrays).
+      tables: numpy leaves (``jax.device_get(rlaccel.quant_tables.tables(qp))`` or an artifact's arrays).
       activation: the hidden activation (``tanh`` or ``relu``): which zero point each layer takes.
       normalizer: the observation normaliser applied first, or ``None`` (inputs used as they are).
       clip_obs: the normaliser's clip.

@@ -29,7 +29,7 @@ from rlaccel.agents.ppo import sde
 from rlaccel.agents.ppo import train as ppo_train
 from rlaccel.agents.ppo.actor import PPOActor
 
-from rlaccel import checkpoint, envs, int8model, intmath, quant, rollout
+from rlaccel import checkpoint, envs, int8model, intmath, quant, quant_tables, rollout
 from rlaccel import config as config_lib
 from rlaccel.config import ConfigError
 from rlaccel.reference import Int8Network, network
@@ -214,7 +214,7 @@ def test_int8_latent_is_the_dequantised_last_hidden_layer(pendulum, activation):
     np.testing.assert_array_equal(latent, (q - zero).astype(np.float32) * np.float32(scale))
     np.testing.assert_array_equal(head, int8model.head(m, int8model.preprocess(x, m.gain), "tflite", activation))
 
-    host = Int8Network(jax.device_get(jax.jit(quant.tables)(int8.policy)), activation)
+    host = Int8Network(jax.device_get(jax.jit(quant_tables.tables)(int8.policy)), activation)
     host_latent, host_head = host.features(x)
     np.testing.assert_array_equal(host_latent, latent)
     np.testing.assert_array_equal(host_head, head)
@@ -233,7 +233,7 @@ def test_host_actor_samples_what_the_device_actor_samples(pendulum, precision):
     observations and exploration matrices: the same mean, actions and log-probabilities
     (to float rounding: numpy's einsum / exp / log are not XLA's)."""
     device_params = pendulum.int8 if precision == "int8" else pendulum.fp32
-    host = PPOActor(jax.device_get(jax.jit(quant.with_tables)(device_params)), 0, pendulum.cfg.agent)
+    host = PPOActor(jax.device_get(jax.jit(quant_tables.with_tables)(device_params)), 0, pendulum.cfg.agent)
     assert host.sde and host.latent_dim == 24 and host.sample_freq == 4
     obs, noise = pendulum.obs, host.noise(np.random.default_rng(6), 8, 256)
     act = jax.jit(pendulum.agent.act)

@@ -411,9 +411,9 @@ def test_quantize_and_apply_are_jittable():
 
 
 def test_levels_and_the_tables_types_are_defined_once():
-    from rlaccel import reference
+    from rlaccel import quant_tables, reference
     from rlaccel.deploy import artifact
 
-    assert quant.LEVELS is reference.LEVELS == artifact.LEVELS == 255
-    assert quant.Int8Tables is reference.Int8Tables and quant.dense_layers is reference.dense_layers
+    assert quant_tables.LEVELS is reference.LEVELS == artifact.LEVELS == 255
+    assert quant_tables.Int8Tables is quant.Int8Tables is reference.Int8Tables and quant.dense_layers is reference.dense_layers
     assert quant.Int8Model is int8model.Int8Model and quant.PROFILES == intmath.PROFILES == PROFILES

@@ -22,7 +22,7 @@ from rlaccel.agents.ppo.actor import ActorExtras, PPOActor
 
 from rlaccel import agent as agent_lib
 from rlaccel import config as config_lib
-from rlaccel import envs, int8model, intmath, lookup, normalize, quant, reference
+from rlaccel import envs, int8model, intmath, lookup, normalize, quant, quant_tables, reference
 from rlaccel.reference import LEVELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def _policy(profile: str, activation: str, seed: int, hidden_gain: float):
 
 _update = jax.jit(quant.update, static_argnums=3)
 _quantize = jax.jit(quant.quantize, static_argnums=(2, 3))
-_tables = jax.jit(quant.tables)
+_tables = jax.jit(quant_tables.tables)
 _normalize = jax.jit(lambda norm, x: normalize.apply(norm, x, CLIP_OBS))
 _jax_head = jax.jit(lambda qp, norm, x: quant.apply(qp, normalize.apply(norm, x, CLIP_OBS)))
 _apply = jax.jit(quant.apply)
@@ -131,10 +131,10 @@ def test_tables_are_the_output_stage_thresholds(policies):
 
 def test_numpy_tabulation_equals_the_jax_tables(policies):
     """``lookup.thresholds`` (what a Ray actor process computes from the broadcast ``Int8Model``)
-    equals ``quant.tables`` (JAX) entry for entry, a level no accumulator reaches being ``R_j + 1``
-    in both; and ``quant.tables``' estimate-first search equals bisection of every entry."""
+    equals ``quant_tables.tables`` (JAX) entry for entry, a level no accumulator reaches being ``R_j + 1``
+    in both; and ``quant_tables.tables``' estimate-first search equals bisection of every entry."""
     profile, activation, cases = policies
-    bisect = jax.jit(lambda qp, i: quant._thresholds(qp, i, estimate=False), static_argnums=1)
+    bisect = jax.jit(lambda qp, i: quant_tables._thresholds(qp, i, estimate=False), static_argnums=1)
     for qp, tables, _, _ in cases:
         got = lookup.thresholds(tables.model, activation, profile)
         assert len(got) == len(tables.thresholds)
@@ -228,7 +228,7 @@ def _agent(overrides: list[str], config_file: Path | None = None):
 def _actor_params(agent, state, precision: str):
     """``(JAX actor params, the numpy actors' copy: int8 policy as Int8Tables)``."""
     params = jax.jit(agent.actor_params, static_argnums=1)(state, precision)
-    return params, jax.device_get(jax.jit(quant.with_tables)(params))
+    return params, jax.device_get(jax.jit(quant_tables.with_tables)(params))
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ Arrays (``L`` dense layers, ``i = 0 .. L-1``; shapes ``[in, out]``):
 ``meta.json``'s ``policy.int8_profile`` names the integer arithmetic (``tflite`` | ``pow2``,
 ``rlaccel.intmath``). ``int8.thresholds{i}[j, k]`` is the smallest int32 accumulator of
 channel ``j`` whose int8 output (requantise, zero point, clamp, TANH) is ``>= k - 127``,
-computed at export time on the integer kernels (``rlaccel.quant.tables``): the numpy runtime's
+computed at export time on the integer kernels (``rlaccel.quant_tables.tables``): the numpy runtime's
 fast path. Format version 2 (version 1 held the float-rescaled scheme of rlaccel < 0.2).
 """
 

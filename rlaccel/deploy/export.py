@@ -2,7 +2,7 @@
 
 This is the only part of ``rlaccel.deploy`` that imports JAX: the int8 policy is taken from
 the agent exactly as the training actors get it (``agent.actor_params(state, "int8")``) and
-turned into ``rlaccel.reference.Int8Tables`` by the training code's own ``quant.tables``. Nothing here knows an
+turned into ``rlaccel.reference.Int8Tables`` by the training code's own ``quant_tables.tables``. Nothing here knows an
 algorithm: ``rlaccel.registry`` gives the agent (through ``rlaccel.sources``) and the
 algorithm's ``export`` spec (normaliser, head kind).
 """
@@ -49,7 +49,7 @@ def build_artifact(run_dir: str | Path, checkpoint_path: str | Path | None = Non
 
     import jax
 
-    from rlaccel import checkpoint, quant, registry, sources
+    from rlaccel import checkpoint, quant_tables, registry, sources
     from rlaccel.reference import dense_layers
 
     ckpt = Path(checkpoint_path) if checkpoint_path else checkpoint.latest(run_dir / "checkpoints")
@@ -71,7 +71,7 @@ def build_artifact(run_dir: str | Path, checkpoint_path: str | Path | None = Non
 
     actor_params = jax.jit(agent.actor_params, static_argnums=1)
     fp32 = jax.device_get(actor_params(agent_state, "fp32"))
-    tables = jax.device_get(jax.jit(quant.tables)(actor_params(agent_state, "int8").policy))
+    tables = jax.device_get(jax.jit(quant_tables.tables)(actor_params(agent_state, "int8").policy))
     spec = registry.load(registry.get(config.algo).export)(config.agent, fp32, agent_state)
     layers = dense_layers(fp32.policy)
     arrays = int8_arrays(tables)

@@ -37,7 +37,7 @@ import numpy as np
 from rich.console import Console
 
 from rlaccel import agent as agent_lib
-from rlaccel import envs, quant, registry
+from rlaccel import envs, quant_tables, registry
 from rlaccel.rollout import EpisodeInfo, Transition
 from rlaccel.sources.base import SourceFault, StepSource, latency_percentiles
 from rlaccel.sources.host.actors import POLL_S, ActorThread, Batch, JaxActor, ParamBoard, join
@@ -101,9 +101,9 @@ class HostSource(StepSource):
 
     def actor_params(self, agent_state: Any) -> Any:
         """What the actors get: the agent's actor parameters, with every int8 policy as the
-        threshold tables of the numpy reference (``quant.tables``) unless actors run JAX."""
+        threshold tables of the numpy reference (``quant_tables.tables``) unless actors run JAX."""
         params = self.agent.actor_params(agent_state, self.where.precision)
-        return params if self._jax_policy else quant.with_tables(params)
+        return params if self._jax_policy else quant_tables.with_tables(params)
 
     def learner_step(self, state: TrainState, transitions: Transition, episodes: EpisodeInfo) -> tuple[TrainState, Any, Any]:
         """One update on the actors' batch ``[T, n_envs]`` and the next actor parameters: one

@@ -7,6 +7,8 @@ end-to-end check (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from cli_helpers import run_main
 
-from rlaccel.bench import zoo, zoo_report, zoo_work
+from rlaccel.bench import table, zoo, zoo_report, zoo_work
 from rlaccel.logging import MetricLogger
 
 DATA = Path(__file__).resolve().parent / "data" / "zoo"
@@ -40,7 +42,8 @@ def test_rows_are_the_issues_zoo_blocks_read_from_the_test_data_at_the_zoos_budg
         assert zoo.ZOO_COMMIT in (DATA / f"{algo}.yml").read_text().split("\n\n")[0]
     assert zoo.ZOO_COMMIT in zoo.BENCHMARK_MD
     sb3 = {n: r for n, r in zoo.ROWS.items() if isinstance(r, zoo.SB3Row)}
-    assert {r.of for r in sb3.values()} == {"ppo_pendulum", "ppo_halfcheetah"}
+    assert {r.of for r in sb3.values() if not r.judged} == {"ppo_pendulum", "ppo_halfcheetah"}  # the wall-clock rows
+    assert all(r.timesteps is None for r in sb3.values() if r.judged)  # the others at the zoo's budget
     assert sb3["sb3_ppo_pendulum"].timesteps == block("ppo", "Pendulum-v1")["n_timesteps"] and sb3["sb3_ppo_halfcheetah"].timesteps == 200_000
 
 
@@ -88,8 +91,12 @@ def test_sb3_ratio_is_env_steps_per_wall_second_of_the_same_run():
     }
     ratios = zoo.sb3_ratios(results)
     assert ratios["ppo_pendulum"]["x"] == pytest.approx(150.0 / 20.0) and ratios["ppo_pendulum"]["sb3_row"] == "sb3_ppo_pendulum"
-    assert results["sb3_ppo_pendulum"]["passed"] is None  # SB3 rows are timing rows
-    assert any("7.5x" in line for line in zoo.verdict(results, ratios, 1.0))
+    assert results["sb3_ppo_pendulum"]["passed"] is None  # a timing row
+    assert any("7.5x" in line and "must reach" in line for line in zoo.verdict(results, ratios, 1.0))
+    row = zoo.ROWS["dqn_cartpole"]
+    judged = zoo.aggregate("sb3_dqn_cartpole", [seed_result(row.zoo.mean - row.zoo.std - 1, 0.0)] * 3, 1.0)
+    assert judged["passed"] is False and judged["kind"] == "sb3"  # SB3 at the zoo's budget, judged on returns
+    assert any(line.startswith("SB3 itself on dqn.yml: CartPole-v1") and "misses" in line for line in zoo.verdict({"sb3_dqn_cartpole": judged}, {}, 1.0))
 
 
 def test_eval_curve_reads_the_runs_tensorboard_events(tmp_path):
@@ -150,3 +157,50 @@ def test_main_table_markdown_has_each_row_and_its_same_run_ratio():
     assert rows["fused_int8"][3] == "0.75x" and rows["fused_int8"][6] == "3.00x"  # sps ratio, time to result sooner
     assert rows["split_fp32"][1] == "error: RuntimeError: boom"
     assert "Test CPU, 2 cores, flags: avx2" in text
+
+
+def test_merge_combines_runs_a_later_file_winning_and_ratios_only_within_one_run(tmp_path):
+    from rlaccel.bench.table import machine as this_machine
+
+    machine = this_machine()
+
+    def report(rows: dict, date: str) -> dict:
+        return {"benchmark": "rl_zoo", "date": date, "machine": machine, "machine_line": "cpu x", "eval": {"freq": 25_000, "episodes": 5, "deterministic": True}, "budget_scale": 1.0, "seeds": 3, "total_s": 10.0, "rows": rows}
+
+    pend = zoo.aggregate("ppo_pendulum", [seed_result(-200.0, -150.0, steps=100_000, wall=20.0)], 1.0)
+    sb3 = zoo.aggregate("sb3_ppo_pendulum", [seed_result(-300.0, -250.0, steps=100_000, wall=150.0)], 1.0)
+    newer = zoo.aggregate("ppo_pendulum", [seed_result(-180.0, -150.0, steps=100_000, wall=30.0)], 1.0)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report({"sb3_ppo_pendulum": sb3, "ppo_pendulum": pend}, "d1")))
+    b.write_text(json.dumps(report({"ppo_pendulum": newer}, "d2")))
+    rows, first, total_s = zoo.merge([str(a), str(b)])
+    assert list(rows) == ["ppo_pendulum", "sb3_ppo_pendulum"] and total_s == 20.0 and first["date"] == "d1"  # ROWS order; the first report
+    assert rows["ppo_pendulum"]["eval_mean"] == -180.0 and rows["ppo_pendulum"]["source"] == {"file": "b.json", "date": "d2", "machine": "cpu x"}
+    assert zoo.sb3_ratios(rows) == {}  # the SB3 row ran beside the older rlaccel row, not this one
+    assert zoo.sb3_ratios(zoo.merge([str(a)])[0])["ppo_pendulum"]["x"] == pytest.approx(150.0 / 20.0)
+
+    out = tmp_path / "merged.json"
+    parser = argparse.ArgumentParser()
+    zoo.add_arguments(parser)
+    assert zoo.run(parser.parse_args(["--merge", str(a), str(b), "--out", str(out)])) == 0
+    merged = json.loads(out.read_text())
+    assert merged["rows"]["ppo_pendulum"]["eval_mean"] == -180.0 and merged["merged_from"] == ["a.json", "b.json"]
+    assert "`b.json` (d2): ppo_pendulum" in out.with_suffix(".md").read_text()
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"benchmark": "other"}))
+    assert zoo.run(parser.parse_args(["--merge", str(a), str(bad), "--out", str(tmp_path / "no.json")])) == 2
+    assert not (tmp_path / "no.json").exists()
+
+
+def test_repeats_keep_each_rows_median_run_and_bad_repeat_is_refused(tmp_path):
+    runs = [{"sps": s, "time_to_result_s": t, "final_return": s / 1000} for s, t in ((150.0, 9.0), (210.0, 11.0), (180.0, 14.0))]
+    row = table.median_run(runs)
+    assert row["sps"] == 180.0 and row["final_return"] == 0.18  # the median run's figures
+    assert row["time_to_result_s"] == 11.0  # the median of the runs' times to result
+    assert [r["sps"] for r in row["repeats"]] == [150.0, 210.0, 180.0]
+    assert table.median_run(runs[:2])["sps"] == 150.0  # an even count: the lower middle
+    assert table.median_run([runs[0], {"error": "RuntimeError: x"}]) == {"error": "RuntimeError: x"}
+    assert table.median_run(runs[:1]) == runs[0]
+    out = tmp_path / "b.json"
+    assert table.run("purejaxrl_1", out, repeat=0) == 2 and not out.exists()

@@ -153,9 +153,9 @@ def print_table(results: dict[str, dict], machine_info: dict) -> None:
         print(line)
 
 
-def markdown(results: dict[str, dict], machine_info: dict, date: str) -> str:
+def markdown(results: dict[str, dict], machine_info: dict, date: str, repeat: int = 1) -> str:
     """The table as markdown (written beside the JSON; docs/benchmarks.md quotes it)."""
-    lines = [f"{TITLE}", "", f"{date}; {describe(machine_info)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines = [f"{TITLE}", "", f"{date}; {describe(machine_info)}" + (f"; each row the median of {repeat} runs, rows in turn" if repeat > 1 else ""), "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
     return "\n".join([*lines, "", *notes(results), ""])
 
@@ -176,21 +176,44 @@ def parse_rows(text: str) -> list[str]:
     return pick(text, ROWS)
 
 
-def run(rows: str, out: str | Path | None = None, timesteps: int | None = None) -> int:
-    """Run ``rows`` (comma-separated names), print the table, write the JSON; 0, or 1 if a row
-    failed (after printing and writing), or 2 for unknown rows. ``timesteps`` shortens the
+def median_run(runs: list[dict]) -> dict:
+    """One row's figures from its repeats: the run with the median env steps/s (the lower
+    middle of an even count), its ``time_to_result_s`` replaced by the median of the runs', and
+    ``repeats`` (every run's ``sps`` and ``time_to_result_s``, in the order they ran). Any
+    failed run makes the row an error."""
+    failed = [r for r in runs if "error" in r]
+    if failed or len(runs) == 1:
+        return failed[0] if failed else runs[0]
+    by_sps = sorted(runs, key=lambda r: r["sps"])
+    ttrs = sorted(r["time_to_result_s"] for r in runs if r.get("time_to_result_s") is not None)
+    out = dict(by_sps[(len(runs) - 1) // 2])
+    if ttrs:
+        out["time_to_result_s"] = ttrs[(len(ttrs) - 1) // 2]
+    out["repeats"] = [{"sps": r["sps"], "time_to_result_s": r.get("time_to_result_s")} for r in runs]
+    return out
+
+
+def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, repeat: int = 1) -> int:
+    """Run ``rows`` (comma-separated names) ``repeat`` times in turn (round robin, so a drift of
+    the machine's speed reaches every row alike), keep each row's median run
+    (:func:`median_run`), print the table, write the JSON; 0, or 1 if a row failed (after
+    printing and writing), or 2 for unknown rows or ``repeat < 1``. ``timesteps`` shortens the
     CartPole rows (``rows.RLACCEL_BENCH_TIMESTEPS``): a check that they run."""
     try:
         names = parse_rows(rows)
+        if repeat < 1:
+            raise ValueError(f"--repeat: must be >= 1, got {repeat}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    results = {}
-    for name in names:
-        start = time.perf_counter()
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_row(name, timesteps)
-        print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        for name in names:
+            start = time.perf_counter()
+            print(f"running {name}" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else "") + " ...", file=sys.stderr, flush=True)
+            runs[name].append(run_row(name, timesteps))
+            print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    results = {name: median_run(r) for name, r in runs.items()}
     info = machine()
     print_table(results, info)
     if timesteps:
@@ -198,9 +221,9 @@ def run(rows: str, out: str | Path | None = None, timesteps: int | None = None) 
     path = Path(out) if out else DEFAULT_OUT
     path.parent.mkdir(parents=True, exist_ok=True)
     date = datetime.datetime.now().isoformat(timespec="seconds")
-    report = {"benchmark": "cartpole_ppo_dqn", "date": date, "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "rows": results}
+    report = {"benchmark": "cartpole_ppo_dqn", "date": date, "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "repeat": repeat, "rows": results}
     write_json(path, report)
-    atomic_write(path.with_suffix(".md"), markdown(results, info, date))
+    atomic_write(path.with_suffix(".md"), markdown(results, info, date, repeat))
     print(f"wrote {path} and {path.with_suffix('.md').name}")
     failed = [n for n, r in results.items() if "error" in r]
     if failed:

@@ -54,9 +54,10 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
             ax.plot(steps, mean, color="tab:green", lw=1.4, ls="--", marker="x" if len(steps) < 3 else None, label="fp32, mean of seeds")
         other = sb3.get(name)
         if other is not None:
-            for s in other["seeds"]:
-                if s.get("curve"):
-                    ax.plot([c[0] for c in s["curve"]], [c[1] for c in s["curve"]], color="tab:orange", lw=1.4, ls=":", marker=".", label="SB3 (same block)")
+            with_curves = [s for s in other["seeds"] if s.get("curve")]
+            for i, s in enumerate(with_curves):
+                label = ("SB3 (same block)" if len(with_curves) == 1 else "SB3 (same block), each seed") if i == 0 else None
+                ax.plot([c[0] for c in s["curve"]], [c[1] for c in s["curve"]], color="tab:orange", lw=1.4, ls=":", marker=".", label=label)
         zoo = r["zoo"]
         ax.axhline(zoo["mean"], color="black", lw=1.2, label=f"zoo {zoo['env']} ({zoo['n_timesteps']:,} steps)")
         if zoo["std"] > 0:
@@ -100,7 +101,7 @@ def table_rows(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, A
         seeds = f"{r['seeds_run']}" + (f" ({len(r['errors'])} failed)" if r["errors"] else "")
         ratio = ratios.get(name, {}).get("x")
         cells.append([
-            name, env, fmt(r["env_steps"]), seeds, _pm(r["eval_mean"], r["eval_std"] if r["kind"] == "rlaccel" else None), fmt(r["eval_best_mean"], ",.1f"),
+            name, env, fmt(r["env_steps"]), seeds, _pm(r["eval_mean"], r["eval_std"] if r["seeds_run"] > 1 else None), fmt(r["eval_best_mean"], ",.1f"),
             fmt(r["eval_fp32_mean"], ",.1f"), f"{_pm(zoo['mean'], zoo['std'])} ({zoo['env']}, {zoo['n_timesteps']:,})", passed, fmt(r["wall_s"], ",.0f"),
             fmt(r["sps"], ",.0f"), f"{ratio:.1f}x" if ratio else "-", fmt(r["peak_rss_mib"], ",.0f"),
         ])  # fmt: skip
@@ -113,6 +114,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report['title']}", "", f"{report['machine_line']}; {report['date']}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
     lines += ["", f"Zoo figures: {report['zoo_figures']} (one trained agent per row; std over its evaluation episodes).", ""]
+    if report.get("merged_from"):
+        sources = {(r["source"]["file"], r["source"]["date"]): name for name, r in report["rows"].items()}
+        lines += ["Rows merged from earlier runs (`--merge`; an SB3 ratio only within one run):", ""]
+        lines += [f"- `{f}` ({d}): " + ", ".join(n for n, r in report["rows"].items() if (r["source"]["file"], r["source"]["date"]) == (f, d)) for f, d in sources]
+        lines += [""]
     return "\n".join(lines + [f"- {v}" for v in report["verdict"]]) + "\n"
 
 

@@ -7,7 +7,7 @@ parameters as JSON; it writes the run's figures as JSON:
   ``rlaccel train --zoo FILE --env ID`` builds) through ``rlaccel.train`` with int8 actors and
   the zoo's evaluation settings; figures from ``summary.json``, the eval curve from the run's
   TensorBoard events (:func:`eval_curve`, TensorBoard's own ``EventAccumulator``).
-* :func:`work_sb3`: Stable-Baselines3's PPO on the same block, built as the zoo's
+* :func:`work_sb3`: Stable-Baselines3's PPO or DQN on the same block, built as the zoo's
   ``ExperimentManager`` builds it (:func:`sb3_hyperparams`: ``lin_X`` schedules, the
   ``normalize`` string with the block's ``gamma``, ``policy_kwargs`` parsed, ``n_envs``
   envs in a ``DummyVecEnv``) with the zoo's ``EvalCallback`` (``eval_freq // n_envs`` vector
@@ -129,12 +129,13 @@ def torch_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**model_kwargs, **({"policy_kwargs": pk} if pk else {})}
 
 
-def work_sb3(zoo_file: str, block: str, seed: int, timesteps: int, eval_freq: int, eval_episodes: int, run_dir: str, threads: int = 1, **_: Any) -> dict[str, Any]:
-    """Stable-Baselines3's PPO on the zoo block, ``timesteps`` env steps, the zoo's evaluation
-    (its ``evaluations.npz`` in ``run_dir``), torch on ``threads`` threads (``0``: torch's default)."""
+def work_sb3(zoo_file: str, block: str, seed: int, timesteps: int, eval_freq: int, eval_episodes: int, run_dir: str, threads: int = 1, algo: str = "ppo", **_: Any) -> dict[str, Any]:
+    """Stable-Baselines3's ``algo`` (``ppo`` or ``dqn``) on the zoo block, ``timesteps`` env
+    steps, the zoo's evaluation (its ``evaluations.npz`` in ``run_dir``), torch on ``threads``
+    threads (``0``: torch's default)."""
     import numpy as np
     import torch
-    from stable_baselines3 import PPO
+    from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -153,7 +154,7 @@ def work_sb3(zoo_file: str, block: str, seed: int, timesteps: int, eval_freq: in
     if normalize is not None:
         venv = VecNormalize(venv, **normalize)
         eval_env = VecNormalize(eval_env, **{**normalize, "norm_reward": False, "training": False})
-    model = PPO(env=venv, seed=seed, device="cpu", verbose=0, **torch_kwargs(kwargs))
+    model = {"ppo": PPO, "dqn": DQN}[algo](env=venv, seed=seed, device="cpu", verbose=0, **torch_kwargs(kwargs))
     callback = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=max(eval_freq // n_envs, 1), deterministic=True, log_path=run_dir, verbose=0)
     start = time.perf_counter()
     model.learn(timesteps, callback=callback)

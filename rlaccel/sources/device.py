@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlaccel import quant
 from rlaccel import rollout as rollout_lib
@@ -217,15 +218,39 @@ class FusedSource(DeviceSource):
         """A whole run as one pure function (``jax.jit(jax.vmap(...))`` it for many seeds)."""
         return self.train_chunk(self.init(key), num_updates)
 
+    def train_upto(self, state: TrainState, count: Array, length: int) -> tuple[TrainState, Metrics]:
+        """``count`` updates (traced, ``0 <= count <= length``): one program serves every chunk
+        length up to ``length``. Metrics ``[length]``, rows past ``count`` zero. The updates
+        are :meth:`update_step`'s, as :meth:`train_chunk`'s."""
+        shapes = jax.eval_shape(self.update_step, state)[1]
+        rows = jax.tree.map(lambda x: jnp.zeros((length, *x.shape), x.dtype), shapes)
+
+        def body(i: Array, carry: tuple[TrainState, Metrics]) -> tuple[TrainState, Metrics]:
+            state, rows = carry
+            state, metrics = self.update_step(state)
+            return state, jax.tree.map(lambda r, m: jax.lax.dynamic_update_index_in_dim(r, m, i, 0), rows, metrics)
+
+        return jax.lax.fori_loop(0, count, body, (state, rows))
+
     def compile(self, state: TrainState, num_updates: int) -> Any:
-        """``state -> (state, metrics)`` for a chunk, compiled ahead of time; donates ``state``."""
-        if num_updates not in self._chunks:
-            self._chunks[num_updates] = jax.jit(self.train_chunk, static_argnums=1, donate_argnums=0).lower(state, num_updates).compile()
-        return self._chunks[num_updates]
+        """``(state, count) -> (state, metrics [length])`` compiled ahead of time (donates
+        ``state``) for chunks of up to ``length`` updates, ``length`` the first chunk's: a
+        shorter chunk (the last one of a run, one after ``--resume`` at another boundary, a
+        ``stop_at``) runs the same executable, with nothing more to compile."""
+        length = max([num_updates, *self._chunks])
+        if length not in self._chunks:
+            self._chunks = {length: jax.jit(self.train_upto, static_argnums=2, donate_argnums=0).lower(state, jnp.int32(0), length).compile()}
+        return self._chunks[length]
 
     def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
-        """One compiled chunk, dispatched; metrics ``[num_updates]`` stay on the learner device."""
-        return self.compile(state, num_updates)(state)
+        """One compiled chunk, dispatched; metrics ``[num_updates]`` stay on the learner device
+        (a chunk shorter than the executable's length is trimmed on the host, after it ran)."""
+        executable = self.compile(state, num_updates)
+        (length,) = self._chunks
+        state, metrics = executable(state, jnp.int32(num_updates))
+        if num_updates < length:
+            metrics = {k: np.asarray(v)[:num_updates] for k, v in metrics.items()}
+        return state, metrics
 
 
 def make_train(config: Any) -> Any:

@@ -259,3 +259,20 @@ def test_ppo_loss_normalised_advantages_are_affine_invariant():
     # Normalised advantages have mean 0, so at ratio 1 the surrogate is 0.
     _, info_one = loss_of(new_log_prob=BEHAVIOUR, normalize_advantage=True)
     assert float(info_one.policy_gradient_loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_adam_runs_on_one_vector_below_256_wide_and_leaf_by_leaf_from_256():
+    import optax
+
+    from rlaccel.optim import flatten_if_small
+
+    params = {"b": jnp.arange(4.0), "w": jnp.arange(12.0).reshape(3, 4) / 7}
+    grads = jax.tree.map(lambda p: jnp.sin(p) + 0.5, params)
+    tx = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
+    flat, leafy = flatten_if_small(tx, (64, 192)), flatten_if_small(tx, (256, 64))
+    mu = lambda state: state[1][0].mu  # noqa: E731 - chain(clip, adam): Adam's first moment
+    assert mu(flat.init(params)).shape == (16,)  # optax.flatten: one vector
+    assert jax.tree.structure(mu(leafy.init(params))) == jax.tree.structure(params)
+    (u_flat, _), (u_leafy, _) = flat.update(grads, flat.init(params), params), leafy.update(grads, leafy.init(params), params)
+    for a, b in zip(jax.tree.leaves(u_flat), jax.tree.leaves(u_leafy)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)  # the same update either way

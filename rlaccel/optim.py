@@ -1,0 +1,29 @@
+"""Optimiser plumbing shared by the algorithms.
+
+:func:`flatten_if_small`: ``optax.flatten`` (the update on one concatenated vector) for
+networks whose layers are all narrower than :data:`FLATTEN_BELOW`, leaf by leaf otherwise.
+Measured on XLA's CPU backend (jaxlib 0.10), each variant compiled in one process and timed in
+turn: one vector saved ~4 % of a PureJaxRL-sized DQN update (120-84: 180 against 187 us per
+update, median of 8) and was within noise for 64-64 and 192-192 networks; from 256-wide layers
+on, the concatenation of the gradients became one kernel of ~5 ms per gradient step (a 256-256
+DQN step 5.8 ms against 0.49 ms leaf by leaf; PPO with two 256-256 towers 822 against 470 ms
+per update).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import optax
+
+__all__ = ["FLATTEN_BELOW", "flatten_if_small"]
+
+FLATTEN_BELOW = 256
+"""Widest hidden layer at which the update still runs on one flat vector (exclusive)."""
+
+
+def flatten_if_small(tx: optax.GradientTransformation, widths: Iterable[int]) -> optax.GradientTransformation:
+    """``optax.flatten(tx)`` when every width in ``widths`` (the hidden layers) is below
+    :data:`FLATTEN_BELOW`, else ``tx``: the same arithmetic either way, up to float rounding of
+    the global norm's sum."""
+    return optax.flatten(tx) if max(widths, default=0) < FLATTEN_BELOW else tx

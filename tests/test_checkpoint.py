@@ -195,10 +195,7 @@ def test_damaged_checkpoint_is_one_line_naming_it(tmp_path, saved, states, damag
     target = {"data": _largest_file(path), "header": header, "state_metadata": path / "state" / "_METADATA"}.get(what)
     if kind == "flip":
         raw = bytearray(target.read_bytes())
-        # orbax's _METADATA is JSON keyed by tree paths: a bit flipped inside a path string
-        # names a leaf the template does not have, which orbax ignores (the arrays still pass
-        # their sha256), so break its syntax instead (the opening brace).
-        raw[0 if what == "state_metadata" else len(raw) // 2] ^= 0x10
+        raw[len(raw) // 2] ^= 0x10
         target.write_bytes(bytes(raw))
     elif kind == "truncate":
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])

@@ -162,7 +162,7 @@ def test_resume_continues_the_learner_state(tmp_path):
     # The observation statistics kept counting from update 3 (fresh ones would hold 2 updates).
     np.testing.assert_allclose(float(at_5.agent.obs_stats.count), float(at_3.agent.obs_stats.count) + 2 * samples, rtol=1e-6)
     assert float(at_3.agent.obs_stats.count) == pytest.approx(3 * samples, rel=1e-6)
-    # Adam's step count (in the optimiser state) kept counting too.
+    # Adam's step count (in the flattened optimiser state) kept counting too.
     counts = lambda s: [int(x) for x in jax.tree.leaves(s.agent.opt_state) if jnp.ndim(x) == 0 and jnp.issubdtype(x.dtype, jnp.integer)]  # noqa: E731
     steps_per_update = config.ppo.n_epochs * (samples // config.ppo.batch_size)
     assert counts(at_3) == [3 * steps_per_update] * len(counts(at_3))

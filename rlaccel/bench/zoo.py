@@ -275,14 +275,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.zoo_merge:
             results, first, total_s = merge(args.zoo_merge)
-            args.zoo_eval_freq, args.zoo_eval_episodes = first["eval"]["freq"], first["eval"]["episodes"]
-            args.zoo_budget_scale, args.zoo_seeds, args.zoo_sb3_seeds = first["budget_scale"], first["seeds"], first.get("sb3_seeds", 1)
-            args.zoo_set, args.zoo_sb3_threads = first.get("overrides", []), first.get("sb3_torch_threads", 1)
-            return write_report(results, args, total_s, machine_info=first["machine"])
-        names = check_args(args)
+        else:
+            names = check_args(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if args.zoo_merge:  # the report describes the runs merged, not this command line
+        args.zoo_eval_freq, args.zoo_eval_episodes = first["eval"]["freq"], first["eval"]["episodes"]
+        args.zoo_budget_scale, args.zoo_seeds, args.zoo_sb3_seeds = first["budget_scale"], first["seeds"], first.get("sb3_seeds", 1)
+        args.zoo_set, args.zoo_sb3_threads = first.get("overrides", []), first.get("sb3_torch_threads", 1)
+        return write_report(results, args, total_s, machine_info=first["machine"])
     scale, started = args.zoo_budget_scale, time.perf_counter()
     results = {}
     for name in names:

@@ -115,10 +115,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
     lines += ["", f"Zoo figures: {report['zoo_figures']} (one trained agent per row; std over its evaluation episodes).", ""]
     if report.get("merged_from"):
-        sources = {(r["source"]["file"], r["source"]["date"]): name for name, r in report["rows"].items()}
+        by_source: dict[tuple[str, str], list[str]] = {}
+        for name, r in report["rows"].items():
+            by_source.setdefault((r["source"]["file"], r["source"]["date"]), []).append(name)
         lines += ["Rows merged from earlier runs (`--merge`; an SB3 ratio only within one run):", ""]
-        lines += [f"- `{f}` ({d}): " + ", ".join(n for n, r in report["rows"].items() if (r["source"]["file"], r["source"]["date"]) == (f, d)) for f, d in sources]
-        lines += [""]
+        lines += [f"- `{f}` ({d}): {', '.join(names)}" for (f, d), names in by_source.items()] + [""]
     return "\n".join(lines + [f"- {v}" for v in report["verdict"]]) + "\n"
 
 

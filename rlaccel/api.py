@@ -189,8 +189,9 @@ def run_checked(
     if overwrite and not resume and run_dir.exists() and not _other_process():
         shutil.rmtree(run_dir)
 
-    from rlaccel import loop, sources
+    from rlaccel import compile_cache, loop, sources
 
+    compile_cache.enable()  # before the run's first compile
     summary = loop.run(config, sources.make(config, console), run_dir, resume=resume, console=console, stop_at=stop_at)
     return Run(run_dir=run_dir, summary=summary)
 

@@ -78,9 +78,12 @@ def apply_update(agent: Any, state: TrainState, transitions: Any, episodes: roll
     return state, metrics
 
 
-def episode_means(state: TrainState) -> tuple[Array, Array]:
-    """Mean return and length over the last (up to) 100 finished episodes; NaN before the first."""
-    n = jnp.minimum(state.episodes, EPISODE_WINDOW)
-    valid = jnp.arange(EPISODE_WINDOW) < n
-    denom = jnp.where(n > 0, n, jnp.nan)
-    return jnp.sum(jnp.where(valid, state.recent_returns, 0.0)) / denom, jnp.sum(jnp.where(valid, state.recent_lengths, 0.0)) / denom
+def episode_means(state: TrainState, xp: Any = jnp) -> tuple[Array, Array]:
+    """Mean return and length over the last (up to) 100 finished episodes; NaN before the first.
+
+    ``xp=numpy`` on a state fetched to the host: the same sums without compiling a program
+    (the end of a run, ``StepSource.final_stats``)."""
+    n = xp.minimum(state.episodes, EPISODE_WINDOW)
+    valid = xp.arange(EPISODE_WINDOW) < n
+    denom = xp.where(n > 0, n, xp.nan)
+    return xp.sum(xp.where(valid, state.recent_returns, 0.0)) / denom, xp.sum(xp.where(valid, state.recent_lengths, 0.0)) / denom

@@ -197,3 +197,28 @@ def test_fused_probe_never_reports_an_impossible_learner_speed(runs):
     out = runner.probe(state, seconds_per_update=0.0, num_calls=2)
     speed = out["time/learner_sps"]
     assert not (np.isfinite(speed) and speed > 1e9), f"time/learner_sps = {speed:.3g} samples/s"
+
+
+def fused_source(cartpole_yaml, precision="int8"):
+    config = config_lib.load(cartpole_yaml, [*TINY, f"placement.actor.precision={precision}"])
+    env = envs.make(config.env, auto_reset=True)
+    runner = make_source(agent_lib.make(config, env), env, placement.resolve(config.placement))
+    return runner, runner.place(runner.initial_state(jax.random.PRNGKey(config.seed)))
+
+
+@pytest.mark.slow
+def test_fused_probe_pieces_compile_beside_the_chunk_from_shapes(cartpole_yaml, monkeypatch):
+    runner, state = fused_source(cartpole_yaml)
+    runner.compile(state, 2)  # and, in a thread, the probe's pieces from the state's shapes...
+    final, _ = runner.run_chunk(state, 2)  # ...which may still run while this chunk donates that state
+    assert state.agent.step.is_deleted()
+    out = runner.probe(jax.block_until_ready(final), seconds_per_update=1.0, num_calls=2)  # waits for them
+    assert out["time/actor_sps"] > 0 and 0.5 <= out["quant/action_agreement"] <= 1.0
+    assert runner.pieces_compile_s > 0 and runner.close() == []
+
+    # A compile that fails in the thread fails the probe that waits for it.
+    runner, state = fused_source(cartpole_yaml, "fp32")
+    monkeypatch.setattr(runner, "_compile_pieces", lambda spec: (_ for _ in ()).throw(RuntimeError("no pieces")))
+    runner.compile_pieces_beside(state)
+    with pytest.raises(RuntimeError, match="no pieces"):
+        runner.probe(state, seconds_per_update=1.0, num_calls=2)

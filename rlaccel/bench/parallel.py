@@ -118,7 +118,9 @@ def run_row(name: str, timesteps: int | None) -> dict:
     sets = [*overrides, "logging.checkpoint_interval=0", "eval.freq=0", *([f"placement.learner.devices={devices}"] if devices > 1 else [])]
     if timesteps:
         sets.append(f"total_timesteps={timesteps}")
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    from rlaccel.compile_cache import bench_env
+
+    env = bench_env({**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
     with tempfile.TemporaryDirectory(prefix="rlaccel_bench_") as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "rlaccel", "train", "--config", str(CONFIGS / path), "--run-dir", str(run_dir), "--no-progress"]

@@ -63,13 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Every setting in its own subprocess; the table and the JSON. Exit code 1 if one failed."""
     from rlaccel.bench.table import cpu_info, describe_cpu
+    from rlaccel.compile_cache import bench_env
 
     settings = [(p.strip(), flags) for flags in ["", *args.xla_flags] for p in args.precisions.split(",") if p.strip()]
     rows, failed = [], []
     for precision, flags in settings:
         params = {"config": args.config, "precision": precision, "updates": args.updates, "reps": args.reps, "trace": args.trace}
-        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {TWO_DEVICES} {flags}".strip()}
-        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env = bench_env({**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {TWO_DEVICES} {flags}".strip()})
         print(f"measuring {precision} actors, XLA_FLAGS+={flags or '(none)'} ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="rlaccel_pipe_") as tmp:
             out = Path(tmp) / "row.json"

@@ -4,7 +4,8 @@ Speeds are compared as ratios to the baseline row measured in the same invocatio
 (``rows.BASELINE_FOR``): absolute figures drift on shared machines. ``to result s`` is each
 row's ``time_to_result_s`` (process start to finished agent, compile included), compared the
 same way (``baseline / row``: above 1 is sooner). Rows run without JAX's persistent compilation
-cache (``JAX_COMPILATION_CACHE_DIR`` is dropped), so every compile is counted. A row that fails is shown
+cache (``rlaccel.compile_cache.bench_env``), so every compile is counted: cold starts; with
+``--warm-cache`` each row runs once first to fill a fresh cache, and the figures are warm starts. A row that fails is shown
 as ``error`` in the table and the JSON, and makes the command exit 1 after both are written.
 """
 
@@ -36,11 +37,13 @@ _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault)
 _WORKER = "import sys; from rlaccel.bench.rows import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 
 
-def run_row(name: str, timesteps: int | None = None) -> dict:
+def run_row(name: str, timesteps: int | None = None, compile_cache: str | None = None) -> dict:
     """One row in a fresh interpreter; its JSON, or ``{"error": ...}`` (the last line of its
-    stderr; the last 30 are echoed to this process's stderr)."""
-    env = dict(os.environ)
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of time_to_result_s
+    stderr; the last 30 are echoed to this process's stderr). Without ``compile_cache`` the
+    row compiles everything (a cold start, part of time_to_result_s)."""
+    from rlaccel.compile_cache import bench_env
+
+    env = bench_env(os.environ, compile_cache)
     if timesteps:
         env["RLACCEL_BENCH_TIMESTEPS"] = str(timesteps)
     flags = ROWS[name][1].get("xla_flags")
@@ -153,9 +156,9 @@ def print_table(results: dict[str, dict], machine_info: dict) -> None:
         print(line)
 
 
-def markdown(results: dict[str, dict], machine_info: dict, date: str, repeat: int = 1) -> str:
+def markdown(results: dict[str, dict], machine_info: dict, date: str, repeat: int = 1, warm_cache: bool = False) -> str:
     """The table as markdown (written beside the JSON; docs/benchmarks.md quotes it)."""
-    lines = [f"{TITLE}", "", f"{date}; {describe(machine_info)}" + (f"; each row the median of {repeat} runs, rows in turn" if repeat > 1 else ""), "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines = [f"{TITLE}", "", f"{date}; {describe(machine_info)}" + (f"; each row the median of {repeat} runs, rows in turn" if repeat > 1 else "") + ("; warm starts (compilation cache filled by an unmeasured run of each row)" if warm_cache else ""), "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
     return "\n".join([*lines, "", *notes(results), ""])
 
@@ -193,12 +196,14 @@ def median_run(runs: list[dict]) -> dict:
     return out
 
 
-def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, repeat: int = 1) -> int:
+def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, repeat: int = 1, warm_cache: bool = False) -> int:
     """Run ``rows`` (comma-separated names) ``repeat`` times in turn (round robin, so a drift of
     the machine's speed reaches every row alike), keep each row's median run
     (:func:`median_run`), print the table, write the JSON; 0, or 1 if a row failed (after
     printing and writing), or 2 for unknown rows or ``repeat < 1``. ``timesteps`` shortens the
-    CartPole rows (``rows.RLACCEL_BENCH_TIMESTEPS``): a check that they run."""
+    CartPole rows (``rows.RLACCEL_BENCH_TIMESTEPS``): a check that they run. ``warm_cache``:
+    every row (baselines too) first runs once, unmeasured, to fill a fresh compilation cache
+    that its measured runs then use (warm starts; default cold, no cache)."""
     try:
         names = parse_rows(rows)
         if repeat < 1:
@@ -207,12 +212,17 @@ def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, 
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    for round_ in range(repeat):
-        for name in names:
-            start = time.perf_counter()
-            print(f"running {name}" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else "") + " ...", file=sys.stderr, flush=True)
-            runs[name].append(run_row(name, timesteps))
-            print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="rlaccel_bench_cache_") as tmp:
+        cache = tmp if warm_cache else None
+        for name in names if warm_cache else []:
+            print(f"running {name} to fill the compilation cache (not measured) ...", file=sys.stderr, flush=True)
+            run_row(name, timesteps, cache)
+        for round_ in range(repeat):
+            for name in names:
+                start = time.perf_counter()
+                print(f"running {name}" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else "") + " ...", file=sys.stderr, flush=True)
+                runs[name].append(run_row(name, timesteps, cache))
+                print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     results = {name: median_run(r) for name, r in runs.items()}
     info = machine()
     print_table(results, info)
@@ -221,9 +231,9 @@ def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, 
     path = Path(out) if out else DEFAULT_OUT
     path.parent.mkdir(parents=True, exist_ok=True)
     date = datetime.datetime.now().isoformat(timespec="seconds")
-    report = {"benchmark": "cartpole_ppo_dqn", "date": date, "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "repeat": repeat, "rows": results}
+    report = {"benchmark": "cartpole_ppo_dqn", "date": date, "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "repeat": repeat, "compile_cache": "warm" if warm_cache else "cold", "rows": results}
     write_json(path, report)
-    atomic_write(path.with_suffix(".md"), markdown(results, info, date, repeat))
+    atomic_write(path.with_suffix(".md"), markdown(results, info, date, repeat, warm_cache))
     print(f"wrote {path} and {path.with_suffix('.md').name}")
     failed = [n for n, r in results.items() if "error" in r]
     if failed:

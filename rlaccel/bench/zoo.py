@@ -94,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sb3-seeds", dest="zoo_sb3_seeds", type=int, default=1, metavar="N", help="seeds per SB3 row, 0..N-1 (default %(default)s)")
     p.add_argument("--sb3-threads", dest="zoo_sb3_threads", type=int, default=1, metavar="N", help="torch threads of the SB3 rows (default %(default)s; 0: torch's default, one per core)")
     p.add_argument("--set", dest="zoo_set", action="append", default=[], metavar="KEY=VALUE", help="an override for every rlaccel run (repeatable), e.g. logging.log_interval=32")
+    p.add_argument("--warm-cache", dest="zoo_warm_cache", action="store_true", help="warm starts: each rlaccel row runs its seed 0 once, unmeasured, to fill a fresh compilation cache that every measured run then uses (default: cold, no cache)")
     p.add_argument("--runs-dir", dest="zoo_runs_dir", metavar="DIR", help="keep each run's directory (TensorBoard, checkpoints) under DIR/<row>_s<seed>; default: deleted")
     p.add_argument("--merge", dest="zoo_merge", nargs="+", metavar="JSON", help="run nothing: combine the rows of earlier runs' JSON files (a later file wins a row; each row keeps its source) into --out, with table, curves and verdict")
     p.add_argument("--out", dest="zoo_out", metavar="OUT", help=f"JSON output path (default {DEFAULT_OUT.relative_to(ROOT)}); the table .md and curves .png go beside it")
@@ -134,8 +135,9 @@ def run_one(params: dict[str, Any]) -> dict[str, Any]:
     ``{"error": ...}`` (the exception line; the last 30 lines of its output go to stderr)."""
     from rlaccel.bench.table import error_line
 
-    env = dict(os.environ)
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of wall_s
+    from rlaccel.compile_cache import bench_env
+
+    env = bench_env(os.environ, params.get("compile_cache"))  # compile time is part of wall_s (cold: no cache)
     with tempfile.TemporaryDirectory(prefix="rlaccel_zoo_") as tmp:
         result = Path(tmp) / "result.json"
         run_dir = params.get("run_dir") or str(Path(tmp) / "run")
@@ -258,8 +260,8 @@ def merge(paths: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], 
         if not ok:
             raise ValueError(f"--merge: {path}: not an 'rlaccel bench zoo' report")
         first, total_s = first or report, total_s + report.get("total_s", 0.0)
-        if (report.get("eval"), report.get("budget_scale")) != (first.get("eval"), first.get("budget_scale")):
-            raise ValueError(f"--merge: {path}: evaluation or budget scale differs from {paths[0]}'s")
+        if (report.get("eval"), report.get("budget_scale"), report.get("compile_cache", "cold")) != (first.get("eval"), first.get("budget_scale"), first.get("compile_cache", "cold")):
+            raise ValueError(f"--merge: {path}: evaluation, budget scale or compilation cache (cold / warm) differs from {paths[0]}'s")
         for name, row in report["rows"].items():
             if name not in ROWS:
                 raise ValueError(f"--merge: {path}: unknown row {name!r}")
@@ -284,27 +286,36 @@ def run(args: argparse.Namespace) -> int:
         args.zoo_eval_freq, args.zoo_eval_episodes = first["eval"]["freq"], first["eval"]["episodes"]
         args.zoo_budget_scale, args.zoo_seeds, args.zoo_sb3_seeds = first["budget_scale"], first["seeds"], first.get("sb3_seeds", 1)
         args.zoo_set, args.zoo_sb3_threads = first.get("overrides", []), first.get("sb3_torch_threads", 1)
+        args.zoo_warm_cache = first.get("compile_cache") == "warm"
         return write_report(results, args, total_s, machine_info=first["machine"])
     scale, started = args.zoo_budget_scale, time.perf_counter()
     results = {}
+    cache = tempfile.TemporaryDirectory(prefix="rlaccel_zoo_cache_") if args.zoo_warm_cache else None
     for name in names:
         row = ROWS[name]
         seeds = list(range(args.zoo_sb3_seeds if isinstance(row, SB3Row) else args.zoo_seeds))
         runs = []
-        for seed in seeds:
+        for seed in ([-1] if cache is not None and isinstance(row, ZooRow) else []) + seeds:  # -1: seed 0, filling the cache
             run_dir = str(Path(args.zoo_runs_dir) / f"{name}_s{seed}") if args.zoo_runs_dir else None
             params = {
                 "row": name, "kind": "sb3" if isinstance(row, SB3Row) else "rlaccel", "algo": block_row(name).algo, "zoo_file": str(ZOO_DIR / f"{block_row(name).algo}.yml"),
                 "block": block_row(name).block, "seed": seed, "budget_scale": scale, "timesteps": _budget(name, scale),
                 "eval_freq": args.zoo_eval_freq, "eval_episodes": args.zoo_eval_episodes, "overrides": list(args.zoo_set), "run_dir": run_dir, "threads": args.zoo_sb3_threads,
+                "compile_cache": cache.name if cache is not None else None,
             }  # fmt: skip
             start = time.perf_counter()
+            if seed < 0:
+                print(f"running {name} seed 0 to fill the compilation cache (not measured) ...", file=sys.stderr, flush=True)
+                run_one({**params, "seed": 0, "run_dir": None})
+                continue
             print(f"running {name} seed {seed} ...", file=sys.stderr, flush=True)
             r = run_one(params)
             runs.append(r)
             said = f"error: {r['error']}" if "error" in r else f"{r.get('env_steps', 0):,} env steps, eval {r.get('eval_return')}"
             print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s, {said}", file=sys.stderr, flush=True)
         results[name] = aggregate(name, runs, scale)
+    if cache is not None:
+        cache.cleanup()
     return write_report(results, args, time.perf_counter() - started)
 
 
@@ -320,7 +331,8 @@ def write_report(results: dict[str, dict[str, Any]], args: argparse.Namespace, t
     report = {
         "benchmark": "rl_zoo",
         "title": f"RL Zoo blocks verbatim, int8 actors, deterministic eval ({args.zoo_eval_episodes} episodes every {args.zoo_eval_freq:,} env steps and at the end)"
-        + (f", budget scale {scale:g}" if scale != 1.0 else ", the zoo's budgets"),
+        + (f", budget scale {scale:g}" if scale != 1.0 else ", the zoo's budgets")
+        + (", warm starts (compilation cache filled by an unmeasured run)" if getattr(args, "zoo_warm_cache", False) else ""),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": info,
         "machine_line": describe(info),
@@ -333,6 +345,7 @@ def write_report(results: dict[str, dict[str, Any]], args: argparse.Namespace, t
         "eval": {"freq": args.zoo_eval_freq, "episodes": args.zoo_eval_episodes, "deterministic": True},
         "overrides": list(args.zoo_set),
         "sb3_torch_threads": args.zoo_sb3_threads,
+        "compile_cache": "warm" if getattr(args, "zoo_warm_cache", False) else "cold",
         "total_s": total_s,
         "sb3_ratio": ratios,
         "verdict": verdict(results, ratios, scale),

@@ -104,7 +104,8 @@ class StepSource:
 
         from rlaccel.state import episode_means
 
-        ret, length = (float(x) for x in jax.device_get(episode_means(state)))
+        host = jax.device_get(state.replace(agent=None, rollout=None))
+        ret, length = (float(x) for x in episode_means(host, xp=np))
         return {"final_return": ret, "final_ep_len": length, "episodes": int(state.episodes)}
 
     def summary_extra(self) -> dict[str, Any]:

@@ -1,0 +1,80 @@
+"""``rlaccel.compile_cache``: where compiled programs are kept, and that a second process loads
+what the first compiled (JAX's real persistent cache, in two fresh interpreters)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlaccel import compile_cache
+
+JAX_VARS = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_COMPILATION_CACHE_MAX_SIZE")
+
+
+@pytest.fixture
+def no_cache_env(monkeypatch):
+    for name in (*JAX_VARS, compile_cache.ENV):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_where_the_cache_is(no_cache_env, tmp_path):
+    no_cache_env.setenv("XDG_CACHE_HOME", str(tmp_path))
+    default = compile_cache.cache_dir()
+    assert default.parent == tmp_path / "rlaccel" and default.name.startswith("xla-")
+    for off in ("off", "0", "False", " no "):
+        no_cache_env.setenv(compile_cache.ENV, off)
+        assert compile_cache.cache_dir() is None
+    no_cache_env.setenv(compile_cache.ENV, str(tmp_path / "mine"))
+    assert compile_cache.cache_dir() == tmp_path / "mine"
+    no_cache_env.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax's"))  # JAX's own setting wins
+    assert compile_cache.cache_dir() == tmp_path / "jax's"
+
+
+def test_bench_rows_run_cold_or_with_the_cache_given():
+    env = {"JAX_COMPILATION_CACHE_DIR": "/somewhere", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "KEEP": "1"}
+    cold = compile_cache.bench_env(env)
+    assert cold[compile_cache.ENV] == "off" and not any(name in cold for name in JAX_VARS) and cold["KEEP"] == "1"
+    warm = compile_cache.bench_env(env, "/tmp/c")
+    assert warm["JAX_COMPILATION_CACHE_DIR"] == warm[compile_cache.ENV] == "/tmp/c"
+    assert env["JAX_COMPILATION_CACHE_DIR"] == "/somewhere"  # the caller's environment is untouched
+
+
+# A program that takes ~0.5-1 s to compile here (above MIN_COMPILE_S, so JAX keeps it).
+COMPILE = """
+import json, os, sys, time
+from rlaccel import compile_cache
+where = compile_cache.enable()
+import jax, jax.numpy as jnp
+
+def f(x):
+    for i in range(40):
+        x = jnp.tanh(x @ x.T + i)
+    return x
+
+start = time.perf_counter()
+jax.jit(f).lower(jnp.ones((8, 8))).compile()
+print(json.dumps({"where": str(where), "compile_s": time.perf_counter() - start}))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_what_the_first_compiled(tmp_path):
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in JAX_VARS} | {compile_cache.ENV: str(cache)}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if len(runs) == 1:
+            entries = list(cache.iterdir())
+            assert entries, "the first process wrote nothing to the cache"
+    assert runs[0]["where"] == runs[1]["where"] == str(cache)
+    assert runs[0]["compile_s"] > compile_cache.MIN_COMPILE_S, runs  # or JAX would not have kept it
+    assert runs[1]["compile_s"] < runs[0]["compile_s"] / 3, runs
+    assert sorted(cache.iterdir()) == sorted(entries)  # loaded, not compiled and written again

@@ -18,7 +18,10 @@ Where (:func:`cache_dir`):
 
 JAX keeps programs that took at least :data:`MIN_COMPILE_S` to compile, up to
 :data:`MAX_BYTES` per directory (least recently used evicted). The cache is trusted code:
-keep it where only you can write (JAX's documentation says the same).
+keep it where only you can write (JAX's documentation says the same). On some CPUs JAX
+0.9-0.10 rejects every cached CPU executable when loading it (jax-ml/jax#38445, LLVM tuning
+flags taken for CPU features): there the cache saves nothing and logs a line per program;
+``RLACCEL_COMPILE_CACHE=off`` silences it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """JAX's persistent compilation cache, on by default: a second run of a config skips its compiles.
 
+:func:`enable` is called before a run's first compile (``rlaccel.api.run_checked``, the
+training loop's caller, and ``rlaccel.sweep.run.run_grid``).
+
 A run's compiles (init, the training chunk, the probe's and the evaluation's programs) are
 most of its start-up: 5-8 s of a 500k-step CartPole run's 12 s here, 14 s of an RL Zoo
 Pendulum run's 18 s. With the cache, a run whose programs were compiled before (same config,

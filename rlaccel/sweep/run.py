@@ -58,9 +58,11 @@ def run_grid(
     """
     from rich.console import Console
 
+    from rlaccel import compile_cache
     from rlaccel.sweep.program import run_group
     from rlaccel.sweep.report import write_outputs
 
+    compile_cache.enable()  # before the groups' first compile
     console = console or Console(stderr=True)
     settings = make_settings(base, grid)
     traced, groups = group_settings(settings)

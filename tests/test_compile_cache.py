@@ -78,3 +78,13 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     assert runs[0]["compile_s"] > compile_cache.MIN_COMPILE_S, runs  # or JAX would not have kept it
     assert runs[1]["compile_s"] < runs[0]["compile_s"] / 3, runs
     assert sorted(cache.iterdir()) == sorted(entries)  # loaded, not compiled and written again
+
+
+def test_a_run_enables_the_cache(monkeypatch, tmp_path, cartpole_yaml, tiny_overrides):
+    import rlaccel
+
+    calls = []
+    real = compile_cache.enable
+    monkeypatch.setattr(compile_cache, "enable", lambda: calls.append("enable") or real())
+    run = rlaccel.train(str(cartpole_yaml), overrides=tiny_overrides, run_dir=tmp_path / "run", progress=False)
+    assert run.summary["status"] == "completed" and calls == ["enable"]

@@ -190,6 +190,12 @@ def test_merge_combines_runs_a_later_file_winning_and_ratios_only_within_one_run
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"benchmark": "other"}))
     assert zoo.run(parser.parse_args(["--merge", str(a), str(bad), "--out", str(tmp_path / "no.json")])) == 2
+    warm = tmp_path / "warm.json"  # warm starts (--warm-cache) do not merge with cold ones
+    warm.write_text(json.dumps({**report({"ppo_pendulum": newer}, "d3"), "compile_cache": "warm"}))
+    with pytest.raises(ValueError, match="compilation cache"):
+        zoo.merge([str(a), str(warm)])
+    assert zoo.merge([str(warm)])[1]["compile_cache"] == "warm"
+    assert zoo.run(parser.parse_args(["--merge", str(a), str(warm), "--out", str(tmp_path / "no.json")])) == 2
     assert not (tmp_path / "no.json").exists()
 
 
@@ -204,3 +210,22 @@ def test_repeats_keep_each_rows_median_run_and_bad_repeat_is_refused(tmp_path):
     assert table.median_run(runs[:1]) == runs[0]
     out = tmp_path / "b.json"
     assert table.run("purejaxrl_1", out, repeat=0) == 2 and not out.exists()
+
+
+def test_warm_cache_fills_one_cache_first_and_cold_rows_use_none(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_row(name, timesteps=None, compile_cache=None):
+        calls.append((name, compile_cache))
+        return {"sps": 100.0, "time_to_result_s": 5.0, "final_return": 500.0}
+
+    monkeypatch.setattr(table, "run_row", fake_row)
+    monkeypatch.setattr(table, "print_table", lambda *a, **k: None)
+    assert table.run("purejaxrl_1,fused_fp32", tmp_path / "warm.json", warm_cache=True) == 0
+    assert [n for n, _ in calls] == ["purejaxrl_1", "fused_fp32"] * 2  # fill, then measure
+    assert len({c for _, c in calls}) == 1 and calls[0][1] is not None
+    assert json.loads((tmp_path / "warm.json").read_text())["compile_cache"] == "warm"
+    assert "warm starts" in (tmp_path / "warm.md").read_text()
+    calls.clear()
+    assert table.run("purejaxrl_1", tmp_path / "cold.json") == 0
+    assert calls == [("purejaxrl_1", None)] and json.loads((tmp_path / "cold.json").read_text())["compile_cache"] == "cold"

@@ -44,7 +44,7 @@ def test_bench_rows_run_cold_or_with_the_cache_given():
     assert env["JAX_COMPILATION_CACHE_DIR"] == "/somewhere"  # the caller's environment is untouched
 
 
-# A program that takes ~0.5-1 s to compile here (above MIN_COMPILE_S, so JAX keeps it).
+# A program that takes ~0.5-1 s to compile here.
 COMPILE = """
 import json, os, sys, time
 from rlaccel import compile_cache
@@ -56,16 +56,19 @@ def f(x):
         x = jnp.tanh(x @ x.T + i)
     return x
 
+hits = []
+jax.monitoring.register_event_listener(lambda event, **_: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
 start = time.perf_counter()
 jax.jit(f).lower(jnp.ones((8, 8))).compile()
-print(json.dumps({"where": str(where), "compile_s": time.perf_counter() - start}))
+print(json.dumps({"where": str(where), "compile_s": time.perf_counter() - start, "hits": len(hits)}))
 """
 
 
 @pytest.mark.slow
 def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     cache = tmp_path / "cache"
-    env = {k: v for k, v in os.environ.items() if k not in JAX_VARS} | {compile_cache.ENV: str(cache)}
+    # JAX keeps any program (a fast machine compiles this one under MIN_COMPILE_S); enable() leaves a user's own JAX_* settings be
+    env = {k: v for k, v in os.environ.items() if k not in JAX_VARS} | {compile_cache.ENV: str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     runs = []
     for _ in range(2):
         out = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -75,9 +78,8 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
             entries = list(cache.iterdir())
             assert entries, "the first process wrote nothing to the cache"
     assert runs[0]["where"] == runs[1]["where"] == str(cache)
-    assert runs[0]["compile_s"] > compile_cache.MIN_COMPILE_S, runs  # or JAX would not have kept it
-    assert runs[1]["compile_s"] < runs[0]["compile_s"] / 3, runs
-    assert sorted(cache.iterdir()) == sorted(entries)  # loaded, not compiled and written again
+    assert runs[0]["hits"] == 0 and runs[1]["hits"] >= 1, runs  # JAX's own count: compiled, then loaded (f and the small programs before it)
+    assert sorted(cache.iterdir()) == sorted(entries)  # nothing compiled and written again
 
 
 def test_a_run_enables_the_cache(monkeypatch, tmp_path, cartpole_yaml, tiny_overrides):

@@ -270,6 +270,18 @@ def merge(paths: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], 
     return {name: rows[name] for name in ROWS if name in rows}, first, total_s
 
 
+def _params(args: argparse.Namespace, name: str, seed: int, cache: str | None) -> dict[str, Any]:
+    """What ``zoo_work`` needs to run seed ``seed`` of row ``name`` (``cache``: the compilation cache's directory, or cold)."""
+    row, block = ROWS[name], block_row(name)
+    scale = args.zoo_budget_scale
+    return {
+        "row": name, "kind": "sb3" if isinstance(row, SB3Row) else "rlaccel", "algo": block.algo, "zoo_file": str(ZOO_DIR / f"{block.algo}.yml"),
+        "block": block.block, "seed": seed, "budget_scale": scale, "timesteps": _budget(name, scale),
+        "eval_freq": args.zoo_eval_freq, "eval_episodes": args.zoo_eval_episodes, "overrides": list(args.zoo_set),
+        "run_dir": str(Path(args.zoo_runs_dir) / f"{name}_s{seed}") if args.zoo_runs_dir else None, "threads": args.zoo_sb3_threads, "compile_cache": cache,
+    }  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the rows' seeds one after the other (or ``--merge`` earlier reports), print the table,
     write JSON, Markdown and PNG; 0, 1 if a run failed (after writing), 2 for bad arguments
@@ -290,32 +302,22 @@ def run(args: argparse.Namespace) -> int:
         return write_report(results, args, total_s, machine_info=first["machine"])
     scale, started = args.zoo_budget_scale, time.perf_counter()
     results = {}
-    cache = tempfile.TemporaryDirectory(prefix="rlaccel_zoo_cache_") if args.zoo_warm_cache else None
-    for name in names:
-        row = ROWS[name]
-        seeds = list(range(args.zoo_sb3_seeds if isinstance(row, SB3Row) else args.zoo_seeds))
-        runs = []
-        for seed in ([-1] if cache is not None and isinstance(row, ZooRow) else []) + seeds:  # -1: seed 0, filling the cache
-            run_dir = str(Path(args.zoo_runs_dir) / f"{name}_s{seed}") if args.zoo_runs_dir else None
-            params = {
-                "row": name, "kind": "sb3" if isinstance(row, SB3Row) else "rlaccel", "algo": block_row(name).algo, "zoo_file": str(ZOO_DIR / f"{block_row(name).algo}.yml"),
-                "block": block_row(name).block, "seed": seed, "budget_scale": scale, "timesteps": _budget(name, scale),
-                "eval_freq": args.zoo_eval_freq, "eval_episodes": args.zoo_eval_episodes, "overrides": list(args.zoo_set), "run_dir": run_dir, "threads": args.zoo_sb3_threads,
-                "compile_cache": cache.name if cache is not None else None,
-            }  # fmt: skip
-            start = time.perf_counter()
-            if seed < 0:
+    with tempfile.TemporaryDirectory(prefix="rlaccel_zoo_cache_") as tmp:
+        cache = tmp if args.zoo_warm_cache else None
+        for name in names:
+            row = ROWS[name]
+            if cache is not None and isinstance(row, ZooRow):  # seed 0 once, unmeasured: every seed's programs
                 print(f"running {name} seed 0 to fill the compilation cache (not measured) ...", file=sys.stderr, flush=True)
-                run_one({**params, "seed": 0, "run_dir": None})
-                continue
-            print(f"running {name} seed {seed} ...", file=sys.stderr, flush=True)
-            r = run_one(params)
-            runs.append(r)
-            said = f"error: {r['error']}" if "error" in r else f"{r.get('env_steps', 0):,} env steps, eval {r.get('eval_return')}"
-            print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s, {said}", file=sys.stderr, flush=True)
-        results[name] = aggregate(name, runs, scale)
-    if cache is not None:
-        cache.cleanup()
+                run_one({**_params(args, name, 0, cache), "run_dir": None})
+            runs = []
+            for seed in range(args.zoo_sb3_seeds if isinstance(row, SB3Row) else args.zoo_seeds):
+                start = time.perf_counter()
+                print(f"running {name} seed {seed} ...", file=sys.stderr, flush=True)
+                r = run_one(_params(args, name, seed, cache))
+                runs.append(r)
+                said = f"error: {r['error']}" if "error" in r else f"{r.get('env_steps', 0):,} env steps, eval {r.get('eval_return')}"
+                print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s, {said}", file=sys.stderr, flush=True)
+            results[name] = aggregate(name, runs, scale)
     return write_report(results, args, time.perf_counter() - started)
 
 

@@ -8,6 +8,7 @@ SB3 runs read rlaccel runs too.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,12 +77,13 @@ class MetricLogger:
         if values:
             self._writer.file_writer.add_summary(Summary(value=values), int(step))
 
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Record the run's hyperparameters with its final metrics (TensorBoard's HPARAMS tab)."""
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0) -> None:
+        """Record hyperparameters with final metrics (TensorBoard's HPARAMS tab); the metrics
+        are also written as scalars ``hparam/<name>`` at ``step``."""
         if self._writer is None:
             return
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        finite = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        finite = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, numbers.Real) and math.isfinite(v)}
         # What SummaryWriter.add_hparams writes, but into this writer's own file: add_hparams
         # opens a second writer, whose file gets the same name (a timestamp in seconds) when
         # it opens within the second the run started, and overwrites the run's events.
@@ -89,8 +91,7 @@ class MetricLogger:
 
         for summary in hparams_summaries(clean, finite):
             self._writer.file_writer.add_summary(summary)
-        for name, value in finite.items():
-            self._writer.add_scalar(name, value)
+        self.log(step, finite)
 
     def flush(self) -> None:
         """Hand buffered events to the OS (before each checkpoint, so a process killed later

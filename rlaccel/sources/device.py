@@ -128,7 +128,7 @@ class DeviceSource(StepSource):
         is only compiled where the source executes it (:attr:`learns_in_pieces`). Only
         ``state``'s shapes, dtypes and devices are read (it may be abstract).
         """
-        if self._pieces_thread is not None:  # compiling beside the first chunks (:meth:`start`)
+        if self._pieces_thread is not None:  # compiling beside the chunk (:meth:`compile_pieces_beside`)
             thread, errors = self._pieces_thread
             thread.join()
             self._pieces_thread = None
@@ -150,7 +150,7 @@ class DeviceSource(StepSource):
         on_learner = jax.sharding.SingleDeviceSharding(self.learner_device)
 
         def placed(tree: Any, sharding: Any) -> Any:
-            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding, weak_type=x.weak_type), tree)
+            return jax.tree.map(functools.partial(_spec, sharding=sharding), tree)
 
         learner_state = state.replace(rollout=None)
         params_exec = jax.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
@@ -252,11 +252,10 @@ class DeviceSource(StepSource):
         return out
 
 
-def _spec(x: Any) -> jax.ShapeDtypeStruct:
-    """``x``'s shape, dtype, device and weak type (what an ahead-of-time compile reads)."""
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return x
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None), weak_type=getattr(x, "weak_type", False))
+def _spec(x: Any, sharding: Any = None) -> jax.ShapeDtypeStruct:
+    """``x``'s shape, dtype, weak type and device, or ``sharding`` instead (what an
+    ahead-of-time compile reads; ``x`` an array or a ``jax.ShapeDtypeStruct``)."""
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding or getattr(x, "sharding", None), weak_type=getattr(x, "weak_type", False))
 
 
 class FusedSource(DeviceSource):

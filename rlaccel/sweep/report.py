@@ -124,25 +124,18 @@ def write_tensorboard(run_dir: Path, steps: np.ndarray, metrics: Mapping[str, np
     """
     import warnings
 
-    from rlaccel.logging import summary_writer
-
-    SummaryWriter = summary_writer()  # tensorboardX without torch's import
-    from tensorboardX.summary import hparams as hparams_summary
+    from rlaccel.logging import MetricLogger
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN before the first episode ends
         means = {k: np.nanmean(v, axis=0) for k, v in metrics.items()}
-    clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-    results = {f"hparam/{k}": float(v) for k, v in final.items() if math.isfinite(float(v))}
-    with SummaryWriter(logdir=str(run_dir)) as writer:
+    logger = MetricLogger(run_dir)  # non-finite values are skipped there
+    try:
         for u, step in enumerate(steps):
-            for name, values in means.items():
-                if math.isfinite(float(values[u])):
-                    writer.add_scalar(name, float(values[u]), global_step=int(step))
-        for summary in hparams_summary(clean, results):
-            writer.file_writer.add_summary(summary)
-        for name, value in results.items():
-            writer.add_scalar(name, value, global_step=int(steps[-1]) if len(steps) else 0)
+            logger.log(int(step), {name: values[u] for name, values in means.items()})
+        logger.hparams(hparams, {k: float(v) for k, v in final.items()}, step=int(steps[-1]) if len(steps) else 0)
+    finally:
+        logger.close()
 
 
 def best_config_data(results: Mapping[str, Any]) -> dict[str, Any]:

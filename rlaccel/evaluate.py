@@ -14,6 +14,9 @@ hook (``rlaccel.loop.run`` adds :func:`for_run`'s :class:`Evaluator` when ``eval
   gymnasium envs of its own, same id and keyword arguments;
 * metrics ``eval/mean_reward``, ``eval/std_reward``, ``eval/mean_ep_length`` (the actors'
   policy), ``eval/mean_reward_fp32``, ``eval/seconds`` (not part of ``time/fps`` or ``sps``);
+* with ``eval.stop_at_return``, the run ends after the first evaluation whose
+  ``eval/mean_reward`` reaches it (SB3's ``StopTrainingOnRewardThreshold``; the loop's
+  ``stopped_by``: ``eval.stop_at_return``), so ``time_to_result_s`` is the time to that agent;
 * the best ``eval/mean_reward`` so far keeps a checkpoint in ``<run_dir>/best/`` (through
   ``rlaccel.checkpoint.save``; its header's ``eval`` holds the figures, so the best survives
   ``--resume``);
@@ -72,6 +75,7 @@ class Evaluator:
     def __init__(self, config: Any, source: Any, episodes: Callable[[Any, int], dict[str, Episodes]], acting: str, run_dir: Path | None, start_update: int, resume: bool):
         self.freq = config.eval.freq
         self.num_episodes = config.eval.episodes
+        self.stop_at_return = config.eval.stop_at_return
         self.spu = source.steps_per_update
         self.num_updates = source.num_updates
         self.episodes = episodes
@@ -110,6 +114,8 @@ class Evaluator:
             if self.best_dir is not None:
                 path = checkpoint.save(self.best_dir, end.update, end.state, {**self.meta, "update": end.update, "eval": self.best}, keep=1)
                 self.best["checkpoint"] = str(path)
+        if self.stop_at_return is not None and metrics["eval/mean_reward"] >= self.stop_at_return:
+            end.stop = "eval.stop_at_return"
         if self.count == 1:
             metrics["eval/compile_s"] = self.episodes.compile_s
         return {**metrics, "eval/seconds": seconds}

@@ -7,6 +7,7 @@ one-line :class:`rlaccel.schema.ConfigError` naming the key. Nothing here import
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal, Optional, Union
 
 from rlaccel.schema import check
@@ -170,8 +171,14 @@ class EvalConfig:
     """Greedy actions (argmax, Gaussian mean) as SB3's default; false: sampled (DQN: at the current epsilon)."""
     max_episode_steps: Optional[int] = None
     """Step bound of an episode; null = the env's time limit (10,000 steps where it has none)."""
+    stop_at_return: Optional[float] = None
+    """End the run once an evaluation's ``eval/mean_reward`` (the actors' policy) reaches this
+    return, as SB3's ``StopTrainingOnRewardThreshold`` (status ``stopped``, exit code 0,
+    checkpoint written); null = train the whole budget."""
 
     def __post_init__(self) -> None:
         _check(self.freq >= 0, "eval.freq", f"must be >= 0 env steps (0 = no evaluation), got {self.freq}")
         _check(self.episodes >= 1, "eval.episodes", f"must be >= 1, got {self.episodes}")
         _check(self.max_episode_steps is None or self.max_episode_steps >= 1, "eval.max_episode_steps", f"must be >= 1 or null, got {self.max_episode_steps}")
+        _check(self.stop_at_return is None or math.isfinite(self.stop_at_return), "eval.stop_at_return", f"must be a finite return or null, got {self.stop_at_return}")
+        _check(self.stop_at_return is None or self.freq > 0, "eval.stop_at_return", "needs evaluations: set eval.freq > 0")

@@ -235,6 +235,15 @@ def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
     assert scalars(tmp_path)["a/b"] == [(1, 2.0)]
 
 
+def test_the_tensorboard_writer_checksums_records_in_c():
+    """tensorboardX falls back to a pure-Python CRC32C per record (176 us a 1 KB row here,
+    0.3 us in C) unless the ``crc32c`` package is installed: a dependency of rlaccel's."""
+    import tensorboardX.crc32c
+
+    assert tensorboardX.crc32c.crc32c is tensorboardX.crc32c._crc32c_native is not None
+    assert tensorboardX.crc32c.crc32c(b"123456789") == 0xE3069283  # CRC-32C's check value (RFC 3720)
+
+
 @pytest.mark.slow
 def test_resume_continues_a_finished_run(finished_run, tmp_path):
     run_dir = tmp_path / "run"

@@ -6,6 +6,8 @@
 * The compiled evaluation against a plain step-by-step loop over the same JAX env.
 * Host mode (``gym:CartPole-v1``): the evaluation's return equals the exported ``numpy-int8``
   policy's on gymnasium's env from the same seeds (``rlaccel.deploy.evaluate``).
+* ``eval.stop_at_return``: a threshold every evaluation reaches ends the run after the first,
+  one none can reach never does.
 * Bad ``eval:`` input: one line, exit 2, nothing written.
 
 DQN CartPole's deterministic ``eval_return`` is checked in ``tests/test_learning.py`` on its
@@ -87,6 +89,24 @@ def test_best_checkpoint_holds_the_best_int8_evaluation(eval_run):
     again = jax.jit(program)(state.agent, eval_episodes.eval_key(config.seed, meta["update"]))
     assert float(np.mean(again["int8"].returns)) == meta["eval"]["mean_reward"]
     assert float(np.mean(again["fp32"].returns)) == meta["eval"]["mean_reward_fp32"]
+
+
+@pytest.mark.parametrize("threshold", [1, 501])
+def test_stop_at_return_ends_the_run_at_the_first_evaluation_reaching_it(tmp_path, cartpole_yaml, tiny_overrides, threshold):
+    # Every CartPole episode returns >= 1 and none more than 500: 1 stops the run after the
+    # first evaluation (512 env steps, 2 of 4 updates), 501 never does.
+    run_dir = tmp_path / "run"
+    rc, out, err = run_main(["--config", str(cartpole_yaml), *set_args([*tiny_overrides, *EVAL, f"eval.stop_at_return={threshold}"]), "--run-dir", str(run_dir), "--no-progress"])
+    assert rc == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rewards = scalars(run_dir)["eval/mean_reward"]
+    if threshold == 1:
+        assert summary["status"] == "stopped" and summary["stopped_by"] == "eval.stop_at_return" and "stopped (eval.stop_at_return)" in out
+        assert summary["updates"] == 2 and summary["env_steps"] == 512 and [step for step, _ in rewards] == [512]
+        assert summary["eval_return"] >= 1 and checkpoint.read_meta(summary["checkpoint"])["update"] == 2
+    else:
+        assert summary["status"] == "completed" and summary["stopped_by"] is None and summary["updates"] == 4
+        assert [step for step, _ in rewards] == [512, 1024] and all(v < threshold for _, v in rewards)
 
 
 def _agent_and_env(config):
@@ -187,6 +207,8 @@ BAD_EVAL = {
     "typo": ("eval.episode=5", ["unknown key 'eval.episode'", "did you mean 'eval.episodes'?"]),
     "wrong_type": ("eval.deterministic=sometimes", ["eval.deterministic:", "expected true or false"]),
     "bound": ("eval.max_episode_steps=0", ["eval.max_episode_steps:", "must be >= 1"]),
+    "stop_not_finite": ("eval.stop_at_return=.inf", ["eval.stop_at_return:", "must be a finite return"]),
+    "stop_without_eval": ("eval.stop_at_return=500,eval.freq=0", ["eval.stop_at_return:", "set eval.freq > 0"]),
 }
 
 
@@ -194,8 +216,8 @@ BAD_EVAL = {
 def test_bad_eval_config_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, cartpole_yaml, case):
     monkeypatch.chdir(tmp_path)
     before = tree(tmp_path)
-    override, words = BAD_EVAL[case]
-    rc, out, err = run_main(["--config", str(cartpole_yaml), "--set", override, "--no-progress"])
+    overrides, words = BAD_EVAL[case]
+    rc, out, err = run_main(["--config", str(cartpole_yaml), *set_args(overrides.split(",")), "--no-progress"])
     assert rc == 2 and out == ""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err

@@ -135,6 +135,9 @@ def notes(results: dict[str, dict]) -> list[str]:
     fp, q = results.get("fused_fp32", {}), results.get("fused_int8", {})
     if fp.get("sps") and q.get("sps"):
         out.append(f"fused int8 actors vs fused fp32 actors: {100 * (q['sps'] / fp['sps'] - 1):+.1f} % env steps/s")
+    solve = results.get("fused_int8_to_500", {})
+    if solve.get("env_steps") and solve.get("time_to_result_s"):
+        out.append(f"fused_int8_to_500: the int8 policy's greedy evaluation reached {fmt(solve.get('eval_return'), '.1f')} after {fmt(solve['env_steps'])} env steps, {solve['time_to_result_s']:.1f} s from process start (stops there: not PureJaxRL's work)")
     for name, r in results.items():
         if r.get("policy_lag") and r.get("actor_sps") and r.get("learner_sps"):  # pipelined: both devices busy at once
             bound, serial = min(r["actor_sps"], r["learner_sps"]), 1 / (1 / r["actor_sps"] + 1 / r["learner_sps"])

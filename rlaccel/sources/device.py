@@ -279,13 +279,15 @@ class FusedSource(DeviceSource):
     def train_upto(self, state: TrainState, count: Array, length: int) -> tuple[TrainState, Metrics]:
         """``count`` updates (traced, ``0 <= count <= length``): one program serves every chunk
         length up to ``length``. Metrics ``[length]``, rows past ``count`` zero. The updates
-        are :meth:`update_step`'s, as :meth:`train_chunk`'s."""
-        shapes = jax.eval_shape(self.update_step, state)[1]
+        are :meth:`update_step`'s, as :meth:`train_chunk`'s (traced once: the metrics' shapes
+        come from the same trace as the loop body, through ``jax.jit``'s trace cache)."""
+        update_step = jax.jit(self.update_step)
+        shapes = jax.eval_shape(update_step, state)[1]
         rows = jax.tree.map(lambda x: jnp.zeros((length, *x.shape), x.dtype), shapes)
 
         def body(i: Array, carry: tuple[TrainState, Metrics]) -> tuple[TrainState, Metrics]:
             state, rows = carry
-            state, metrics = self.update_step(state)
+            state, metrics = update_step(state)
             return state, jax.tree.map(lambda r, m: jax.lax.dynamic_update_index_in_dim(r, m, i, 0), rows, metrics)
 
         return jax.lax.fori_loop(0, count, body, (state, rows))

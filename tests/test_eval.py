@@ -31,6 +31,7 @@ from rlaccel import config as config_lib
 from rlaccel.sources.device import FusedSource
 
 EVAL = ["eval.freq=512", "eval.episodes=4"]  # tiny runs do 256 env steps per update, 2 per chunk
+UNREACHABLE = "eval.stop_at_return=501"  # CartPole returns at most 500: the run must not stop
 EVAL_TAGS = ("eval/mean_reward", "eval/std_reward", "eval/mean_ep_length", "eval/mean_reward_fp32", "eval/seconds")
 
 
@@ -43,9 +44,9 @@ def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture(scope="module")
 def eval_run(tmp_path_factory, cartpole_yaml, tiny_overrides):
     """The tiny PPO CartPole run (4 updates x 256 env steps, int8 actors) evaluating 4 episodes
-    after every chunk of 512 env steps."""
+    after every chunk of 512 env steps, with a ``stop_at_return`` no evaluation reaches."""
     run_dir = tmp_path_factory.mktemp("eval") / "run"
-    rc, _, err = run_main(["--config", str(cartpole_yaml), *set_args([*tiny_overrides, *EVAL]), "--run-dir", str(run_dir), "--no-progress"])
+    rc, _, err = run_main(["--config", str(cartpole_yaml), *set_args([*tiny_overrides, *EVAL, UNREACHABLE]), "--run-dir", str(run_dir), "--no-progress"])
     assert rc == 0, err
     return {"dir": run_dir, "summary": json.loads((run_dir / "summary.json").read_text()), "overrides": [*tiny_overrides, *EVAL]}
 
@@ -68,6 +69,7 @@ def test_eval_metrics_in_tensorboard_and_summary(eval_run):
     assert summary["eval_ep_len"] == pytest.approx(last["eval/mean_ep_length"], rel=1e-6)
     assert summary["eval_env_steps"] == 1024 and summary["evaluations"] == 2 and summary["eval_episodes"] == 4
     assert summary["eval_policy"] == "int8"
+    assert summary["status"] == "completed" and summary["stopped_by"] is None and summary["updates"] == 4  # 501 was never reached
     assert summary["eval_best_return"] == pytest.approx(max(v for _, v in tags["eval/mean_reward"]), rel=1e-6)
     assert summary["eval_s"] == pytest.approx(sum(v for _, v in tags["eval/seconds"]), rel=1e-5)
     assert summary["train_s"] + summary["eval_s"] + summary["eval_compile_s"] + summary["compile_s"] <= summary["wall_s"]
@@ -91,22 +93,16 @@ def test_best_checkpoint_holds_the_best_int8_evaluation(eval_run):
     assert float(np.mean(again["fp32"].returns)) == meta["eval"]["mean_reward_fp32"]
 
 
-@pytest.mark.parametrize("threshold", [1, 501])
-def test_stop_at_return_ends_the_run_at_the_first_evaluation_reaching_it(tmp_path, cartpole_yaml, tiny_overrides, threshold):
-    # Every CartPole episode returns >= 1 and none more than 500: 1 stops the run after the
-    # first evaluation (512 env steps, 2 of 4 updates), 501 never does.
+def test_stop_at_return_ends_the_run_at_the_first_evaluation_reaching_it(tmp_path, cartpole_yaml, tiny_overrides):
+    # Every CartPole episode returns >= 1: the run stops after the first evaluation (512 env
+    # steps, 2 of 4 updates). The eval_run fixture's 501, which none reaches, runs to the end.
     run_dir = tmp_path / "run"
-    rc, out, err = run_main(["--config", str(cartpole_yaml), *set_args([*tiny_overrides, *EVAL, f"eval.stop_at_return={threshold}"]), "--run-dir", str(run_dir), "--no-progress"])
+    rc, out, err = run_main(["--config", str(cartpole_yaml), *set_args([*tiny_overrides, *EVAL, "eval.stop_at_return=1"]), "--run-dir", str(run_dir), "--no-progress"])
     assert rc == 0, err
     summary = json.loads((run_dir / "summary.json").read_text())
-    rewards = scalars(run_dir)["eval/mean_reward"]
-    if threshold == 1:
-        assert summary["status"] == "stopped" and summary["stopped_by"] == "eval.stop_at_return" and "stopped (eval.stop_at_return)" in out
-        assert summary["updates"] == 2 and summary["env_steps"] == 512 and [step for step, _ in rewards] == [512]
-        assert summary["eval_return"] >= 1 and checkpoint.read_meta(summary["checkpoint"])["update"] == 2
-    else:
-        assert summary["status"] == "completed" and summary["stopped_by"] is None and summary["updates"] == 4
-        assert [step for step, _ in rewards] == [512, 1024] and all(v < threshold for _, v in rewards)
+    assert summary["status"] == "stopped" and summary["stopped_by"] == "eval.stop_at_return" and "stopped (eval.stop_at_return)" in out
+    assert summary["updates"] == 2 and summary["env_steps"] == 512 and [step for step, _ in scalars(run_dir)["eval/mean_reward"]] == [512]
+    assert summary["eval_return"] >= 1 and checkpoint.read_meta(summary["checkpoint"])["update"] == 2
 
 
 def _agent_and_env(config):

@@ -175,12 +175,11 @@ def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, 
     the actors' precision and device overridden when given, and any other ``key=value``."""
     import rlaccel
 
-    if config in ("ppo_cartpole.yaml", "dqn_cartpole.yaml", "dqn_cartpole_purejaxrl.yaml"):
-        # The rows PureJaxRL's are compared with: its programs do not evaluate, so neither do
-        # these (the shipped configs' ``eval:`` would add 20-25 evaluations to time_to_result),
-        # unless the row's own overrides (after these) say otherwise.
-        overrides = [*_short(), "eval.freq=0", *overrides]
-    overrides = list(overrides)
+    # The rows PureJaxRL's are compared with: its programs do not evaluate, so neither do these
+    # (the shipped configs' ``eval:`` would add 20-25 evaluations to time_to_result), unless
+    # the row's own overrides, which come after, say otherwise.
+    compared = config in ("ppo_cartpole.yaml", "dqn_cartpole.yaml", "dqn_cartpole_purejaxrl.yaml")
+    overrides = [*([*_short(), "eval.freq=0"] if compared else []), *overrides]
     if precision is not None:
         overrides.append(f"placement.actor.precision={precision}")
     if actor is not None:

@@ -382,9 +382,11 @@ def test_export_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cartpole_run
 
 @pytest.mark.slow
 def test_export_cli_writes_the_integer_formats(cartpole_run, tmp_path):
-    """``rlaccel export --format tflite | tflite-int8io | c``: the files, and the C compiles and runs."""
+    """``rlaccel export --format tflite | tflite-int8io | c``: the files, and the C compiles and runs.
+    The first names the run relative to the working directory (orbax reads absolute paths only)."""
     for fmt, out in (("tflite", tmp_path / "p.tflite"), ("tflite-int8io", tmp_path / "q.tflite"), ("c", tmp_path / "c")):
-        res = subprocess.run([sys.executable, "-m", "rlaccel", "export", "--run", str(cartpole_run), "--format", fmt, "--out", str(out)], check=False, capture_output=True, text=True, timeout=300, cwd=REPO)
+        run, cwd = (cartpole_run.name, cartpole_run.parent) if fmt == "tflite" else (str(cartpole_run), REPO)
+        res = subprocess.run([sys.executable, "-m", "rlaccel", "export", "--run", run, "--format", fmt, "--out", str(out)], check=False, capture_output=True, text=True, timeout=300, cwd=cwd)
         assert res.returncode == 0, res.stderr
         assert out.exists() and f"wrote {out}" in res.stdout
     assert (tmp_path / "p.tflite").read_bytes()[4:8] == b"TFL3" and sorted(p.name for p in (tmp_path / "c").iterdir()) == ["main.c", "policy.c", "policy.h"]

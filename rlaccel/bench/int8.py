@@ -213,6 +213,7 @@ def runtime_rows(policies: dict, batches: list[int], reps: int) -> list[dict]:
 
     from rlaccel.deploy.artifact import read
     from rlaccel.deploy.onnx_model import build_model
+    from rlaccel.deploy.runtime import ort_options
 
     core, rows = ov.Core(), []
     rng = np.random.default_rng(0)
@@ -221,9 +222,7 @@ def runtime_rows(policies: dict, batches: list[int], reps: int) -> list[dict]:
         models = {p: build_model(art, p).SerializeToString() for p in ("int8", "fp32")}
         calls: dict[str, dict[str, Any]] = {"onnxruntime": {}, "OpenVINO": {}}
         for precision, raw in models.items():
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-            session = ort.InferenceSession(raw, opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(raw, ort_options(threads=1), providers=["CPUExecutionProvider"])
             calls["onnxruntime"][precision] = lambda x, s=session: s.run(["head"], {"obs": x})
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "m.onnx").write_bytes(raw)

@@ -210,6 +210,24 @@ class CInt8Policy(Policy):
         return super().act(obs)
 
 
+def ort_options(threads: int = 1) -> Any:
+    """onnxruntime session options for an int8 policy: sequential, ``threads`` intra-op threads,
+    and ``session.x64quantprecision``: on x86 CPUs without VNNI (AVX2, AVX-512 before VNNI)
+    onnxruntime's fast U8S8 kernels add pairs of int8 products in 16 bits with saturation, and
+    the integers stop being the policy's (measured on an AVX2 EPYC: 28 % of CartPole heads
+    exact, against 98 % with the option); it selects the U8U8 kernels, which do not saturate.
+    On VNNI CPUs it changes nothing."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    return opts
+
+
 class OnnxPolicy(Policy):
     """The artifact's network as an ONNX model (``rlaccel.deploy.onnx_model``) on onnxruntime's CPU provider."""
 
@@ -222,12 +240,7 @@ class OnnxPolicy(Policy):
         self.backend = f"onnx-{precision}"
         if model_bytes is None:
             model_bytes = build_model(artifact, precision).SerializeToString()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model_bytes, ort_options(threads), providers=["CPUExecutionProvider"])
         self._run = self.session.run
 
     def head(self, x: np.ndarray) -> np.ndarray:

@@ -300,10 +300,13 @@ def dense(x_q: Array, qp: QuantParams, i: int) -> Array:
 
 
 def _tanh(y: Array, in_scale: Array) -> Array:
-    """TANH of int8 values ``y`` (int32) at a TANH_IN_SCALES input scale: its table's entries
-    (the row first, loop-invariant in a rollout, then a 1-D lookup: cheaper than a 2-D gather)."""
+    """TANH of int8 values ``y`` (int32, in ``[-128, 127]``: ``dense`` clamps them first) at a
+    TANH_IN_SCALES input scale: its table's entries (the row first, loop-invariant in a rollout,
+    then a 1-D lookup: cheaper than a 2-D gather). The indices are in range by construction, so
+    the gather promises it instead of clamping: 17 % less time per int8 forward on an AVX2
+    EPYC (7.0 -> 5.8 us per step of 4 CartPole envs; fp32's 2.1), the same integers."""
     row = -jnp.frexp(in_scale)[1] - 4  # 2**-k has frexp exponent 1 - k; TANH_IN_SCALES[0] = 2**-5
-    return jnp.take(jnp.asarray(TANH_LUTS)[row], y + 128, mode="clip")  # y in [-128, 127]: clip never acts
+    return jnp.asarray(TANH_LUTS)[row].at[y + 128].get(mode="promise_in_bounds")
 
 
 def apply(qp: QuantParams, x: Array) -> Array:

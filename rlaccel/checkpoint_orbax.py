@@ -97,7 +97,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
     without a template (inspection, tests)."""
     header = fmt.read_header(path)
     try:
-        tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(Path(path).absolute() / fmt.STATE)).tree
+        tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_state_dir(path))).tree
     except Exception as e:  # noqa: BLE001 - orbax / tensorstore raise many types for damaged files
         raise DamagedCheckpointError(f"{path}: checkpoint is damaged ({fmt.STATE}/ metadata is unreadable: {_one_line(e)})") from None
     restored = _orbax_restore(path, None, jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
@@ -140,10 +140,15 @@ def _fsync_tree(root: Path) -> None:
 
 
 
+def _state_dir(path: Path) -> Path:
+    """The checkpoint's orbax directory, absolute: orbax reads absolute paths only, and
+    ``rlaccel export --run runs/x`` names a relative one."""
+    return Path(path).absolute() / fmt.STATE
+
+
 def _orbax_restore(path: Path, item: Any, restore_args: Any) -> Any:
     try:
-        # orbax takes absolute paths only: `rlaccel export --run runs/x` names a relative one
-        return ocp.PyTreeCheckpointer().restore(Path(path).absolute() / fmt.STATE, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+        return ocp.PyTreeCheckpointer().restore(_state_dir(path), args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
     except Exception as e:  # noqa: BLE001 - orbax / tensorstore raise many types for damaged files
         reason = _one_line(e)
     _collect_quietly()

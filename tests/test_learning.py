@@ -240,12 +240,13 @@ def test_tflite_micro_is_bit_identical_on_the_policys_own_trajectories(exported,
 
 
 def x86_vnni() -> bool:
-    """Whether this x86 CPU has VNNI (``avx512_vnni`` or ``avx_vnni`` in ``/proc/cpuinfo``).
+    """Whether this CPU has VNNI (``avx512_vnni`` or ``avx_vnni``, as the bench reads its flags).
     Without it, x86 int8 kernels multiply u8 x s8 with ``vpmaddubsw``, which adds each pair of
     products in 16 bits with saturation (OpenVINO's "Saturation (overflow) issue" page;
     onnxruntime's ``session.x64quantprecision``, which ``ort_options`` sets, avoids it)."""
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    from rlaccel.bench.table import cpu_info
+
+    return bool({"avx512_vnni", "avx_vnni"} & set(cpu_info()["cpu_flags"]))
 
 
 @pytest.mark.slow

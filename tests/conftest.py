@@ -9,7 +9,8 @@ does. Every test process then sees two CPU devices: ``cpu:0`` plays the learner 
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # kept beside the Makefile's FAST_XLA
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # JAX's persistent compilation cache, shared by both xdist workers and the runs tests start in
 # subprocesses: many tests compile the same programs (the shipped configs); a cache hit gives
@@ -56,7 +57,7 @@ def cartpole_yaml() -> Path:
 # The longest modules first (measured: CPU seconds per module in a full run), so the two
 # workers of `make test` do not end with one of them alone on a long module.
 LONGEST_FIRST = (
-    "test_learning", "test_distributed", "test_reliability", "test_deploy", "test_host_actors", "test_sweep", "test_pipeline",
+    "test_learning", "test_learning_dqn", "test_distributed", "test_reliability", "test_deploy", "test_host_actors", "test_sweep", "test_pipeline",
     "test_ray", "test_brax", "test_gsde", "test_eval", "test_cli", "test_reference", "test_quant", "test_placement",
 )  # fmt: skip
 

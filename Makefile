@@ -34,28 +34,13 @@ install-dev: $(VENV)/.installed-dev
 train: $(VENV)/.installed
 	$(BIN)/rlaccel train --config $(CONFIG) $(ARGS)
 
-# The suite runs in two passes, both always (exit 5, no test selected, counts as a pass).
-# First the tests that check behaviour, with XLA's backend optimisations and CPU fusion emitters
-# off: most of their time is compiling, which these flags halve. Then the tests marked
-# `optimized` (learning to a return threshold, bit-for-bit float equality) with XLA's defaults,
-# as users run them. The tests add --xla_force_host_platform_device_count=2 (tests/conftest.py).
-WORKERS  ?= auto
-FAST_XLA := --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false
-PYTEST   := $(BIN)/python -m pytest -n $(WORKERS) --dist loadscope
-define two_passes
-	status=0; \
-	XLA_FLAGS="$(FAST_XLA) $$XLA_FLAGS" $(PYTEST) -m "not optimized $(1)" $(PYTEST_ARGS) || [ $$? = 5 ] || status=1; \
-	$(PYTEST) -m "optimized $(1)" $(PYTEST_ARGS) || [ $$? = 5 ] || status=1; \
-	exit $$status
-endef
-
-## Run the whole test suite (learning tests included), on every core (pytest-xdist), in two passes.
+## Run the whole test suite (learning tests included), on every core (pytest-xdist).
 test: $(VENV)/.installed-dev
-	$(call two_passes,)
+	$(BIN)/python -m pytest -n auto --dist loadscope $(PYTEST_ARGS)
 
 ## The inner loop: unit tests and CLI smoke tests, no learning.
 test-fast: $(VENV)/.installed-dev
-	$(call two_passes,and not slow)
+	$(BIN)/python -m pytest -n auto --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks: `rlaccel bench` (rlaccel/bench/), then `rlaccel bench latency`; prints the tables and
 ## writes benchmarks/*.json. ARGS go to the main table (e.g. ARGS="--rows purejaxrl_1,fused_int8").

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from rlaccel import quant_tables, registry
+from rlaccel import compile_cache, quant_tables, registry
 from rlaccel.agent import Agent
 
 __all__ = ["EVAL_TAG", "Episodes", "HostEpisodes", "JaxEpisodes", "eval_key", "eval_seeds", "gym_episodes", "make_program", "policy_action", "run_episodes"]
@@ -157,7 +157,7 @@ class JaxEpisodes:
         env = envs.make(config.env, auto_reset=False, **config.env_kwargs)
         bound = config.eval.max_episode_steps or getattr(env, "max_episode_steps", None) or UNBOUNDED_ENV_STEPS
         self.seed = config.seed
-        self._program = jax.jit(make_program(agent, env, episodes=config.eval.episodes, max_steps=int(bound), precisions=precisions, deterministic=config.eval.deterministic))
+        self._program = compile_cache.jit(make_program(agent, env, episodes=config.eval.episodes, max_steps=int(bound), precisions=precisions, deterministic=config.eval.deterministic))
         self._compiled: Any = None
         self.compile_s = 0.0
 
@@ -235,7 +235,7 @@ class HostEpisodes:
         self.seed = config.seed
         self.section = config.agent
         self.actor_cls = registry.load(registry.get(config.algo).numpy_actor)
-        self._params = jax.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions})
+        self._params = compile_cache.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions})
         self._compiled: Any = None
         self.compile_s = 0.0
 

@@ -9,8 +9,7 @@ does. Every test process then sees two CPU devices: ``cpu:0`` plays the learner 
 import os
 import tempfile
 
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # kept beside the Makefile's FAST_XLA
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # JAX's persistent compilation cache, shared by both xdist workers and the runs tests start in
 # subprocesses: many tests compile the same programs (the shipped configs); a cache hit gives
@@ -21,6 +20,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 from pathlib import Path
 
 import pytest
+
+from rlaccel import compile_cache
 
 REPO = Path(__file__).resolve().parents[1]
 CARTPOLE_YAML = REPO / "configs" / "ppo_cartpole.yaml"
@@ -60,6 +61,22 @@ LONGEST_FIRST = (
     "test_learning", "test_learning_dqn", "test_distributed", "test_reliability", "test_deploy", "test_host_actors", "test_sweep", "test_pipeline",
     "test_ray", "test_brax", "test_gsde", "test_eval", "test_cli", "test_reference", "test_quant", "test_placement",
 )  # fmt: skip
+
+
+# Compile effort per test (rlaccel.compile_cache): most tests check behaviour and spend their
+# time compiling, which RLACCEL_XLA_EFFORT=fast halves (the programs then run about twice as
+# slow); the tests marked `optimized` (learning to a return threshold, bit-for-bit float
+# equality) compile at XLA's defaults, as users run. Set before the test's fixtures, so a
+# module fixture compiles at its first test's effort (unless it chooses with
+# compile_cache.effort); processes a test starts inherit it. RLACCEL_XLA_EFFORT set when
+# pytest starts holds for every test (RLACCEL_XLA_EFFORT=default: the whole suite at XLA's defaults).
+_EFFORT_GIVEN = compile_cache.EFFORT_ENV in os.environ
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if not _EFFORT_GIVEN:
+        os.environ[compile_cache.EFFORT_ENV] = "default" if item.get_closest_marker("optimized") else "fast"
 
 
 @pytest.hookimpl(tryfirst=True)

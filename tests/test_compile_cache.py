@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from rlaccel import compile_cache
@@ -36,9 +37,10 @@ def test_where_the_cache_is(no_cache_env, tmp_path):
 
 
 def test_bench_rows_run_cold_or_with_the_cache_given():
-    env = {"JAX_COMPILATION_CACHE_DIR": "/somewhere", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "KEEP": "1"}
+    env = {"JAX_COMPILATION_CACHE_DIR": "/somewhere", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "KEEP": "1", compile_cache.EFFORT_ENV: "fast"}
     cold = compile_cache.bench_env(env)
     assert cold[compile_cache.ENV] == "off" and not any(name in cold for name in JAX_VARS) and cold["KEEP"] == "1"
+    assert compile_cache.EFFORT_ENV not in cold  # benchmarks compile at XLA's defaults
     warm = compile_cache.bench_env(env, "/tmp/c")
     assert warm["JAX_COMPILATION_CACHE_DIR"] == warm[compile_cache.ENV] == "/tmp/c"
     assert env["JAX_COMPILATION_CACHE_DIR"] == "/somewhere"  # the caller's environment is untouched
@@ -90,3 +92,38 @@ def test_a_run_enables_the_cache(monkeypatch, tmp_path, cartpole_yaml, tiny_over
     monkeypatch.setattr(compile_cache, "enable", lambda: calls.append("enable") or real())
     run = rlaccel.train(str(cartpole_yaml), overrides=tiny_overrides, run_dir=tmp_path / "run", progress=False)
     assert run.summary["status"] == "completed" and calls == ["enable"]
+
+
+EFFORTS = """
+import json
+from rlaccel import compile_cache
+compile_cache.enable()
+import jax, jax.numpy as jnp, numpy as np
+
+x = jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)
+jax.block_until_ready(x)
+out = {"options": [], "entries": [], "y": []}
+for level in ("default", "fast", "default", "fast"):
+    with compile_cache.effort(level):
+        out["options"].append(compile_cache.compiler_options())
+        compiled = compile_cache.jit(lambda x: jnp.tanh(x @ x.T).sum(0)).lower(x).compile()
+    out["y"].append(np.asarray(compiled(x)).tolist())
+    out["entries"].append(len(list(compile_cache.cache_dir().iterdir())))
+print(json.dumps(out))
+"""
+
+
+def test_fast_effort_compiles_its_own_executable(tmp_path):
+    """``RLACCEL_XLA_EFFORT=fast`` reaches XLA: JAX's persistent cache (which keys on the
+    compile options) keeps a second executable for it, each effort then loads its own, and
+    they compute the same values (to float rounding)."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in (*JAX_VARS, compile_cache.EFFORT_ENV)}
+    env |= {compile_cache.ENV: str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    out = subprocess.run([sys.executable, "-c", EFFORTS], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["options"] == [None, compile_cache.FAST_OPTIONS, None, compile_cache.FAST_OPTIONS]
+    default, fast, again, fast_again = got["entries"]  # files in the cache after each compile
+    assert fast > default and again == fast_again == fast, got["entries"]  # new for fast; then both loaded
+    np.testing.assert_allclose(got["y"][1], got["y"][0], rtol=1e-5)

@@ -338,7 +338,6 @@ def test_reset_dtype_float64():
         assert obs.dtype == jnp.float32 and reward.dtype == jnp.float32
 
 
-@pytest.mark.optimized  # jitted against op by op, bit for bit: holds under XLA's default flags
 def test_auto_reset_keeps_final_obs_on_termination():
     raw = _ENVS["CartPole-v1"]
     env = envs.make("CartPole-v1", auto_reset=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rlaccel import compile_cache
 from rlaccel.deploy.artifact import Artifact, PolicyError, int8_arrays
 
 FORMATS = ("rlpolicy", "onnx-int8", "onnx-fp32", "tflite", "tflite-int8io", "c")
@@ -69,9 +70,9 @@ def build_artifact(run_dir: str | Path, checkpoint_path: str | Path | None = Non
             raise PolicyError(f"{run_dir}: this host-actor run was trained with fp32 actors, so it has no int8 calibration; train with placement.actor.precision=int8")
         agent_state = _calibrate(source, state, agent_state, config.seed + 1)
 
-    actor_params = jax.jit(agent.actor_params, static_argnums=1)
+    actor_params = compile_cache.jit(agent.actor_params, static_argnums=1)
     fp32 = jax.device_get(actor_params(agent_state, "fp32"))
-    tables = jax.device_get(jax.jit(quant_tables.tables)(actor_params(agent_state, "int8").policy))
+    tables = jax.device_get(compile_cache.jit(quant_tables.tables)(actor_params(agent_state, "int8").policy))
     spec = registry.load(registry.get(config.algo).export)(config.agent, fp32, agent_state)
     layers = dense_layers(fp32.policy)
     arrays = int8_arrays(tables)
@@ -127,8 +128,8 @@ def _calibrate(source: Any, state: Any, agent_state: Any, seed: int, rollouts: i
     import jax
 
     agent = source.agent
-    params = jax.jit(agent.actor_params, static_argnums=1)(agent_state, "fp32")
-    rollout_fn, calibrate = jax.jit(source.act_phase), jax.jit(agent.calibrate)
+    params = compile_cache.jit(agent.actor_params, static_argnums=1)(agent_state, "fp32")
+    rollout_fn, calibrate = compile_cache.jit(source.act_phase), compile_cache.jit(agent.calibrate)
     env_state, key = state.rollout, jax.random.PRNGKey(seed)
     for _ in range(rollouts):
         key, key_r = jax.random.split(key)

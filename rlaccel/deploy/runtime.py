@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rlaccel import compile_cache
 from rlaccel.deploy.artifact import Artifact, PolicyError, int8_tables, read
 from rlaccel.reference import Fp32Network, Int8Network, Normalizer
 
@@ -289,7 +290,7 @@ class JaxPolicy(Policy):
             return net(params, normalize.apply(norm, x, clip_obs))  # the actors' normaliser
 
         self._params, self._norm = params, norm
-        self._head = jax.jit(head)
+        self._head = compile_cache.jit(head)
 
     def head(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._head(self._params, self._norm, x))

@@ -58,9 +58,9 @@ class StepSource:
 
     def initial_state(self, key: Any) -> Any:
         """:meth:`init`, compiled (what the loop calls; also the template a checkpoint restores into)."""
-        import jax
+        from rlaccel import compile_cache
 
-        return jax.jit(self.init)(key)
+        return compile_cache.jit(self.init)(key)
 
     def place(self, state: Any) -> Any:
         """The state moved to the devices it lives on."""

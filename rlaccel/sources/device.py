@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlaccel import compile_cache
 from rlaccel import quant
 from rlaccel import rollout as rollout_lib
 from rlaccel.agent import Agent, Metrics
@@ -153,23 +154,23 @@ class DeviceSource(StepSource):
             return jax.tree.map(functools.partial(_spec, sharding=sharding), tree)
 
         learner_state = state.replace(rollout=None)
-        params_exec = jax.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
+        params_exec = compile_cache.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
         actor_params = placed(jax.eval_shape(lambda agent: self.agent.actor_params(agent, self.precision), state.agent), on_actor)
         key = placed(state.key, on_actor)
         noise = placed(jax.eval_shape(lambda key: self.agent.noise(key, self.num_envs), state.key), on_actor)
         pieces = {
             "actor_params": params_exec,
-            "act": jax.jit(self.agent.act).lower(actor_params, state.rollout.obs, noise).compile(),
-            "rollout": jax.jit(self.act_phase).lower(actor_params, state.rollout, key).compile(),
+            "act": compile_cache.jit(self.agent.act).lower(actor_params, state.rollout.obs, noise).compile(),
+            "rollout": compile_cache.jit(self.act_phase).lower(actor_params, state.rollout, key).compile(),
         }
         # What the learner-side pieces take: the rollout's outputs moved to the learner.
         _, transitions, episodes = placed(jax.eval_shape(self.act_phase, actor_params, state.rollout, key), on_learner)
         learner_params = placed(actor_params, on_learner)
         if self.precision == "int8":
             metrics_fn = functools.partial(quant_metrics, self.agent)
-            pieces["quant_metrics"] = jax.jit(metrics_fn).lower(state.agent, learner_params, transitions.obs).compile()
+            pieces["quant_metrics"] = compile_cache.jit(metrics_fn).lower(state.agent, learner_params, transitions.obs).compile()
         if self.learns_in_pieces:
-            pieces["learn"] = jax.jit(self.learn_phase).lower(learner_state, learner_params, transitions, episodes, state.key).compile()
+            pieces["learn"] = compile_cache.jit(self.learn_phase).lower(learner_state, learner_params, transitions, episodes, state.key).compile()
         return pieces
 
     def compile_pieces_beside(self, state: TrainState) -> None:
@@ -300,7 +301,7 @@ class FusedSource(DeviceSource):
         length = max([num_updates, *self._chunks])
         if length not in self._chunks:
             self.compile_pieces_beside(state)
-            self._chunks = {length: jax.jit(self.train_upto, static_argnums=2, donate_argnums=0).lower(state, jnp.int32(0), length).compile()}
+            self._chunks = {length: compile_cache.jit(self.train_upto, static_argnums=2, donate_argnums=0).lower(state, jnp.int32(0), length).compile()}
         return self._chunks[length]
 
     def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:

@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rlaccel import compile_cache
 from rlaccel import distributed
 from rlaccel import rollout as rollout_lib
 from rlaccel.agent import Agent, Metrics
@@ -130,7 +131,7 @@ class ParallelSource(DeviceSource):
         """:meth:`init` on this process's first device, fetched to the host (numpy): the same
         in every process, and the template a checkpoint restores into; :meth:`place` shards it."""
         with jax.default_device(self.learner_device):
-            return jax.device_get(jax.jit(self.init)(key))
+            return jax.device_get(compile_cache.jit(self.init)(key))
 
     def place(self, state: TrainState) -> TrainState:
         """``state`` as global arrays on the mesh (from host values, or resharded)."""
@@ -201,7 +202,7 @@ class ParallelSource(DeviceSource):
         (counted as training time)."""
         if num_updates not in self._chunks:
             shardings = self.shardings(state)
-            chunk = jax.jit(self.train_chunk, static_argnums=1, in_shardings=(shardings,), out_shardings=(shardings, self._sharding(P())))
+            chunk = compile_cache.jit(self.train_chunk, static_argnums=1, in_shardings=(shardings,), out_shardings=(shardings, self._sharding(P())))
             self._chunks[num_updates] = chunk.lower(state, num_updates).compile()
             if jax.process_count() > 1 and self.probes:
                 self._probe.pieces(self.local_view(state))  # once: cached by the probe's source

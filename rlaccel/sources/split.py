@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlaccel import compile_cache
 from rlaccel.agent import Metrics
 from rlaccel.sources.device import DeviceSource
 from rlaccel.state import TrainState
@@ -52,7 +53,7 @@ class Wire:
         self.specs = [(tuple(x.shape), jnp.dtype(x.dtype)) for x in leaves]
         self.dtypes = sorted({d for _, d in self.specs}, key=str)
         self.device = device
-        self._pack, self._unpack = jax.jit(self.pack), jax.jit(self.unpack)
+        self._pack, self._unpack = compile_cache.jit(self.pack), compile_cache.jit(self.unpack)
 
     def pack(self, tree: Any) -> tuple[jax.Array, ...]:
         """``tree`` -> one 1-D buffer per dtype (jittable)."""

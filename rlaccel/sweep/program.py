@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rlaccel import compile_cache
 from rlaccel.config import Config
 from rlaccel.sources.base import StepSource
 from rlaccel.sweep.grid import Setting, flatten, with_values
@@ -109,7 +110,7 @@ class SweepProgram:
         import jax
 
         if self._init is None:
-            self._init = jax.jit(self._sharded(self._member_init))
+            self._init = compile_cache.jit(self._sharded(self._member_init))
         return self._init(keys, dict(hparams))
 
     def chunk_fn(self, state: Any, hparams: Mapping[str, Any], num_updates: int) -> Callable:
@@ -120,7 +121,7 @@ class SweepProgram:
         if num_updates not in self._chunks:
             start = time.perf_counter()
             fn = self._sharded(functools.partial(self._member_chunk, num_updates=num_updates))
-            self._chunks[num_updates] = jax.jit(fn, donate_argnums=0).lower(state, dict(hparams)).compile()
+            self._chunks[num_updates] = compile_cache.jit(fn, donate_argnums=0).lower(state, dict(hparams)).compile()
             self.compile_s += time.perf_counter() - start
         return self._chunks[num_updates]
 

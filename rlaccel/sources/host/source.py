@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from rich.console import Console
 
+from rlaccel import compile_cache
 from rlaccel import agent as agent_lib
 from rlaccel import envs, quant_tables, registry
 from rlaccel.rollout import EpisodeInfo, Transition
@@ -75,11 +76,11 @@ class HostSource(StepSource):
         self.steps_per_update = self.spec.steps_per_update
         self.num_updates = self.spec.num_updates
         self._jax_policy = config.actors.policy == "jax"
-        self._learn = jax.jit(self.learner_step)
-        self._params = jax.jit(self.actor_params)
+        self._learn = compile_cache.jit(self.learner_step)
+        self._params = compile_cache.jit(self.actor_params)
         self._compiled: Any = None
-        self._act = jax.jit(self.agent.act) if self._jax_policy else None
-        self._noise = jax.jit(self._batch_noise, static_argnums=1) if self._jax_policy else None
+        self._act = compile_cache.jit(self.agent.act) if self._jax_policy else None
+        self._noise = compile_cache.jit(self._batch_noise, static_argnums=1) if self._jax_policy else None
         self._threads: list[ActorThread] = []
         self._halt = threading.Event()
         self._faults: list = []

@@ -179,10 +179,11 @@ def test_numpy_int8_is_bit_exact_normalised_gaussian_and_relu(other_runs, name):
 
 @pytest.mark.slow
 def test_artifact_normaliser_is_the_actors(other_runs):
-    """``obs.mean`` / ``obs.inv_std`` are the actor parameters' own values; ``obs.var`` (for
-    older readers) is the variance they came from, to float32 rounding."""
+    """``obs.mean`` / ``obs.inv_std`` are the actor parameters' own values (compiled at the
+    export's effort); ``obs.var`` (for older readers) is the variance they came from, to
+    float32 rounding."""
     agent, _, state = _restore(other_runs["pendulum"])
-    norm = jax.jit(agent.actor_params, static_argnums=1)(state.agent, "int8").obs_norm
+    norm = compile_cache.jit(agent.actor_params, static_argnums=1)(state.agent, "int8").obs_norm
     art = artifact_lib.read(other_runs["pendulum"] / "policy.rlpolicy")
     np.testing.assert_array_equal(art.arrays["obs.mean"], np.asarray(norm.mean))
     np.testing.assert_array_equal(art.arrays["obs.inv_std"], np.asarray(norm.inv_std))

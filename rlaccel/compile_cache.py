@@ -139,14 +139,11 @@ def jit(fun: Callable, **kwargs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def effort(level: str | None) -> Iterator[None]:
-    """Programs built inside compile at ``level`` ("fast", or ``None`` for XLA's defaults);
-    the environment variable, so processes started inside inherit it."""
+def effort(level: str) -> Iterator[None]:
+    """Programs built inside compile at ``level`` ("fast"; any other, e.g. "default": XLA's
+    defaults). Sets ``RLACCEL_XLA_EFFORT``, so processes started inside inherit it."""
     before = os.environ.get(EFFORT_ENV)
-    if level is None:
-        os.environ.pop(EFFORT_ENV, None)
-    else:
-        os.environ[EFFORT_ENV] = level
+    os.environ[EFFORT_ENV] = level
     try:
         yield
     finally:
@@ -157,9 +154,9 @@ def effort(level: str | None) -> Iterator[None]:
 
 
 def bench_env(env: dict[str, str], directory: str | Path | None = None) -> dict[str, str]:
-    """``env`` for a benchmark row's process, at XLA's default effort: no cache, so every compile is counted (a cold
-    start), or with ``directory`` the cache there for every row, baselines included (run the
-    bench twice with one directory: the second run is the warm start)."""
+    """``env`` for a benchmark row's process, at XLA's default effort: no cache, so every
+    compile is counted (a cold start), or with ``directory`` the cache there for every row,
+    baselines included (run the bench twice with one directory: the second run is the warm start)."""
     env = dict(env)
     for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_COMPILATION_CACHE_MAX_SIZE", EFFORT_ENV):
         env.pop(name, None)

@@ -102,7 +102,7 @@ def first_update(config) -> tuple[object, object, dict, object]:
     return source, state, jax.device_get(metrics), np.asarray(jax.device_get(state.rollout.obs))
 
 
-@pytest.mark.optimized  # bit for bit across shardings: holds under XLA's default flags
+@pytest.mark.optimized  # bit for bit across shardings: holds under XLA's default effort
 def test_first_update_is_the_same_on_one_and_two_devices(cartpole_yaml):
     one, state_1, metrics_1, obs_1 = first_update(load(cartpole_yaml))
     two, state_2, metrics_2, obs_2 = first_update(load(cartpole_yaml, "placement.learner.devices=2"))
@@ -142,7 +142,7 @@ def runs_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_one_and_two_devices_both_learn_cartpole(cartpole_yaml, runs_root):
     for devices in (1, 2):
         summary = trained(devices, cartpole_yaml, runs_root).summary
@@ -204,7 +204,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_two_processes_learn_and_match_one_process_on_two_devices(cartpole_yaml, runs_root, tmp_path):
     run_dir = tmp_path / "two_processes"
     results = finish(launch(run_dir, list(LEARN), cartpole_yaml), timeout=600)

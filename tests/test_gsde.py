@@ -285,7 +285,7 @@ def test_use_sde_with_discrete_actions_is_a_config_error():
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_zoo_pendulum_block_learns_with_int8_actors_and_exports_the_mean(tmp_path):
     """The RL Zoo's Pendulum-v1 PPO block (gSDE, sde_sample_freq 4, 1e5 steps) with int8 actors
     (tflite profile), one seed: training return >= -400 (measured -190 +- 10 over seeds 0-2;

@@ -83,7 +83,7 @@ def actor_threads():
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_host_actors_learn_gym_cartpole(tmp_path):
     """The must-reach figure: >= 475 within 500k steps (here within the config's 150k)."""
     run_dir = tmp_path / "run"
@@ -172,7 +172,7 @@ def test_resume_continues_the_learner_state(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_dqn_on_host_actors_learns_gym_cartpole_greedy_int8(tmp_path):
     """The must-reach figure: DQN through host actors, its greedy int8 policy >= 475 on 100
     episodes of gymnasium's CartPole-v1 within 200k env steps (the config trains 50k)."""

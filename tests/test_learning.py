@@ -31,7 +31,7 @@ from rlaccel import rollout
 from rlaccel.deploy import load_policy
 from rlaccel.sources.device import quant_metrics
 
-pytestmark = pytest.mark.optimized  # learns to return thresholds: XLA's default flags, as users run
+pytestmark = pytest.mark.optimized  # learns to return thresholds: XLA's default effort, as users run
 
 
 @pytest.mark.slow

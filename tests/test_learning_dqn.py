@@ -12,7 +12,7 @@ from learned import DQN_SEEDS, ENV_IDS, export_seed0, tflite_micro_heads, train_
 
 from rlaccel.deploy import load_policy
 
-pytestmark = [pytest.mark.slow, pytest.mark.optimized]  # learns: XLA's default flags, as users run
+pytestmark = [pytest.mark.slow, pytest.mark.optimized]  # learns: XLA's default effort, as users run
 
 
 def test_dqn_cartpole_eval_return() -> None:

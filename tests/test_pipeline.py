@@ -188,7 +188,7 @@ def test_process_age_counts_from_the_process_start_not_the_import():
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_pipelined_ppo_cartpole_learns_3_of_3_seeds(cartpole_yaml):
     """The shipped config (500k steps, int8 actors) on cpu:1 while cpu:0 learns; the three
     seeds share one source, so its pieces compile once."""
@@ -200,7 +200,7 @@ def test_pipelined_ppo_cartpole_learns_3_of_3_seeds(cartpole_yaml):
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_pipelined_ppo_pendulum_learns():
     config, source, _ = build("configs/ppo_pendulum.yaml", "placement.actor.device=cpu:1", *NO_EVAL)
     summary = loop.run(config, source, None, progress=False)

@@ -175,7 +175,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default flags, as users run
+@pytest.mark.optimized  # learns: XLA's default effort, as users run
 def test_two_nodes_learn_cartpole_through_a_sigkill(two_nodes, joined, tmp_path):
     """Issue 16's must-reach: >= 475 on gym:CartPole-v1 with the actor on the second node; its
     process is killed with SIGKILL mid-run, restarted, counted; every update is done once."""

@@ -34,13 +34,20 @@ install-dev: $(VENV)/.installed-dev
 train: $(VENV)/.installed
 	$(BIN)/rlaccel train --config $(CONFIG) $(ARGS)
 
+# The suite starts ~40 Python processes (pytest's workers, CLI runs, jax.distributed and Ray
+# processes); each compiles the sources it imports (JAX's alone: ~2.5 s) unless their bytecode
+# is cached. Where the environment sets PYTHONDONTWRITEBYTECODE (this project's machines do),
+# nothing is cached and every process compiles them again, so the tests let Python write
+# __pycache__/ (in .venv and the repository's ignored folders): make test-fast 347 -> 280 s.
+TEST_ENV := PYTHONDONTWRITEBYTECODE=
+
 ## Run the whole test suite (learning tests included), on every core (pytest-xdist).
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n auto --dist loadscope $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n auto --dist loadscope $(PYTEST_ARGS)
 
 ## The inner loop: unit tests and CLI smoke tests, no learning.
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n auto --dist loadscope -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n auto --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks: `rlaccel bench` (rlaccel/bench/), then `rlaccel bench latency`; prints the tables and
 ## writes benchmarks/*.json. ARGS go to the main table (e.g. ARGS="--rows purejaxrl_1,fused_int8").

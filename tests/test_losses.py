@@ -276,3 +276,18 @@ def test_adam_runs_on_one_vector_below_256_wide_and_leaf_by_leaf_from_256():
     (u_flat, _), (u_leafy, _) = flat.update(grads, flat.init(params), params), leafy.update(grads, leafy.init(params), params)
     for a, b in zip(jax.tree.leaves(u_flat), jax.tree.leaves(u_leafy)):
         np.testing.assert_allclose(a, b, rtol=1e-6)  # the same update either way
+
+
+@pytest.mark.parametrize("widths", [(64, 192), (256, 64)])
+def test_tree_norm_is_optaxs_norm_and_propagates_nan(widths):
+    """One concatenated vector below 256 wide, leaf by leaf from 256: optax's values either way
+    (the L2 sum to rounding, the largest magnitude exactly); one NaN parameter makes both NaN."""
+    import optax
+
+    from rlaccel.optim import tree_norm
+
+    tree = {"b": jnp.arange(4.0) - 2.5, "w": jnp.sin(jnp.arange(12.0)).reshape(3, 4) * 3}
+    np.testing.assert_allclose(tree_norm(tree, widths), optax.tree.norm(tree), rtol=1e-6)
+    assert float(tree_norm(tree, widths, ord="inf")) == float(optax.tree.norm(tree, ord="inf")) == float(jnp.max(jnp.abs(tree["w"])))
+    bad = {**tree, "b": tree["b"].at[1].set(jnp.nan)}
+    assert np.isnan(tree_norm(bad, widths)) and np.isnan(tree_norm(bad, widths, ord="inf"))

@@ -28,7 +28,7 @@ from rlaccel.agents.dqn.config import DQNConfig
 from rlaccel import distributed, quant, replay
 from rlaccel.agent import Agent, AgentSpec
 from rlaccel.networks import MLP
-from rlaccel.optim import flatten_if_small
+from rlaccel.optim import flatten_if_small, tree_norm
 from rlaccel.rollout import Transition
 
 Array = jax.Array
@@ -164,7 +164,7 @@ def grad_step(
     if axis_name is not None:
         loss, q_mean, grads = distributed.pmean((loss, q_mean, grads), axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (loss, q_mean, optax.tree.norm(grads))
+    return (optax.apply_updates(params, updates), opt_state), (loss, q_mean, tree_norm(grads, cfg.policy_kwargs.net_arch))
 
 
 def learner_update(
@@ -215,7 +215,7 @@ def learner_update(
         "train/loss": loss,
         "train/q_mean": q_mean,
         "train/grad_norm": grad_norm,  # this and param_max_abs: for the driver's non-finite guard
-        "train/param_max_abs": optax.tree.norm(params, ord="inf"),
+        "train/param_max_abs": tree_norm(params, cfg.policy_kwargs.net_arch, ord="inf"),
         "train/learning_rate": lr_schedule(jnp.maximum(env_steps // cfg.rollout_size - cfg.learning_starts // cfg.rollout_size, 0) * cfg.gradient_steps),
         "rollout/exploration_rate": epsilon_schedule(state.step * cfg.rollout_size),
     }

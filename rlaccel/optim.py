@@ -14,7 +14,8 @@ one reduction over the concatenated leaves below :data:`FLATTEN_BELOW` (beside `
 the concatenation of the gradients is already there), ``optax.tree.norm`` leaf by leaf above.
 On a 2-core Sapphire Rapids Xeon the two norms leaf by leaf cost 40-110 us of a 500-560 us
 PureJaxRL-sized DQN update (all of the gap to PureJaxRL's, which computes neither); on one
-vector, 40-65 % of that went (``docs/benchmarks.md``, DQN like for like).
+vector, median 563 -> 492 us per update, PureJaxRL 542 in the same rounds
+(``docs/benchmarks.md``, DQN like for like).
 """
 
 from __future__ import annotations

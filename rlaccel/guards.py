@@ -34,8 +34,7 @@ GUARDED_METRICS: tuple[str, ...] = ("train/loss", "train/grad_norm", "train/para
 """What agents report every update for the non-finite guard (PPO and DQN both do):
 the loss, the global norm of the gradients before clipping (0 for an update that takes no
 gradient step, e.g. DQN before ``learning_starts``) and the largest absolute parameter
-(PPO: ``optax.tree.norm(params, ord="inf")``; DQN: ``rlaccel.optim.tree_norm``, the same value:
-NaN or Inf as soon as one parameter is)."""
+(``rlaccel.optim.tree_norm(params, widths, ord="inf")``: NaN or Inf as soon as one parameter is)."""
 
 
 def exit_code(signum: int) -> int:

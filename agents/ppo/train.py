@@ -35,7 +35,7 @@ from rlaccel import normalize as obs_norm_lib
 from rlaccel import quant
 from rlaccel import returns as returns_lib
 from rlaccel.agent import Agent, AgentSpec
-from rlaccel.optim import flatten_if_small
+from rlaccel.optim import flatten_if_small, tree_norm
 from rlaccel.reference import Normalizer
 from rlaccel.rollout import Transition
 from rlaccel.schema import ConfigError
@@ -91,7 +91,12 @@ def make_optimizer(cfg: PPOConfig, num_updates: int) -> tuple[optax.GradientTran
     else:
         lr = optax.constant_schedule(cfg.learning_rate)
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=cfg.adam_eps))
-    return flatten_if_small(tx, (*cfg.policy_kwargs.pi_arch, *cfg.policy_kwargs.vf_arch)), lr
+    return flatten_if_small(tx, widths(cfg)), lr
+
+
+def widths(cfg: PPOConfig) -> tuple[int, ...]:
+    """The hidden layers of both towers (``rlaccel.optim``'s rule for one flat vector)."""
+    return (*cfg.policy_kwargs.pi_arch, *cfg.policy_kwargs.vf_arch)
 
 
 def policy_head(nets: nets_lib.PPONetworks, policy_params: Any, obs: Array) -> Array:
@@ -229,7 +234,7 @@ def minibatch_update(
     if axis_name is not None:
         grads, info = distributed.pmean((grads, info), axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (info, optax.tree.norm(grads))
+    return (optax.apply_updates(params, updates), opt_state), (info, tree_norm(grads, widths(cfg)))
 
 
 def shuffle_minibatches(data: Minibatch, key: Array, cfg: PPOConfig) -> Minibatch:
@@ -307,7 +312,7 @@ def learner_update(
     metrics["train/explained_variance"] = explained_variance(values, returns)
     # For the driver's non-finite guard (rlaccel.guards.GUARDED_METRICS).
     metrics["train/grad_norm"] = jnp.mean(grad_norms)
-    metrics["train/param_max_abs"] = optax.tree.norm(params, ord="inf")
+    metrics["train/param_max_abs"] = tree_norm(params, widths(cfg), ord="inf")
     metrics["train/learning_rate"] = lr_schedule(state.step * cfg.n_epochs * cfg.num_minibatches)
     metrics["train/clip_range"] = jnp.asarray(clip_range, jnp.float32)
     if "log_std" in params:

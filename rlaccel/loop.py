@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from rlaccel import checkpoint, distributed, evaluate, guards
+from rlaccel import checkpoint, distributed, evaluate, guards, placement
 from rlaccel import clock
 from rlaccel import costs as costs_lib
 from rlaccel.fileio import atomic_write, write_json
@@ -140,6 +140,9 @@ def run(
     if run_dir is not None and writer:
         open_run_dir(run_dir, config)  # only now, with the checkpoint accepted
     console.print(f"placement: {source.describe()}")
+    notice = placement.start_backend(config.placement)  # a line where cpu_threads could not apply
+    if notice:
+        console.print(f"[yellow]note[/]: {notice}")
     if resume:
         console.print(f"resumed from {path} (update {int(np.max(state.update))}){source.resume_note}")
     state = source.place(state)

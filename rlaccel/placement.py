@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 
+from rlaccel import cpu_threads
 from rlaccel.config import ConfigError, PlacementConfig
 
 
@@ -129,8 +130,15 @@ def learner_devices(config: PlacementConfig) -> tuple[jax.Device, ...]:
     return tuple(d for p in sorted(by_process) for d in by_process[p][:per_process])
 
 
+def start_backend(config: PlacementConfig) -> str | None:
+    """Start JAX's backends as ``config`` asks (``cpu_threads``); a no-op once they run.
+    Returns a one-line notice where the setting could not apply (``rlaccel.cpu_threads``)."""
+    return cpu_threads.start(config.cpu_threads)
+
+
 def resolve(config: PlacementConfig) -> Placement:
-    """Devices for the learner and the actors."""
+    """Devices for the learner and the actors (JAX's backends start here, :func:`start_backend`)."""
+    start_backend(config)
     learners = learner_devices(config)
     if learners:  # data parallel: this process's first learner device stands for it
         first = next(d for d in learners if d.process_index == jax.process_index())

@@ -9,6 +9,9 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
 
 * ``purejaxrl_1`` / ``purejaxrl_16``: PureJaxRL's ``ppo.py`` (re-implemented in
   ``benchmarks/baselines/purejaxrl_ppo.py``, on gymnax), 1 seed / 16 vmapped seeds.
+  ``purejaxrl_1_t1`` / ``purejaxrl_dqn_t1``: PureJaxRL's PPO / DQN with XLA's CPU thread pool
+  at one thread, as the CartPole configs ship rlaccel (``placement.cpu_threads: 1``): what
+  PureJaxRL gains from the same setting (rows in turn; no ratio of their own).
 * ``fused_fp32`` / ``fused_int8``: ``rlaccel.train`` (what ``rlaccel train`` runs: TensorBoard,
   checkpoints, probes) with fp32 or int8 actors on one device.
 * ``fused_int8_to_500``: ``fused_int8`` evaluating every 10,000 env steps (10 greedy episodes
@@ -74,6 +77,7 @@ INT8 = {"precision": "int8", "actor": "learner"}  # int8 actors on the learner's
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (kind, options); ``xla_flags`` goes to the row's environment, the rest to its worker
     "purejaxrl_1": ("purejaxrl", {"seeds": 1}),
+    "purejaxrl_1_t1": ("purejaxrl", {"seeds": 1, "cpu_threads": 1}),
     "fused_fp32": ("train", {"precision": "fp32", "actor": "learner"}),
     "fused_int8": ("train", {"precision": "int8", "actor": "learner"}),
     "fused_int8_to_500": ("train", {"precision": "int8", "actor": "learner", "overrides": ["eval.freq=10000", "eval.stop_at_return=500"]}),
@@ -87,6 +91,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "sweep16_fp32": ("sweep", {"seeds": 16, "precision": "fp32", "xla_flags": TWO_DEVICES}),
     "sweep16_int8": ("sweep", {"seeds": 16, "precision": "int8", "xla_flags": TWO_DEVICES}),
     "purejaxrl_dqn": ("purejaxrl_dqn", {}),
+    "purejaxrl_dqn_t1": ("purejaxrl_dqn", {"cpu_threads": 1}),
     "dqn_purejaxrl_fp32": ("train", {"config": "dqn_cartpole_purejaxrl.yaml"}),
     "dqn_purejaxrl_double_fp32": ("train", {"config": "dqn_cartpole_purejaxrl.yaml", "overrides": ["dqn.double_q=true"]}),
     "dqn_fused_fp32": ("train", {"precision": "fp32", "actor": "learner", "config": "dqn_cartpole.yaml"}),
@@ -317,7 +322,11 @@ WORKERS = {
 def worker(name: str) -> dict:
     """Measure row ``name`` in this process; its JSON, with this process's peak RSS."""
     kind, opts = ROWS[name]
-    result = WORKERS[kind](**{k: v for k, v in opts.items() if k != "xla_flags"})
+    if "cpu_threads" in opts:  # before anything starts JAX
+        from rlaccel import cpu_threads
+
+        cpu_threads.start(opts["cpu_threads"])
+    result = WORKERS[kind](**{k: v for k, v in opts.items() if k not in ("xla_flags", "cpu_threads")})
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 

@@ -1,0 +1,60 @@
+"""How many threads XLA's CPU backend runs programs on (``placement.cpu_threads``).
+
+XLA's CPU client executes every program's kernels on one intra-op thread pool (its threads are
+named ``tf_XLAEigen``), sized once, when JAX starts the backend: one thread per CPU the process
+may run on (its affinity mask), and never fewer than the CPU devices
+(``--xla_force_host_platform_device_count``). Independent kernels of one program then run on
+different threads at once. An RL update on small networks is a long chain of microsecond
+kernels; handing some of them to another thread costs more in wake-ups than it saves. Measured
+on a 2-core Xeon VM (PPO CartPole-v1, 4 x 128, 2x64, the fused program of 200 updates, each
+setting in its own process, PureJaxRL's program in the same process): with two threads ours
+used 1.45 cores and ran at 0.70x PureJaxRL's speed; with one thread 1.00 core and 1.22-1.25x
+(``docs/benchmarks.md``, "One XLA CPU thread"). Large batches (brax with thousands of envs, big networks) are the
+other way round, so the default stays XLA's and small-env configs ask for one thread.
+
+JAX has no option for the pool's size, and it reads the affinity mask when the backend starts.
+:func:`start` starts the backend with the calling thread restricted to ``threads`` of its CPUs,
+then gives every thread of the process, the pool's included, the whole mask back: the pool
+keeps ``threads`` threads, and they run on any CPU. Linux only (``os.sched_setaffinity``);
+elsewhere, or once JAX's backends run (a process that used JAX before the run), the pool
+stays as it is: :func:`start` says so in its return value.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["start"]
+
+_started_with: int | None = None
+
+
+def start(threads: int | None) -> str | None:
+    """Start JAX's backends with ``threads`` CPU intra-op threads (``None``: XLA's default).
+
+    Returns ``None`` when the pool has the size asked for (or none was asked for), else one
+    line saying why it could not be applied.
+    """
+    global _started_with
+    if threads is None or threads == _started_with:
+        return None
+    import jax
+    from jax._src import xla_bridge  # no public way to ask whether the backends run
+
+    if xla_bridge.backends_are_initialized():
+        return f"placement.cpu_threads={threads}: JAX's backends already run in this process; XLA's CPU thread pool keeps its size"
+    if not hasattr(os, "sched_setaffinity"):
+        return f"placement.cpu_threads={threads}: needs os.sched_setaffinity (Linux); XLA's CPU thread pool keeps its default size"
+    cpus = os.sched_getaffinity(0)
+    if threads < len(cpus):
+        os.sched_setaffinity(0, sorted(cpus)[:threads])
+        try:
+            jax.devices()  # starts the backends: the pool is sized from the mask now
+        finally:
+            for task in os.listdir("/proc/self/task"):  # every thread, the pool's included
+                try:
+                    os.sched_setaffinity(int(task), cpus)
+                except ProcessLookupError:  # a thread that ended meanwhile
+                    pass
+    _started_with = threads
+    return None

@@ -38,8 +38,8 @@ def test_cartpole_yaml_loads_with_its_values(cartpole_yaml):
     assert c.ppo.policy_kwargs == PolicyKwargs(net_arch=(64, 64), activation_fn="tanh")
     assert c.ppo.rollout_size == 512 and c.ppo.num_minibatches == 4
     assert c.placement.learner.device == "auto" and c.placement.actor.device == "learner"
-    assert c.placement.actor.precision == "int8"
-    assert c.logging.log_interval == 8 and c.logging.checkpoint_interval == 200
+    assert c.placement.actor.precision == "int8" and c.placement.cpu_threads == 1
+    assert c.logging.log_interval == 64 and c.logging.checkpoint_interval == 200
     assert c.logging.keep_checkpoints == 3  # not in the file: the dataclass default
 
 

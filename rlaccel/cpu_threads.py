@@ -14,10 +14,11 @@ other way round, so the default stays XLA's and small-env configs ask for one th
 
 JAX has no option for the pool's size, and it reads the affinity mask when the backend starts.
 :func:`start` starts the backend with the calling thread restricted to ``threads`` of its CPUs,
-then gives every thread of the process, the pool's included, the whole mask back: the pool
-keeps ``threads`` threads, and they run on any CPU. Linux only (``os.sched_setaffinity``);
-elsewhere, or once JAX's backends run (a process that used JAX before the run), the pool
-stays as it is: :func:`start` says so in its return value.
+then gives it and every thread the backends started, the pool's included, the whole mask back:
+the pool keeps ``threads`` threads, and they run on any CPU (threads that existed before keep
+their masks). Linux only (``os.sched_setaffinity``); elsewhere, or once JAX's backends run (a
+process that used JAX before the run), the pool stays as it is: :func:`start` says so in its
+return value.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ def start(threads: int | None) -> str | None:
         return f"placement.cpu_threads={threads}: needs os.sched_setaffinity (Linux); XLA's CPU thread pool keeps its default size"
     cpus = os.sched_getaffinity(0)
     if threads < len(cpus):
+        before = set(os.listdir("/proc/self/task"))  # threads that keep whatever mask they have
         os.sched_setaffinity(0, sorted(cpus)[:threads])
         try:
             jax.devices()  # starts the backends: the pool is sized from the mask now
         finally:
-            for task in os.listdir("/proc/self/task"):  # every thread, the pool's included
+            os.sched_setaffinity(0, cpus)
+            for task in set(os.listdir("/proc/self/task")) - before:  # the backends' threads, the pool's included
                 try:
                     os.sched_setaffinity(int(task), cpus)
                 except ProcessLookupError:  # a thread that ended meanwhile

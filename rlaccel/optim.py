@@ -37,7 +37,7 @@ def flatten_if_small(tx: optax.GradientTransformation, widths: Iterable[int]) ->
     """``optax.flatten(tx)`` when every width in ``widths`` (the hidden layers) is below
     :data:`FLATTEN_BELOW`, else ``tx``: the same arithmetic either way, up to float rounding of
     the global norm's sum."""
-    return optax.flatten(tx) if max(widths, default=0) < FLATTEN_BELOW else tx
+    return optax.flatten(tx) if _flat(widths) else tx
 
 
 def tree_norm(tree: Any, widths: Iterable[int], ord: str | None = None) -> jax.Array:
@@ -45,7 +45,12 @@ def tree_norm(tree: Any, widths: Iterable[int], ord: str | None = None) -> jax.A
     magnitude (``ord="inf"``) of all leaves together; on one concatenated vector when every
     width in ``widths`` is below :data:`FLATTEN_BELOW`, leaf by leaf otherwise (the same value
     up to the float rounding of the L2 sum)."""
-    if max(widths, default=0) >= FLATTEN_BELOW:
+    if not _flat(widths):
         return optax.tree.norm(tree, ord=ord)
     flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
     return jnp.max(jnp.abs(flat)) if ord == "inf" else jnp.sqrt(jnp.sum(jnp.square(flat)))
+
+
+def _flat(widths: Iterable[int]) -> bool:
+    """The one rule of this module: every hidden layer narrower than :data:`FLATTEN_BELOW`."""
+    return max(widths, default=0) < FLATTEN_BELOW

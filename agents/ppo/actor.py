@@ -1,6 +1,6 @@
 """PPO's actor in numpy (host actor threads) and what an exported PPO policy needs. No JAX.
 
-:class:`PPOActor` does what ``train.act`` does: normalise, fp32 or int8 head, sample, record
+:class:`PPOActor` does what ``acting.act`` does: normalise, fp32 or int8 head, sample, record
 the behaviour log-probability. Its int8 head is ``rlaccel.reference.Int8Network``, bit-exact
 with the JAX actors' ``rlaccel.quant.apply``; sampling uses ``networks.sample`` /
 ``networks.log_prob``'s formulas, or with gSDE ``sde.py``'s (the latent features from the same
@@ -61,7 +61,7 @@ class PPOActor:
     thread); each thread needs its own ``np.random.Generator`` for :meth:`noise`.
 
     Args:
-      actor_params: ``train.ActorParams`` with numpy leaves; ``.policy`` is
+      actor_params: ``acting.ActorParams`` with numpy leaves; ``.policy`` is
         ``rlaccel.reference.Int8Tables`` (int8) or the flax fp32 params dict. A 2-D
         ``log_std`` (``[latent_dim, A or 1]``) means gSDE.
       version: the learner update that produced them.
@@ -146,7 +146,7 @@ def export_spec(section: Any, fp32_actor_params: Any, agent_state: Any) -> Expor
 
     Args:
       section: the ``ppo:`` config section.
-      fp32_actor_params: ``train.ActorParams`` of the fp32 policy (numpy or JAX leaves).
+      fp32_actor_params: ``acting.ActorParams`` of the fp32 policy (numpy or JAX leaves).
       agent_state: the learner's state (not needed: the actor parameters carry everything).
 
     A gSDE policy exports the same way: its deterministic action is the mean (the head);

@@ -30,8 +30,9 @@ class Agent(NamedTuple):
         ``rlaccel.quant.QuantParams``.
       act: ``(ActorParams, obs [B, obs_dim], noise) -> (action [B] or [B, A], ActorExtras)``;
         deterministic given ``noise``.
-      noise: ``(key, num_envs) -> noise`` for one step of ``act``. Rollouts draw it for every
-        step before their scan, so no PRNG hash sits on the acting critical path.
+      noise: ``(key, num_envs) -> noise`` for one step of ``act``, every leaf ``[num_envs, ...]``.
+        Rollouts draw it for all their steps at once (``num_envs = T * B``, split into steps)
+        before their scan, so no PRNG hash sits on the acting critical path.
       head: ``(ActorParams, obs [B, obs_dim]) -> [B, out]``, the policy's output before
         sampling (logits, Gaussian mean or Q-values); used to compare int8 with fp32.
       update: ``(AgentState, Transition [T, B], key) -> (AgentState, Metrics)``; the learner step.
@@ -42,7 +43,7 @@ class Agent(NamedTuple):
       rollout_noise: ``(key, num_steps, num_envs) -> noise [T, ...]``, or ``None``: a whole
         rollout's acting noise when its steps are not independent (gSDE's exploration
         matrices, kept for ``sde_sample_freq`` steps); ``rollout.acting_noise`` uses it,
-        else ``noise`` on ``T`` independent keys. Step ``t``'s slice is shaped as ``noise``'s.
+        else ``noise`` for ``T * B`` actors. Step ``t``'s slice is shaped as ``noise``'s.
     """
 
     init: Callable[[Array], AgentState]

@@ -51,8 +51,20 @@ def sample(state: ReplayState, key: Array, batch_size: int) -> Any:
     Before anything was added, returns items of slot 0 (zeros); callers wait for
     ``learning_starts`` anyway.
     """
-    idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
+    idx = uniform_index(key, (batch_size,), 0, jnp.maximum(state.size, 1))
     return jax.tree.map(lambda buf: buf[idx], state.data)
+
+
+def uniform_index(key: Array, shape: tuple[int, ...], low: Array | int, high: Array) -> Array:
+    """int32 ``shape`` drawn uniformly from ``[low, high)``: 32 random bits modulo the range.
+
+    One PRNG call site, where ``jax.random.randint`` has three (a split and two draws, so that
+    its result is exactly uniform): on XLA's CPU backend each site costs ~0.2 s of compile.
+    The modulo favours the first ``2^32 mod n`` values by ``n / 2^32`` relatively (1e-5 for a
+    50k buffer).
+    """
+    span = jnp.asarray(high - low, jnp.uint32)
+    return low + (jax.random.bits(key, shape, jnp.uint32) % span).astype(jnp.int32)
 
 
 def sample_sequences(state: ReplayState, key: Array, batch_size: int, length: int, stride: int) -> Any:
@@ -71,7 +83,7 @@ def sample_sequences(state: ReplayState, key: Array, batch_size: int, length: in
     cap = capacity(state)
     span = (length - 1) * stride  # slots from a run's first item to its last
     # age 0 is the newest item; a run starting at age a ends at age a - span >= 0.
-    age = jax.random.randint(key, (batch_size,), span, jnp.maximum(state.size, span + 1))
+    age = uniform_index(key, (batch_size,), span, jnp.maximum(state.size, span + 1))
     first = (state.position - 1 - age) % cap
     idx = (first[:, None] + stride * jnp.arange(length)[None, :]) % cap
     return jax.tree.map(lambda buf: buf[idx], state.data)

@@ -73,23 +73,24 @@ class StepNoise(NamedTuple):
 def acting_noise(agent: Any, key: Array, num_steps: int, num_envs: int) -> Any:
     """The acting noise of a ``[T, B]`` rollout, leaves ``[T, ...]``: ``agent.rollout_noise``
     when the agent has one (noise shared across steps, e.g. gSDE's exploration matrices), else
-    ``agent.noise`` on ``T`` independent keys."""
+    ``agent.noise`` for ``T * B`` actors in one draw, split into ``T`` steps."""
     if getattr(agent, "rollout_noise", None) is not None:
         return agent.rollout_noise(key, num_steps, num_envs)
-    return jax.vmap(agent.noise, in_axes=(0, None))(jax.random.split(key, num_steps), num_envs)
+    return jax.tree.map(lambda x: x.reshape(num_steps, num_envs, *x.shape[1:]), agent.noise(key, num_steps * num_envs))
 
 
 def draw_noise(env: Any, agent: Any, key: Array, num_steps: int, num_envs: int) -> StepNoise:
     """All randomness of a ``[T, B]`` rollout (acting noise, env keys, reset states), in a few
-    large ops: drawing inside the scan body would put a PRNG hash on every step's critical path.
-    The acting noise is ``agent``'s (:func:`acting_noise`).
+    large ops: drawing inside the scan body would put a PRNG hash on every step's critical path,
+    and every PRNG call site costs compile time (~0.2 s each on XLA's CPU backend), so the
+    env and reset keys come from one split. The acting noise is ``agent``'s (:func:`acting_noise`).
     """
-    key_act, key_env, key_reset = jax.random.split(key, 3)
-    reset_keys = jax.random.split(key_reset, num_steps * num_envs)
-    state_reset, obs_reset = jax.vmap(env.reset)(reset_keys)
+    n = num_steps * num_envs
+    keys = jax.random.split(key, 2 * n + 1)  # [reset keys (n), env step keys (n), the acting noise's key]
+    state_reset, obs_reset = jax.vmap(env.reset)(keys[:n])
     return StepNoise(
-        act=acting_noise(agent, key_act, num_steps, num_envs),
-        key_env=jax.random.split(key_env, num_steps * num_envs).reshape(num_steps, num_envs, -1),
+        act=acting_noise(agent, keys[-1], num_steps, num_envs),
+        key_env=keys[n : 2 * n].reshape(num_steps, num_envs, -1),
         state_reset=jax.tree.map(lambda x: x.reshape(num_steps, num_envs, *x.shape[1:]), state_reset),
         obs_reset=obs_reset.reshape(num_steps, num_envs, -1),
     )

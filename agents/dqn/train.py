@@ -190,11 +190,10 @@ def learner_update(
 
     def learn(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array, Array]:
         step = functools.partial(grad_step, target_params=state.target_params, buffer=buffer, qnet=qnet, cfg=cfg, optimizer=optimizer, axis_name=axis_name)
-        keys = jax.random.split(key, cfg.gradient_steps)
         if cfg.gradient_steps == 1:  # the scan's one step without the loop (a while loop per update on CPU)
-            carry, (loss, q_mean, grad_norm) = step(carry, keys[0])
+            carry, (loss, q_mean, grad_norm) = step(carry, key)
             return carry, loss, q_mean, grad_norm
-        carry, (loss, q_mean, grad_norm) = jax.lax.scan(step, carry, keys)
+        carry, (loss, q_mean, grad_norm) = jax.lax.scan(step, carry, jax.random.split(key, cfg.gradient_steps))
         return carry, jnp.mean(loss), jnp.mean(q_mean), jnp.mean(grad_norm)
 
     def wait(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array, Array]:
@@ -262,7 +261,7 @@ def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int,
     activation = cfg.policy_kwargs.activation
 
     def init(key: Array) -> DQNState:
-        params = qnet.init(key, jnp.zeros((1, obs_dim), jnp.float32))["params"]
+        params = qnet.init_params(key, obs_dim)
         example = Replayed(
             obs=jnp.zeros((obs_dim,), jnp.float32),
             action=jnp.zeros((), jnp.int32),

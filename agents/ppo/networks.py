@@ -71,8 +71,7 @@ def init_params(nets: PPONetworks, key: Array, obs_dim: int, log_std_init: float
     """``{"policy": ..., "value": ..., "log_std": ...}`` (``log_std`` only if continuous, shaped
     by :func:`log_std_shape`, every entry ``log_std_init``)."""
     key_pi, key_v = jax.random.split(key)
-    dummy = jnp.zeros((1, obs_dim), jnp.float32)
-    params = {"policy": nets.policy.init(key_pi, dummy)["params"], "value": nets.value.init(key_v, dummy)["params"]}
+    params = {"policy": nets.policy.init_params(key_pi, obs_dim), "value": nets.value.init_params(key_v, obs_dim)}
     if not nets.discrete:
         params["log_std"] = jnp.full(log_std_shape(nets), log_std_init, jnp.float32)
     return params

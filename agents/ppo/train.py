@@ -170,9 +170,11 @@ def shuffle_minibatches(data: Minibatch, key: Array, cfg: PPOConfig) -> Minibatc
     """Every epoch's shuffled minibatches at once: ``[N, ...] -> [n_epochs * n_minibatches, batch_size, ...]``.
 
     One batched permutation and one gather per field for the whole update, instead of one
-    per epoch: on a CPU the per-op overhead of small gathers is what costs.
+    per epoch: on a CPU the per-op overhead of small gathers is what costs. The permutations
+    sort random 32-bit keys, one PRNG call site for all epochs (``jax.random.permutation``'s
+    single round; it adds rounds only so that tied keys, ~N^2 / 2^33 pairs, move too).
     """
-    perms = jax.vmap(lambda k: jax.random.permutation(k, cfg.rollout_size))(jax.random.split(key, cfg.n_epochs))
+    perms = jnp.argsort(jax.random.bits(key, (cfg.n_epochs, cfg.rollout_size)), axis=-1)
     return jax.tree.map(lambda x: x[perms].reshape(cfg.n_epochs * cfg.num_minibatches, cfg.batch_size, *x.shape[1:]), data)
 
 

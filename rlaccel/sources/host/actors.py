@@ -78,7 +78,7 @@ class JaxActor:
       actor_params: the agent's ``ActorParams`` (on any device; moved to ``device``).
       version: the learner update that produced them.
       act_fn: ``jax.jit(agent.act)``.
-      noise_fn: ``jax.jit(vmap(agent.noise))`` over step keys: ``(keys [T, 2], b) -> noise [T, ...]``.
+      noise_fn: ``rollout.acting_noise`` for the agent, jitted: ``(key, T, b) -> noise [T, ...]``.
       device: the actor device.
     """
 
@@ -93,8 +93,8 @@ class JaxActor:
     def noise(self, rng: np.random.Generator, num_steps: int, num_envs: int) -> list[Any]:
         """Per-step acting noise for a batch, drawn by the agent's own ``noise`` on the actor device."""
         jax = self._jax
-        keys = jax.device_put(jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), num_steps), self.device)
-        stacked = self.noise_fn(keys, num_envs)
+        key = jax.device_put(jax.random.PRNGKey(int(rng.integers(2**31))), self.device)
+        stacked = self.noise_fn(key, num_steps, num_envs)
         return [jax.tree.map(lambda x, t=t: x[t], stacked) for t in range(num_steps)]
 
     def act(self, obs: np.ndarray, noise: Any) -> tuple[np.ndarray, Any]:

@@ -27,6 +27,7 @@ actors' summed stepping speed), ``time/learner_sps`` (update plus publication, b
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -39,7 +40,7 @@ from rich.console import Console
 from rlaccel import compile_cache
 from rlaccel import agent as agent_lib
 from rlaccel import envs, quant_tables, registry
-from rlaccel.rollout import EpisodeInfo, Transition
+from rlaccel.rollout import EpisodeInfo, Transition, acting_noise
 from rlaccel.sources.base import SourceFault, StepSource, latency_percentiles
 from rlaccel.sources.host.actors import POLL_S, ActorThread, Batch, JaxActor, ParamBoard, join
 from rlaccel.state import TrainState, apply_update, init_state
@@ -80,20 +81,13 @@ class HostSource(StepSource):
         self._params = compile_cache.jit(self.actor_params)
         self._compiled: Any = None
         self._act = compile_cache.jit(self.agent.act) if self._jax_policy else None
-        self._noise = compile_cache.jit(self._batch_noise, static_argnums=1) if self._jax_policy else None
+        self._noise = compile_cache.jit(functools.partial(acting_noise, self.agent), static_argnums=(1, 2)) if self._jax_policy else None
         self._threads: list[ActorThread] = []
         self._halt = threading.Event()
         self._faults: list = []
         self._window = _Window()
 
     # -- pure pieces ----------------------------------------------------------------------
-
-    def _batch_noise(self, keys: jax.Array, num_envs: int) -> Any:
-        """A batch's acting noise ``[T, ...]`` for ``keys [T, 2]``: the agent's per-step noise,
-        or its ``rollout_noise`` from the first key (gSDE's matrices held across steps)."""
-        if self.agent.rollout_noise is not None:
-            return self.agent.rollout_noise(keys[0], keys.shape[0], num_envs)
-        return jax.vmap(lambda k: self.agent.noise(k, num_envs))(keys)
 
     def init(self, key: jax.Array) -> TrainState:
         """Fresh learner state (no envs inside: they live in the actor threads)."""

@@ -247,10 +247,12 @@ def test_nan_rewards_stop_the_run_naming_update_and_metric(tmp_path, monkeypatch
     monkeypatch.setitem(envs.REGISTRY, NaNRewardCartPole.id, NaNRewardCartPole)
     run_dir = tmp_path / "run"
     rc, out, err = run_main(
-        ["--config", str(PPO_YAML), *set_args(PPO), "--set", f"env={NaNRewardCartPole.id}", "--set", "total_timesteps=5120", "--run-dir", str(run_dir)]
+        ["--config", str(PPO_YAML), *set_args(PPO), "--set", f"env={NaNRewardCartPole.id}", "--set", "total_timesteps=5120", "--set", "seed=1", "--run-dir", str(run_dir)]
     )
     update, _, line = diverged(rc, out, err, run_dir)
-    # The seed puts the first NaN reward after some good chunks (else this proves little).
+    # The seed puts the first NaN reward after some good chunks (else this proves little): with
+    # the PRNG streams since the rollout draws its keys in one split, seed 1 at update 7 (seed 0
+    # draws none in 5,120 steps; which seed does depends on the streams, not on the guard).
     assert update > 2
     ckpts = checkpoint.list_checkpoints(run_dir / "checkpoints")
     assert ckpts and str(ckpts[-1]) in line

@@ -124,8 +124,8 @@ class DeviceSource(StepSource):
     def pieces(self, state: TrainState) -> dict[str, Any]:
         """The update's phases compiled ahead of time for their devices (once per source).
 
-        ``actor_params`` and ``learn`` run on the learner device, ``act`` and ``rollout`` on
-        the actor device; ``learn`` takes the state without its envs (``rollout=None``) and
+        ``actor_params`` and ``learn`` run on the learner device, ``noise`` (one acting
+        call's), ``act`` and ``rollout`` on the actor device; ``learn`` takes the state without its envs (``rollout=None``) and
         is only compiled where the source executes it (:attr:`learns_in_pieces`). Only
         ``state``'s shapes, dtypes and devices are read (it may be abstract).
         """
@@ -157,7 +157,10 @@ class DeviceSource(StepSource):
         params_exec = compile_cache.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
         actor_params = placed(jax.eval_shape(lambda agent: self.agent.actor_params(agent, self.precision), state.agent), on_actor)
         key = placed(state.key, on_actor)
-        draw_noise = lambda key: self.agent.noise(key, self.num_envs)  # noqa: E731
+
+        def draw_noise(key: Array) -> Any:  # one acting call's noise (the probe times that call)
+            return self.agent.noise(key, self.num_envs)
+
         noise = placed(jax.eval_shape(draw_noise, state.key), on_actor)
         pieces = {
             "actor_params": params_exec,

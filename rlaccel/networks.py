@@ -116,7 +116,7 @@ class MLP(nn.Module):
                 return _kernel(scheme, layer, _draw(scheme, key, (math.prod(shape),)))
 
             def bias_init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32, layer: Layer = layer) -> Array:
-                return _bias(scheme, layer, _draw(scheme, key, shape))
+                return _bias(scheme, layer, _draw(scheme, key, shape) if scheme == "torch" else None)
 
             x = nn.Dense(layer.shape[1], kernel_init=kernel_init, bias_init=bias_init)(x)
             if i < len(layers) - 1:

@@ -124,10 +124,11 @@ class DeviceSource(StepSource):
     def pieces(self, state: TrainState) -> dict[str, Any]:
         """The update's phases compiled ahead of time for their devices (once per source).
 
-        ``actor_params`` and ``learn`` run on the learner device, ``noise`` (one acting
-        call's), ``act`` and ``rollout`` on the actor device; ``learn`` takes the state without its envs (``rollout=None``) and
-        is only compiled where the source executes it (:attr:`learns_in_pieces`). Only
-        ``state``'s shapes, dtypes and devices are read (it may be abstract).
+        ``actor_params`` and ``learn`` run on the learner device; ``noise`` (one acting
+        call's), ``act`` and ``rollout`` on the actor device. ``learn`` takes the state without
+        its envs (``rollout=None``) and is only compiled where the source executes it
+        (:attr:`learns_in_pieces`). Only ``state``'s shapes, dtypes and devices are read (it
+        may be abstract).
         """
         if self._pieces_thread is not None:  # compiling beside the chunk (:meth:`compile_pieces_beside`)
             thread, errors = self._pieces_thread

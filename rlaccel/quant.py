@@ -23,7 +23,7 @@ table of accumulator thresholds, from which ``rlaccel.reference.Int8Network`` ac
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp

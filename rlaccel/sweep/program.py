@@ -107,8 +107,6 @@ class SweepProgram:
 
     def init(self, keys: Any, hparams: Mapping[str, Any]) -> Any:
         """Fresh ``TrainState`` per member (leading axis ``[M]``), sharded like ``keys``."""
-        import jax
-
         if self._init is None:
             self._init = compile_cache.jit(self._sharded(self._member_init))
         return self._init(keys, dict(hparams))
@@ -116,8 +114,6 @@ class SweepProgram:
     def chunk_fn(self, state: Any, hparams: Mapping[str, Any], num_updates: int) -> Callable:
         """``(state [M], hparams) -> (state, metrics {name: [M, num_updates]})``, compiled once
         per chunk length; donates ``state``."""
-        import jax
-
         if num_updates not in self._chunks:
             start = time.perf_counter()
             fn = self._sharded(functools.partial(self._member_chunk, num_updates=num_updates))

@@ -12,14 +12,17 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from cli_helpers import run_main, set_args, tree
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlaccel import checkpoint
+from rlaccel import checkpoint, cli
 from rlaccel import config as config_lib
+
+REPO = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------
 # Bad input: exit 2, one line, nothing written.
@@ -117,6 +120,37 @@ def test_missing_device_exits_2_with_one_line_and_writes_nothing(tmp_path, monke
     key = override.split("=")[0]
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), err
     assert not run_dir.exists() and tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["export", "runs/x"], "--run"),
+        (["bench", "--repeat", "x"], "--repeat"),
+        (["bench", "--timesteps", "0"], "--timesteps"),
+        (["bench", "int8", "--widths", "64,x"], "--widths"),
+        (["bench", "int8", "--batches", "0"], "--batches"),
+        (["bench", "int8", "--reps", "-3"], "--reps"),
+        (["bench", "latency", "--calls", "0"], "--calls"),
+        (["bench", "pipeline", "--updates", "0"], "--updates"),
+        (["bench", "parallel", "--timesteps", "-1"], "--timesteps"),
+        (["bench", "returns", "--episodes", "0"], "--episodes"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(capsys, argv, key):
+    """argparse's own errors (a bad value, a missing or unknown option) and bad counts: one
+    line naming the option, exit 2, nothing under benchmarks/ (``bench int8 --batches 0`` once
+    measured batches of nothing and wrote ``benchmarks/int8_cpu.json``)."""
+    before = tree(REPO / "benchmarks")
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse exits from its parser
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert len(err.splitlines()) == 1 and key in err, err
+    assert tree(REPO / "benchmarks") == before
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaccel.bench.rows import CONFIGS, ROOT
+from rlaccel.bench.rows import CONFIGS, ROOT, positive_int
 from rlaccel.fileio import write_json
 
 DESCRIPTION = "Decision latency of exported policies on every runtime (numpy, onnxruntime, jax; int8 and fp32), in one run."
@@ -56,8 +56,8 @@ _MEASURE = "import sys; from rlaccel.bench.latency import measure_main; sys.exit
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", action="append", default=[], help="a .rlpolicy file (repeatable); default: train and export three")
-    p.add_argument("--calls", type=int, default=20000, help="batch-1 calls per backend")
-    p.add_argument("--batch-calls", type=int, default=2000, help="batch-64 calls per backend")
+    p.add_argument("--calls", type=positive_int, default=20000, help="batch-1 calls per backend")
+    p.add_argument("--batch-calls", type=positive_int, default=2000, help="batch-64 calls per backend")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of: %(default)s")
     p.add_argument("--out", dest="latency_out", metavar="OUT", help=f"JSON output path (default {DEFAULT_OUT.relative_to(ROOT)})")
 

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlaccel.bench.rows import CONFIGS, ROOT
+from rlaccel.bench.rows import CONFIGS, ROOT, positive_int
 from rlaccel.fileio import write_json
 
 DESCRIPTION = "Data parallelism: the same run on 1 CPU device, 2 devices and 2 processes x 1 device (env steps/s, ratios)."
@@ -50,7 +50,7 @@ TIMEOUT_S = 3600
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", dest="parallel_rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
-    p.add_argument("--timesteps", dest="parallel_timesteps", type=int, help="env steps per row instead of the config's: a check that rows run, not a measurement")
+    p.add_argument("--timesteps", dest="parallel_timesteps", type=positive_int, help="env steps per row instead of the config's: a check that rows run, not a measurement")
     p.add_argument("--out", dest="parallel_out", metavar="OUT", help=f"JSON output path (default {DEFAULT_OUT.relative_to(ROOT)})")
 
 

@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlaccel.bench.rows import CONFIGS, ROOT, TWO_DEVICES, finish, peak_rss_mib
+from rlaccel.bench.rows import CONFIGS, ROOT, TWO_DEVICES, finish, peak_rss_mib, positive_int
 
 DESCRIPTION = "Pipelined actor-learner on two CPU devices: acting alone, learning alone, in turn and pipelined, per update."
 DEFAULT_OUT = ROOT / "benchmarks" / "pipeline_cpu.json"
@@ -53,8 +53,8 @@ _WORKER = "import sys; from rlaccel.bench.pipeline import worker_main; sys.exit(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="ppo_cartpole.yaml", help="a config in configs/ (default %(default)s)")
     p.add_argument("--precisions", default="int8,fp32", help="actor precisions (default %(default)s)")
-    p.add_argument("--updates", type=int, default=32, help="updates per timed chunk (default %(default)s)")
-    p.add_argument("--reps", type=int, default=7, help="timed chunks per measurement, median reported (default %(default)s)")
+    p.add_argument("--updates", type=positive_int, default=32, help="updates per timed chunk (default %(default)s)")
+    p.add_argument("--reps", type=positive_int, default=7, help="timed chunks per measurement, median reported (default %(default)s)")
     p.add_argument("--xla-flags", action="append", default=[], help="an XLA_FLAGS variant to compare with the default (repeatable)")
     p.add_argument("--no-trace", dest="trace", action="store_false", help="skip the profiler trace of one serial and one pipelined chunk")
     p.add_argument("--out", dest="pipeline_out", metavar="OUT", help=f"JSON output path (default {DEFAULT_OUT.relative_to(ROOT)})")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rlaccel.fileio import write_json
 
-from rlaccel.bench.rows import ROOT
+from rlaccel.bench.rows import ROOT, positive_int
 
 DESCRIPTION = "Returns of the exported int8 policy against the fp32 one, on gymnasium's own envs."
 CONFIGS = {"CartPole-v1": ROOT / "configs" / "ppo_cartpole.yaml", "Pendulum-v1": ROOT / "configs" / "ppo_pendulum.yaml"}
@@ -29,7 +29,7 @@ CONFIGS = {"CartPole-v1": ROOT / "configs" / "ppo_cartpole.yaml", "Pendulum-v1":
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``rlaccel bench returns``."""
     p.add_argument("--run", action="append", default=[], help="existing run directory (repeatable); default: train the shipped configs")
-    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--episodes", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "deploy_returns.json"))
 

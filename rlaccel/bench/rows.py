@@ -53,6 +53,8 @@ rows to ``N`` env steps per seed: a check that rows run, not a measurement.
 
 from __future__ import annotations
 
+import argparse
+
 import dataclasses
 import json
 import os
@@ -156,6 +158,13 @@ def _baseline(module: str) -> Any:
 def _timesteps(default: int = 500_000) -> int:
     """Env steps per seed of the CartPole rows: ``RLACCEL_BENCH_TIMESTEPS`` (a quick check) or ``default``."""
     return int(float(os.environ.get("RLACCEL_BENCH_TIMESTEPS") or default))
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts (calls, episodes, steps): an integer >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def _short() -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from rlaccel import bench as bench_cli  # argument parsing only: no JAX until a row runs
 from rlaccel.cli import deploy, sweep, train
@@ -26,9 +26,17 @@ EXIT_FAILED = 1
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "main", "parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors one line (argparse prints its usage first): the exit-code
+    contract above. Sub-parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``rlaccel`` argument parser with one sub-parser per subcommand."""
-    p = argparse.ArgumentParser(prog="rlaccel", description="JAX reinforcement learning with fp32 learners and int8 actors.")
+    p = _Parser(prog="rlaccel", description="JAX reinforcement learning with fp32 learners and int8 actors.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     train.add_parser(sub)
     sweep.add_parser(sub)

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaccel.bench.rows import CONFIGS, ROOT, finish, peak_rss_mib, positive_int
+from rlaccel.bench.rows import CONFIGS, ROOT, finish, peak_rss_mib, positive_int, positive_ints
 
 DESCRIPTION = "int8 vs fp32 on this CPU: XLA dot_general and policy heads, onnxruntime and OpenVINO, at batch 1, 64, 1024."
 DEFAULT_OUT = ROOT / "benchmarks" / "int8_cpu.json"
@@ -52,8 +52,8 @@ _WORKER = "import sys, json; from rlaccel.bench.int8 import worker_main; sys.exi
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--widths", default="64,512", help="hidden widths w of the 4 -> w -> w -> 2 MLPs (default %(default)s)")
-    p.add_argument("--batches", default="1,64,1024", help="batch sizes (default %(default)s)")
+    p.add_argument("--widths", type=positive_ints, default="64,512", help="hidden widths w of the 4 -> w -> w -> 2 MLPs (default %(default)s)")
+    p.add_argument("--batches", type=positive_ints, default="1,64,1024", help="batch sizes (default %(default)s)")
     p.add_argument("--reps", type=positive_int, default=200, help="matmul chains per compiled loop / runtime calls per batch (default %(default)s)")
     p.add_argument("--out", dest="int8_out", metavar="OUT", help=f"JSON output path (default {DEFAULT_OUT.relative_to(ROOT)})")
 
@@ -66,23 +66,11 @@ def _subprocess(job: dict, xla_flags: str = "") -> dict | None:
         return json.loads(out.read_text()) if proc.returncode == 0 and out.is_file() else None
 
 
-def _counts(flag: str, text: str) -> list[int]:
-    """``"64,512"`` -> ``[64, 512]``; ``ValueError`` naming ``flag`` unless every item is an integer >= 1."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or not all(t.isdigit() and int(t) >= 1 for t in items):
-        raise ValueError(f"{flag} {text}: expected integers >= 1, comma-separated")
-    return [int(t) for t in items]
-
-
 def run(args: argparse.Namespace) -> int:
     """Train and export the policies, measure each part in its own process, print, write JSON."""
     from rlaccel.bench.table import cpu_info, describe_cpu
 
-    try:
-        widths, batches = _counts("--widths", args.widths), _counts("--batches", args.batches)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    widths, batches = args.widths, args.batches
     rows, failed = [], []
     with tempfile.TemporaryDirectory(prefix="rlaccel_int8_") as tmp:
         policies = {}

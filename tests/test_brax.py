@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlaccel import agent as agent_lib, config, envs
+from rlaccel import agent as agent_lib, compile_cache, config, envs
 from rlaccel.sources.device import FusedSource
 
 
@@ -27,7 +27,7 @@ def test_reset_and_step_match_brax(pendulum):
     assert not pendulum.is_discrete and float(pendulum.action_space.low[0]) == -1.0
     action = jnp.array([0.5])
 
-    @jax.jit
+    @compile_cache.jit
     def both(key):
         """Five steps of ours and of brax's own env side by side (one compile)."""
         state, obs = pendulum.reset(key)
@@ -68,7 +68,7 @@ def test_short_fused_ppo_run():
     env = envs.make(cfg.env, auto_reset=True, **cfg.env_kwargs)
     spec = agent_lib.make(cfg, env)
     runner = FusedSource(spec.agent, env, spec.num_envs, spec.num_steps, precision="int8")
-    state, metrics = jax.jit(runner.train, static_argnums=1)(jax.random.PRNGKey(0), spec.num_updates)
+    state, metrics = compile_cache.jit(runner.train, static_argnums=1)(jax.random.PRNGKey(0), spec.num_updates)
     assert spec.num_updates == 4 and metrics["train/loss"].shape == (4,)
     assert all(bool(jnp.all(jnp.isfinite(v))) for k, v in metrics.items() if k.startswith("train/"))
     # A random policy drops the pole within a few dozen steps: episodes end and are counted.

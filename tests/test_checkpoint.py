@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlaccel import agent as agent_lib, checkpoint, envs
+from rlaccel import agent as agent_lib, checkpoint, compile_cache, envs
 from rlaccel import config as config_lib
 from rlaccel.checkpoint import CheckpointError, DamagedCheckpointError
 from rlaccel.sources.device import FusedSource
@@ -31,7 +31,7 @@ def make_init(cartpole_yaml, overrides):
     env = envs.make(config.env, auto_reset=True)
     spec = agent_lib.make(config, env)
     runner = FusedSource(spec.agent, env, spec.num_envs, spec.num_steps, precision="int8")
-    return jax.jit(runner.init)
+    return compile_cache.jit(runner.init)
 
 
 def make_state(cartpole_yaml, overrides, seed):

@@ -65,7 +65,7 @@ def _fake_run(root: Path, config_file: str, overrides: list[str], calibrate: boo
     run_dir = root / (Path(config_file).stem + ("" if calibrate else "_uncalibrated"))
     config = config_lib.load(REPO / "configs" / config_file, overrides)
     source = sources.make(config)
-    state = jax.jit(source.init)(jax.random.PRNGKey(3))
+    state = compile_cache.jit(source.init)(jax.random.PRNGKey(3))
     rng = np.random.default_rng(0)
     obs_dim = source.env.observation_space.shape[0]
     raw = jnp.asarray(rng.standard_normal((512, obs_dim)) * 2.0 + 0.5, jnp.float32)
@@ -74,7 +74,7 @@ def _fake_run(root: Path, config_file: str, overrides: list[str], calibrate: boo
         stats = normalize.RunningStats(mean=jnp.asarray(rng.standard_normal(obs_dim), jnp.float32), var=jnp.asarray(rng.random(obs_dim) * 3 + 0.1, jnp.float32), count=jnp.float32(512))
         agent_state = agent_state.replace(obs_stats=stats)
     if calibrate:
-        agent_state = jax.jit(source.agent.calibrate)(agent_state, raw)
+        agent_state = compile_cache.jit(source.agent.calibrate)(agent_state, raw)
     state = state.replace(agent=agent_state)
     checkpoint.save(run_dir / "checkpoints", 1, state, {"config": config.to_dict()})
     (run_dir / "config.yaml").write_text(json.dumps(config.to_dict()))
@@ -131,10 +131,10 @@ def _observations(policy, n_random: int = 20000) -> np.ndarray:
 
 def _check_bit_exact(run_dir: Path) -> None:
     agent, _, state = _restore(run_dir)
-    int8 = jax.jit(agent.actor_params, static_argnums=1)(state.agent, "int8")
+    int8 = compile_cache.jit(agent.actor_params, static_argnums=1)(state.agent, "int8")
     policy = load_policy(run_dir / "policy.rlpolicy", "numpy-int8")
     obs = _observations(policy)
-    expected = np.asarray(jax.jit(agent.head)(int8, obs))  # the training actors' compiled int8 path
+    expected = np.asarray(compile_cache.jit(agent.head)(int8, obs))  # the training actors' compiled int8 path
     np.testing.assert_array_equal(policy.head(obs), expected)
     np.testing.assert_array_equal(policy.head(obs[:7]), expected[:7])  # another batch size, other buffers
     single = np.stack([policy.act(o) for o in obs[:3000]])  # the batch-1 path

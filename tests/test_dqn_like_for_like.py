@@ -16,7 +16,7 @@ import pytest
 from rlaccel.agents.dqn import train as dqn_train
 
 from rlaccel import config as config_lib
-from rlaccel import envs, replay
+from rlaccel import compile_cache, envs, replay
 from rlaccel.rollout import Transition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,11 @@ def setup(config: config_lib.Config) -> tuple:
     cfg = dataclasses.replace(config.dqn, learning_starts=30, target_update_interval=20, buffer_size=100)
     env = envs.make(config.env, auto_reset=True)
     agent = dqn_train.make_agent(cfg, env, config.total_timesteps, dqn_train.num_updates(cfg, config.total_timesteps), calibrate=False)
-    state = jax.jit(agent.init)(jax.random.PRNGKey(0))
+    state = compile_cache.jit(agent.init)(jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
     state = state.replace(target_params=jax.tree.map(lambda x: np.asarray(x) + rng.normal(0.0, 0.1, x.shape).astype(np.float32), state.params))
     qnet = dqn_train.nets_lib.make_q_network(2, cfg.policy_kwargs)
-    loss = jax.jit(jax.value_and_grad(dqn_train.loss_fn, has_aux=True), static_argnames=("qnet", "cfg"))
+    loss = compile_cache.jit(jax.value_and_grad(dqn_train.loss_fn, has_aux=True), static_argnames=("qnet", "cfg"))
     return cfg, agent, state, qnet, loss
 
 
@@ -123,8 +123,8 @@ def test_loss_and_gradient_equal_purejaxrls_by_hand(setup: tuple) -> None:
     cfg, _, state, qnet, loss_and_grad = setup
     params, target_params = state.params, state.target_params
     items = random_items(64, seed=0)
-    buffer = jax.jit(lambda items: replay.add(replay.init(jax.tree.map(lambda x: x[0], items), 64), items))(items)
-    sample = jax.jit(dqn_train.sample_batch, static_argnames="cfg")
+    buffer = compile_cache.jit(lambda items: replay.add(replay.init(jax.tree.map(lambda x: x[0], items), 64), items))(items)
+    sample = compile_cache.jit(dqn_train.sample_batch, static_argnames="cfg")
     batch, gamma = sample(buffer, jax.random.PRNGKey(2), cfg)
     idx = np.asarray(batch.reward).astype(int)  # which stored item each row is
     done = np.asarray(items.terminated | items.truncated)[idx]  # PureJaxRL's done: no bootstrap after either
@@ -195,7 +195,7 @@ def test_no_gradient_clipping_is_plain_adam(config: config_lib.Config) -> None:
                 params = optax.apply_updates(params, updates)
             return params["w"]
 
-        totals[clip] = np.asarray(jax.jit(run)(jnp.asarray(np.stack(grads), jnp.float32)))
+        totals[clip] = np.asarray(compile_cache.jit(run)(jnp.asarray(np.stack(grads), jnp.float32)))
     np.testing.assert_allclose(totals[None], numpy_adam(grads, lr), rtol=1e-5, atol=1e-10)
     assert not np.allclose(totals[10.0], totals[None], rtol=1e-3)
 
@@ -210,8 +210,8 @@ def test_epsilon_first_gradient_step_and_target_copies_follow_purejaxrl(setup: t
     cfg, agent, state, _, _ = setup
     items = random_items(cfg.n_envs, seed=2)
     traj = Transition(**{k: v[None] for k, v in items._asdict().items()}, extras=())
-    update = jax.jit(agent.update)
-    epsilon = jax.jit(lambda s: agent.actor_params(s, "fp32").epsilon)
+    update = compile_cache.jit(agent.update)
+    epsilon = compile_cache.jit(lambda s: agent.actor_params(s, "fp32").epsilon)
     same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))))
     for k in range(5):  # update k acts at PureJaxRL's t = 10 k, then its timesteps = 10 (k + 1)
         t, timesteps = k * cfg.n_envs, (k + 1) * cfg.n_envs

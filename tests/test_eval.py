@@ -132,12 +132,12 @@ def test_compiled_episodes_match_a_step_by_step_loop():
     config = config_lib.load("configs/ppo_cartpole.yaml")
     agent, *_ = _agent_and_env(config)
     env = envs.make("CartPole-v1")
-    agent_state = jax.jit(agent.init)(jax.random.PRNGKey(3))
+    agent_state = compile_cache.jit(agent.init)(jax.random.PRNGKey(3))
     params = agent.actor_params(agent_state, "fp32")  # (int8 compiles 4x longer; the mechanics are the same)
     start = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(4), 16))
     bound = 9  # the untrained policy's episodes last 8-10 steps
-    got = jax.jit(lambda p, s: eval_episodes.run_episodes(env, agent, p, s, jax.random.PRNGKey(5), max_steps=bound))(params, start)
-    head, step = jax.jit(agent.head), jax.jit(env.step)
+    got = compile_cache.jit(lambda p, s: eval_episodes.run_episodes(env, agent, p, s, jax.random.PRNGKey(5), max_steps=bound))(params, start)
+    head, step = compile_cache.jit(agent.head), compile_cache.jit(env.step)
     returns, lengths = [], []
     for i in range(16):
         state, obs = jax.tree.map(lambda x, i=i: x[i], start)

@@ -29,7 +29,7 @@ from rlaccel.agents.ppo import sde
 from rlaccel.agents.ppo import train as ppo_train
 from rlaccel.agents.ppo.actor import PPOActor
 
-from rlaccel import checkpoint, envs, int8model, intmath, quant, quant_tables, rollout
+from rlaccel import checkpoint, compile_cache, envs, int8model, intmath, quant, quant_tables, rollout
 from rlaccel import config as config_lib
 from rlaccel.config import ConfigError
 from rlaccel.reference import Int8Network, network
@@ -61,7 +61,7 @@ def _calibrated(agent, obs: np.ndarray, key: int = 0):
         state = agent.calibrate(agent.init(key), jnp.asarray(obs))
         return state, agent.actor_params(state, "int8"), agent.actor_params(state, "fp32")
 
-    return jax.jit(make)(jax.random.PRNGKey(key))
+    return compile_cache.jit(make)(jax.random.PRNGKey(key))
 
 
 def _observations(n: int, seed: int) -> np.ndarray:
@@ -96,7 +96,7 @@ def test_exploration_matrix_is_resampled_exactly_every_sde_sample_freq_steps(pen
     T, B = 10, 3
     agent = pendulum.agent._replace(rollout_noise=functools.partial(sde.rollout_noise, latent_dim=24, action_dim=1, sample_freq=freq))
     expected = [t for t in range(1, T) if freq > 0 and t % freq == 0]
-    draw = jax.jit(lambda key: rollout.draw_noise(pendulum.env, agent, key, T, B).act)
+    draw = compile_cache.jit(lambda key: rollout.draw_noise(pendulum.env, agent, key, T, B).act)
     first, second = np.asarray(draw(jax.random.PRNGKey(0))), np.asarray(draw(jax.random.PRNGKey(1)))
     assert first.shape == (T, B, 24, 1)
     assert _changes(first) == expected
@@ -109,7 +109,7 @@ def test_exploration_matrix_is_resampled_exactly_every_sde_sample_freq_steps(pen
     host = np.stack([host[t] for t in range(T)])
     assert host.shape == (T, B, 24, 1) and _changes(host) == expected
     if freq == 4:  # the agent built from the config binds the same frequency
-        np.testing.assert_array_equal(draw(jax.random.PRNGKey(0)), jax.jit(lambda key: rollout.draw_noise(pendulum.env, pendulum.agent, key, T, B).act)(jax.random.PRNGKey(0)))
+        np.testing.assert_array_equal(draw(jax.random.PRNGKey(0)), compile_cache.jit(lambda key: rollout.draw_noise(pendulum.env, pendulum.agent, key, T, B).act)(jax.random.PRNGKey(0)))
 
 
 def _hand_sde(mean, latent, log_std, eps_std_normal):
@@ -130,7 +130,7 @@ def test_log_prob_entropy_and_sample_match_a_hand_computation(full_std):
     entropy, for a random policy (log_std not all equal, two actions), against SB3's formulas in numpy."""
     env = SimpleNamespace(observation_space=spaces.Box(-5.0, 5.0, (3,)), action_space=spaces.Box(-1.0, 1.0, (2,)))
     cfg, _, agent = _agent([f"ppo.policy_kwargs.full_std={str(full_std).lower()}", "ppo.policy_kwargs.net_arch=[16, 8]"], env)
-    state = jax.jit(agent.init)(jax.random.PRNGKey(1))
+    state = compile_cache.jit(agent.init)(jax.random.PRNGKey(1))
     assert state.params["log_std"].shape == ((8, 2) if full_std else (8, 1))
     assert np.all(np.asarray(state.params["log_std"]) == cfg.agent.policy_kwargs.log_std_init)
     log_std = jax.random.uniform(jax.random.PRNGKey(2), state.params["log_std"].shape, minval=-1.5, maxval=0.5)
@@ -204,7 +204,7 @@ def test_int8_latent_is_the_dequantised_last_hidden_layer(pendulum, activation):
         state, int8, _ = _calibrated(agent, obs)
     norm = jax.device_get(int8.obs_norm)
     x = np.clip((obs - norm.mean) * norm.inv_std, -10, 10).astype(np.float32)  # what the actors' normaliser computes
-    latent, head = jax.jit(quant.features)(int8.policy, x)
+    latent, head = compile_cache.jit(quant.features)(int8.policy, x)
 
     m = jax.device_get(int8.policy.model)
     q = intmath.quantize(int8model.preprocess(x, m.gain), float(m.in_scale), int(m.in_zero))
@@ -214,13 +214,13 @@ def test_int8_latent_is_the_dequantised_last_hidden_layer(pendulum, activation):
     np.testing.assert_array_equal(latent, (q - zero).astype(np.float32) * np.float32(scale))
     np.testing.assert_array_equal(head, int8model.head(m, int8model.preprocess(x, m.gain), "tflite", activation))
 
-    host = Int8Network(jax.device_get(jax.jit(quant_tables.tables)(int8.policy)), activation)
+    host = Int8Network(jax.device_get(compile_cache.jit(quant_tables.tables)(int8.policy)), activation)
     host_latent, host_head = host.features(x)
     np.testing.assert_array_equal(host_latent, latent)
     np.testing.assert_array_equal(host_head, head)
     np.testing.assert_array_equal(host.features(x[:1])[0], latent[:1])  # another batch size, other buffers
 
-    fp32_latent, _ = jax.jit(ppo_train.nets_lib.policy_features, static_argnums=2)(state.params["policy"], x, activation)
+    fp32_latent, _ = compile_cache.jit(ppo_train.nets_lib.policy_features, static_argnums=2)(state.params["policy"], x, activation)
     assert latent.shape == fp32_latent.shape == (256, 24) and head.shape == (256, 1)
     assert float(jnp.mean(jnp.abs(latent - fp32_latent))) < 2 * scale  # within two int8 steps on average
     fp32_host = network(jax.device_get(state.params["policy"]), activation)
@@ -233,16 +233,16 @@ def test_host_actor_samples_what_the_device_actor_samples(pendulum, precision):
     observations and exploration matrices: the same mean, actions and log-probabilities
     (to float rounding: numpy's einsum / exp / log are not XLA's)."""
     device_params = pendulum.int8 if precision == "int8" else pendulum.fp32
-    host = PPOActor(jax.device_get(jax.jit(quant_tables.with_tables)(device_params)), 0, pendulum.cfg.agent)
+    host = PPOActor(jax.device_get(compile_cache.jit(quant_tables.with_tables)(device_params)), 0, pendulum.cfg.agent)
     assert host.sde and host.latent_dim == 24 and host.sample_freq == 4
     obs, noise = pendulum.obs, host.noise(np.random.default_rng(6), 8, 256)
-    act = jax.jit(pendulum.agent.act)
+    act = compile_cache.jit(pendulum.agent.act)
     for t in (0, 7):
         a_host, x_host = host.act(obs, noise[t])
         a_dev, x_dev = act(device_params, obs, jnp.asarray(noise[t]))
         np.testing.assert_allclose(a_host, a_dev, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(x_host.log_prob, x_dev.log_prob, rtol=1e-5, atol=1e-4)
-    head = np.asarray(jax.jit(pendulum.agent.head)(device_params, obs))
+    head = np.asarray(compile_cache.jit(pendulum.agent.head)(device_params, obs))
     if precision == "int8":
         np.testing.assert_array_equal(host.head(obs), head)
     assert not np.allclose(a_host, head, atol=1e-3)  # the matrix moved the actions off the mean
@@ -298,7 +298,7 @@ def test_zoo_pendulum_block_learns_with_int8_actors_and_exports_the_mean(tmp_pat
     from rlaccel.sources.device import make_train
 
     cfg = config_lib.load(PENDULUM, ZOO_PENDULUM + ["placement.actor.precision=int8"])
-    state, metrics = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))
+    state, metrics = compile_cache.jit(make_train(cfg))(jax.random.PRNGKey(0))
     final = float(metrics["rollout/ep_rew_mean"][-1])
     assert final >= -400, f"zoo Pendulum-v1 with gSDE reached {final:.1f} in 1e5 steps"
 
@@ -309,6 +309,6 @@ def test_zoo_pendulum_block_learns_with_int8_actors_and_exports_the_mean(tmp_pat
     assert np.asarray(policy.artifact.arrays["log_std"]).shape == (64, 1)
     obs = (np.random.default_rng(7).standard_normal((500, 3)) * [0.7, 0.7, 3.0]).astype(np.float32)
     agent = ppo_train.build(cfg, envs.make(cfg.env)).agent
-    mean = np.asarray(jax.jit(lambda a, o: agent.head(agent.actor_params(a, "int8"), o))(state.agent, obs))
+    mean = np.asarray(compile_cache.jit(lambda a, o: agent.head(agent.actor_params(a, "int8"), o))(state.agent, obs))
     np.testing.assert_array_equal(policy.act(obs), np.clip(mean, -2.0, 2.0))
     assert float(np.mean(episode_returns(policy, "Pendulum-v1", 5, seed=100))) >= -400

@@ -27,7 +27,7 @@ import pytest
 from cli_helpers import run_main, set_args
 from ray_envs import FailingCartPole  # one definition, also imported by Ray actor processes
 
-from rlaccel import checkpoint, envs, placement
+from rlaccel import checkpoint, compile_cache, envs, placement
 from rlaccel import config as config_lib
 from rlaccel.sources.host import HostSource, JaxActor
 
@@ -50,7 +50,7 @@ def test_jax_actor_acts_like_the_numpy_one():
     obs = np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32)
     state = state.replace(agent=source.agent.calibrate(state.agent, jnp.asarray(obs)))
     numpy_actor = source.make_actor(source.host_params(source._params(state.agent)), 0)
-    jax_actor = JaxActor(source.agent.actor_params(state.agent, "int8"), 0, jax.jit(source.agent.act), None, jax.devices()[0])
+    jax_actor = JaxActor(source.agent.actor_params(state.agent, "int8"), 0, compile_cache.jit(source.agent.act), None, jax.devices()[0])
     noise = numpy_actor.noise(np.random.default_rng(3), 1, 64)[0]
     (a_np, x_np), (a_jax, x_jax) = numpy_actor.act(obs, noise), jax_actor.act(obs, noise)
     np.testing.assert_array_equal(a_np, a_jax)

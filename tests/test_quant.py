@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlaccel import int8model, intmath, quant
+from rlaccel import compile_cache, int8model, intmath, quant
 from rlaccel.quant import BIAS_LIMIT, MAX_FAN_IN
 from rlaccel.reference import ACTIVATIONS as ACT
 
@@ -119,7 +119,7 @@ def test_quantize_multiplier_matches_intmath():
     s_out[:5000] = _scales(rng, 5000, 8, 30)  # ratios far below 2**-32: flushed to (0, 0)
     num = s_in * s_w
     assert np.array_equal(num.astype(np.float64), s_in.astype(np.float64) * s_w)  # exact in float32
-    m, s = jax.jit(quant.quantize_multiplier)(jnp.asarray(num), jnp.asarray(s_out))
+    m, s = compile_cache.jit(quant.quantize_multiplier)(jnp.asarray(num), jnp.asarray(s_out))
     want_m, want_s = intmath.quantize_multiplier(num.astype(np.float64) / s_out.astype(np.float64))
     np.testing.assert_array_equal(np.asarray(m, np.int64), want_m)
     np.testing.assert_array_equal(np.asarray(s, np.int64), want_s)
@@ -147,7 +147,7 @@ def _accumulators(rng, n):
 def test_requantize_tflite_matches_intmath():
     rng = np.random.default_rng(1)
     acc = _accumulators(rng, 20_000)
-    fn = jax.jit(quant.requantize, static_argnums=3)
+    fn = compile_cache.jit(quant.requantize, static_argnums=3)
     for shift in range(-31, 3):
         mult = rng.integers(2**30, 2**31, acc.size)
         mult[:3] = [2**30, 2**31 - 1, 3 * 2**29]
@@ -161,7 +161,7 @@ def test_requantize_pow2_matches_intmath(shifts):
     acc = _accumulators(rng, 20_000)
     if shifts[0] > 0:  # a left shift of an int32 accumulator: exact only while it fits (see the report)
         acc = acc[np.abs(acc.astype(np.int64)) < 2**29 - 1]
-    fn = jax.jit(quant.requantize, static_argnums=3)
+    fn = compile_cache.jit(quant.requantize, static_argnums=3)
     for shift in shifts:
         got = np.asarray(fn(jnp.asarray(acc), jnp.zeros(acc.shape, jnp.int32), jnp.full(acc.shape, shift, jnp.int32), "pow2"), np.int64)
         np.testing.assert_array_equal(got, intmath.shift_round(acc, shift), err_msg=f"shift {shift}")
@@ -278,7 +278,7 @@ def test_int8_logits_of_the_shipped_policy(profile):
 
     env = make("CartPole-v1")
     nets = networks.make_networks(env.observation_space, env.action_space, PolicyKwargs())
-    params = jax.jit(networks.init_params, static_argnums=(0, 2, 3))(nets, jax.random.PRNGKey(0), 4, 0.0)
+    params = compile_cache.jit(networks.init_params, static_argnums=(0, 2, 3))(nets, jax.random.PRNGKey(0), 4, 0.0)
     layers = [(np.asarray(w), np.asarray(b)) for w, b in quant.dense_layers(params["policy"])]
     x = (np.random.default_rng(0).normal(size=(512, 4)) * np.array([1.0, 1.5, 0.1, 1.5])).astype(np.float32)
     _, q = int8_forward(layers, x, "tanh", profile)
@@ -366,7 +366,7 @@ def test_worst_case_accumulation_is_exact(profile):
     acc = (x.astype(np.int64) + 128) @ w + b
     assert np.abs(acc).max() == k * 255 * 127 + BIAS_LIMIT < 2**31 - 1  # the worst case, and it fits
     qp = quant.QuantParams(jax.tree.map(jnp.asarray, m), "relu", profile)
-    got = np.asarray(jax.jit(quant.dense, static_argnums=2)(jnp.asarray(x, jnp.int32), qp, 0), np.int64)
+    got = np.asarray(compile_cache.jit(quant.dense, static_argnums=2)(jnp.asarray(x, jnp.int32), qp, 0), np.int64)
     np.testing.assert_array_equal(got, int8model.int8_hidden(x, m, 0, profile, "relu"))
     np.testing.assert_array_equal(got, intmath.rounding_divide_by_pot(acc, 25) if profile == "tflite" else intmath.shift_round(acc, -25))
     assert got[0, 0] == 64 and got[0, 1] == -64
@@ -404,7 +404,7 @@ def test_quantize_and_apply_are_jittable():
         qp = quant.quantize(layers, calib, "tanh", "pow2")
         return qp, quant.apply(qp, x)
 
-    (qp_jit, got), (qp, want) = jax.jit(run)(layers, x), run(layers, x)
+    (qp_jit, got), (qp, want) = compile_cache.jit(run)(layers, x), run(layers, x)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     for a, b in zip(jax.tree.leaves(qp_jit), jax.tree.leaves(qp)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -22,7 +22,7 @@ from rlaccel.agents.ppo.actor import ActorExtras, PPOActor
 
 from rlaccel import agent as agent_lib
 from rlaccel import config as config_lib
-from rlaccel import envs, int8model, intmath, lookup, normalize, quant, quant_tables, reference
+from rlaccel import compile_cache, envs, int8model, intmath, lookup, normalize, quant, quant_tables, reference
 from rlaccel.reference import LEVELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_numpy_tabulation_equals_the_jax_tables(policies):
     equals ``quant_tables.tables`` (JAX) entry for entry, a level no accumulator reaches being ``R_j + 1``
     in both; and ``quant_tables.tables``' estimate-first search equals bisection of every entry."""
     profile, activation, cases = policies
-    bisect = jax.jit(lambda qp, i: quant_tables._thresholds(qp, i, estimate=False), static_argnums=1)
+    bisect = compile_cache.jit(lambda qp, i: quant_tables._thresholds(qp, i, estimate=False), static_argnums=1)
     for qp, tables, _, _ in cases:
         got = lookup.thresholds(tables.model, activation, profile)
         assert len(got) == len(tables.thresholds)
@@ -190,7 +190,7 @@ def test_fp32_network_matches_the_jax_mlp(activation):
         return ACTIVATIONS[activation](x @ layers[0][0] + layers[0][1]) @ layers[1][0] + layers[1][1]
 
     net = reference.Fp32Network(layers, activation, norm, CLIP_OBS)
-    expected = np.asarray(jax.jit(jax_mlp)(obs))
+    expected = np.asarray(compile_cache.jit(jax_mlp)(obs))
     np.testing.assert_allclose(net.forward(obs), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.stack([net.forward_one(o).copy() for o in obs[:100]]), expected[:100], rtol=1e-5, atol=1e-5)
 
@@ -200,7 +200,7 @@ def test_numpy_normalizer_is_the_jax_one(policies):
     _, _, norm, obs = cases[0]
     got = reference.normalize(norm, obs, CLIP_OBS)
     assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, np.asarray(jax.jit(normalize.apply, static_argnums=2)(norm, obs, CLIP_OBS)))
+    np.testing.assert_array_equal(got, np.asarray(compile_cache.jit(normalize.apply, static_argnums=2)(norm, obs, CLIP_OBS)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,22 +213,22 @@ def _agent(overrides: list[str], config_file: Path | None = None):
     config = config_lib.load(config_file, overrides) if config_file else config_lib.load(overrides=overrides)
     env = envs.make(config.env, auto_reset=True)
     agent = agent_lib.make(config, env).agent
-    state = jax.jit(agent.init)(jax.random.PRNGKey(2))
+    state = compile_cache.jit(agent.init)(jax.random.PRNGKey(2))
     rng = np.random.default_rng(3)
     obs_dim = env.observation_space.shape[0]
     obs = (rng.standard_normal((2048, obs_dim)) * 2.0 + 0.5).astype(np.float32)
     if hasattr(state, "obs_stats"):
         stats = normalize.RunningStats(mean=jnp.asarray(rng.standard_normal(obs_dim), jnp.float32), var=jnp.asarray(rng.random(obs_dim) * 3 + 0.1, jnp.float32), count=jnp.float32(512))
         state = state.replace(obs_stats=stats)
-    state = jax.jit(agent.calibrate)(state, jnp.asarray(obs[:1024]))
+    state = compile_cache.jit(agent.calibrate)(state, jnp.asarray(obs[:1024]))
     assert int(state.calib.rollouts) == 1
     return config, agent, state, obs
 
 
 def _actor_params(agent, state, precision: str):
     """``(JAX actor params, the numpy actors' copy: int8 policy as Int8Tables)``."""
-    params = jax.jit(agent.actor_params, static_argnums=1)(state, precision)
-    return params, jax.device_get(jax.jit(quant_tables.with_tables)(params))
+    params = compile_cache.jit(agent.actor_params, static_argnums=1)(state, precision)
+    return params, jax.device_get(compile_cache.jit(quant_tables.with_tables)(params))
 
 
 @pytest.mark.slow
@@ -245,7 +245,7 @@ def test_ppo_actor_matches_the_jax_actor(env_id, precision, profile):
     assert host_params.obs_norm is not None and isinstance(host_params.obs_norm, reference.Normalizer)
     actor = PPOActor(host_params, 7, config.ppo)
     assert actor.version == 7 and actor.discrete == (env_id == "CartPole-v1")
-    head = np.asarray(jax.jit(agent.head)(params, obs))
+    head = np.asarray(compile_cache.jit(agent.head)(params, obs))
     if precision == "int8":
         np.testing.assert_array_equal(actor.head(obs), head)
     else:
@@ -255,7 +255,7 @@ def test_ppo_actor_matches_the_jax_actor(env_id, precision, profile):
     assert noise.shape == (3, obs.shape[0], actor.action_dim) and noise.dtype == np.float32
     action, extras = actor.act(obs, noise[1])
     assert type(extras) is ActorExtras and extras.log_prob.shape == (obs.shape[0],) and extras.log_prob.dtype == np.float32
-    jax_action, jax_extras = jax.jit(agent.act)(params, obs, noise[1])
+    jax_action, jax_extras = compile_cache.jit(agent.act)(params, obs, noise[1])
     assert type(jax_extras) is ActorExtras  # the very type the learner compiles with
     log_std = None if host_params.log_std is None else jnp.asarray(host_params.log_std)
     if actor.discrete:
@@ -290,7 +290,7 @@ def test_dqn_actor_greedy_and_uniform(precision):
     """(d) Epsilon 0: the argmax of the JAX head; epsilon 1: the noise's uniform random actions."""
     config, agent, state, obs = _agent([], REPO / "configs" / "dqn_cartpole.yaml")
     params, host_params = _actor_params(agent, state, precision)
-    head = np.asarray(jax.jit(agent.head)(params, obs))
+    head = np.asarray(compile_cache.jit(agent.head)(params, obs))
     greedy = DQNActor(host_params._replace(epsilon=np.float32(0.0)), 3, config.dqn)
     assert greedy.version == 3 and greedy.num_actions == 2
     noise = greedy.noise(np.random.default_rng(0), 5, obs.shape[0])
@@ -304,7 +304,7 @@ def test_dqn_actor_greedy_and_uniform(precision):
         clear = np.abs(head[:, 0] - head[:, 1]) > 1e-4  # numpy's fp32 is ~1e-7 from XLA's: skip near-ties
         assert clear.mean() > 0.99
         np.testing.assert_array_equal(action[clear], head.argmax(-1)[clear])
-    jax_action, _ = jax.jit(agent.act)(params._replace(epsilon=jnp.float32(0.0)), obs, _jax_noise(noise[0]))
+    jax_action, _ = compile_cache.jit(agent.act)(params._replace(epsilon=jnp.float32(0.0)), obs, _jax_noise(noise[0]))
     clear = np.abs(head[:, 0] - head[:, 1]) > (0 if precision == "int8" else 1e-4)
     np.testing.assert_array_equal(np.asarray(jax_action)[clear], action[clear])
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from rlaccel import compile_cache
 from rlaccel import config as config_lib
 from rlaccel import sweep
 from rlaccel.sweep import search
@@ -100,7 +101,7 @@ def test_grid_matches_separate_runs_sharded(cartpole_yaml):
 
     names = ("rollout/ep_rew_mean", "train/loss", "train/learning_rate", "train/approx_kl", "train/entropy_loss")
     for i, setting in enumerate(settings):
-        train = jax.jit(make_train(setting.config))
+        train = compile_cache.jit(make_train(setting.config))
         for j, seed in enumerate(seeds):
             member = i * len(seeds) + j
             state, metrics = train(jax.random.PRNGKey(seed))

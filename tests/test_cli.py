@@ -136,6 +136,9 @@ def test_missing_device_exits_2_with_one_line_and_writes_nothing(tmp_path, monke
         (["bench", "pipeline", "--updates", "0"], "--updates"),
         (["bench", "parallel", "--timesteps", "-1"], "--timesteps"),
         (["bench", "returns", "--episodes", "0"], "--episodes"),
+        (["bench", "--repeat", "0"], "--repeat"),
+        (["bench", "zoo", "--seeds", "0"], "--seeds"),
+        (["bench", "zoo", "--eval-episodes", "-1"], "--eval-episodes"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(capsys, argv, key):
@@ -143,10 +146,7 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(capsys, argv, key)
     line naming the option, exit 2, nothing under benchmarks/ (``bench int8 --batches 0`` once
     measured batches of nothing and wrote ``benchmarks/int8_cpu.json``)."""
     before = tree(REPO / "benchmarks")
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:  # argparse exits from its parser
-        rc = e.code
+    rc = cli.main(argv)
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert len(err.splitlines()) == 1 and key in err, err

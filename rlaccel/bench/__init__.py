@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ``bench`` subparser of the ``rlaccel`` command line."""
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--out", help=f"JSON output path (default {table.DEFAULT_OUT.relative_to(ROOT)})")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run the rows N times, in turn (round robin), and report each row's median run (default 1): this machine's speeds move 10-20 %% from run to run")
+    parser.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="run the rows N times, in turn (round robin), and report each row's median run (default 1): this machine's speeds move 10-20 %% from run to run")
     parser.add_argument("--warm-cache", action="store_true", help="warm starts: every row (baselines too) runs once, unmeasured, to fill a fresh compilation cache its measured runs then use (default: cold, no cache)")
     parser.add_argument("--timesteps", type=positive_int, help="env steps per seed of the CartPole rows instead of 500k: a quick check that rows run, not a measurement")
     parser.add_argument("--latency", action="store_true", help="run the deployment latency bench instead, with its defaults (see `latency --help`)")

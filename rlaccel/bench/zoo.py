@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaccel.bench.rows import ROOT
+from rlaccel.bench.rows import ROOT, positive_int
 from rlaccel.bench.zoo_rows import (  # noqa: F401 - re-exported: the rows are part of this command's interface
     BENCHMARK_MD,
     HALFCHEETAH_FLOOR,
@@ -87,11 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``rlaccel bench zoo`` (their ``dest`` names start with ``zoo_``: the
     parent ``rlaccel bench`` parser has a ``--rows`` and an ``--out`` of its own)."""
     p.add_argument("--rows", dest="zoo_rows", default=",".join(ROWS), metavar="ROWS", help=f"comma-separated subset of: {', '.join(ROWS)}")
-    p.add_argument("--seeds", dest="zoo_seeds", type=int, default=3, metavar="N", help="seeds per rlaccel row, 0..N-1 (default %(default)s)")
+    p.add_argument("--seeds", dest="zoo_seeds", type=positive_int, default=3, metavar="N", help="seeds per rlaccel row, 0..N-1 (default %(default)s)")
     p.add_argument("--budget-scale", dest="zoo_budget_scale", type=float, default=1.0, metavar="X", help="multiply every budget (n_timesteps, SB3's) by X: below 1 a check that rows run, not a measurement")
-    p.add_argument("--eval-freq", dest="zoo_eval_freq", type=int, default=EVAL_FREQ, metavar="STEPS", help="env steps between evaluations (default %(default)s, the zoo's)")
-    p.add_argument("--eval-episodes", dest="zoo_eval_episodes", type=int, default=EVAL_EPISODES, metavar="K", help="deterministic episodes per evaluation (default %(default)s, the zoo's)")
-    p.add_argument("--sb3-seeds", dest="zoo_sb3_seeds", type=int, default=1, metavar="N", help="seeds per SB3 row, 0..N-1 (default %(default)s)")
+    p.add_argument("--eval-freq", dest="zoo_eval_freq", type=positive_int, default=EVAL_FREQ, metavar="STEPS", help="env steps between evaluations (default %(default)s, the zoo's)")
+    p.add_argument("--eval-episodes", dest="zoo_eval_episodes", type=positive_int, default=EVAL_EPISODES, metavar="K", help="deterministic episodes per evaluation (default %(default)s, the zoo's)")
+    p.add_argument("--sb3-seeds", dest="zoo_sb3_seeds", type=positive_int, default=1, metavar="N", help="seeds per SB3 row, 0..N-1 (default %(default)s)")
     p.add_argument("--sb3-threads", dest="zoo_sb3_threads", type=int, default=1, metavar="N", help="torch threads of the SB3 rows (default %(default)s; 0: torch's default, one per core)")
     p.add_argument("--set", dest="zoo_set", action="append", default=[], metavar="KEY=VALUE", help="an override for every rlaccel run (repeatable), e.g. logging.log_interval=32")
     p.add_argument("--warm-cache", dest="zoo_warm_cache", action="store_true", help="warm starts: each rlaccel row runs its seed 0 once, unmeasured, to fill a fresh compilation cache that every measured run then uses (default: cold, no cache)")
@@ -113,15 +113,10 @@ def parse_rows(text: str) -> list[str]:
 def check_args(args: argparse.Namespace) -> list[str]:
     """The rows to run; raises ``ValueError`` (one line naming the option) for bad arguments."""
     names = parse_rows(args.zoo_rows)
-    for flag, value in (("--seeds", args.zoo_seeds), ("--sb3-seeds", args.zoo_sb3_seeds)):
-        if value < 1:
-            raise ValueError(f"{flag}: must be >= 1, got {value}")
     if not (math.isfinite(args.zoo_budget_scale) and args.zoo_budget_scale > 0):
         raise ValueError(f"--budget-scale: must be > 0, got {args.zoo_budget_scale}")
     if args.zoo_sb3_threads < 0:
         raise ValueError(f"--sb3-threads: must be >= 0, got {args.zoo_sb3_threads}")
-    if args.zoo_eval_freq < 1 or args.zoo_eval_episodes < 1:
-        raise ValueError(f"--eval-freq and --eval-episodes: must be >= 1, got {args.zoo_eval_freq} and {args.zoo_eval_episodes}")
     bad = [s for s in args.zoo_set if "=" not in s]
     if bad:
         raise ValueError(f"--set: expected KEY=VALUE, got {bad[0]!r}")

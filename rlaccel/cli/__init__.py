@@ -27,11 +27,12 @@ __all__ = ["EXIT_FAILED", "EXIT_USAGE", "main", "parser"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser, its errors one line (argparse prints its usage first): the exit-code
+    """argparse's parser, its errors one line as every other bad input's (``error: --seeds:
+    ...``; argparse prints its usage first and says ``argument --seeds: ...``): the exit-code
     contract above. Sub-parsers are of the same class."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"error: {message.removeprefix('argument ')}\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,8 +50,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rlaccel`` console script; returns the process exit code."""
-    args = parser().parse_args(argv)
+    """Entry point of the ``rlaccel`` console script; returns the process exit code (argparse's
+    own exits too: 2 for bad arguments, 0 after ``--help``)."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
     return int(args.func(args))
 
 

@@ -5,7 +5,8 @@ fused, split, host actor threads; ``rlaccel.sweep``: compiled member groups):
 
 1. a fresh state, or the newest checkpoint restored into it (``resume``);
 2. the run directory and ``config.yaml``, only once the state is accepted;
-3. the chunk compiled ahead of time (``time/compile_s``);
+3. the chunk compiled ahead of time (``time/compile_s``; a fresh run's from init's shapes,
+   beside 1 and 2: ``source.compile_ahead``);
 4. chunks of ``logging.log_interval`` updates; after each: NaN / Inf guard, TensorBoard rows,
    probes every ``logging.probe_seconds``, hooks (evaluation, pruning), progress, checkpoint
    every ``logging.checkpoint_interval`` updates, and the signal flag;
@@ -131,7 +132,12 @@ def run(
     log = config.logging
     spu = source.steps_per_update
 
-    state = source.initial_state(jax.random.PRNGKey(config.seed) if key is None else key)
+    key = jax.random.PRNGKey(config.seed) if key is None else key
+    chunk = chunk_length(source.num_updates, log.log_interval)
+    compile_start = time.perf_counter()
+    if not resume:  # (a restored state's types are only known once read)
+        source.compile_ahead(key, chunk)  # the first chunk compiles from init's shapes while init compiles and runs
+    state = source.initial_state(key)
     if resume:
         state, path = restore_latest(ckpt_dir, state)
     evaluator = evaluate.for_run(config, source, run_dir, int(np.max(state.update)), resume=resume)  # eval.freq > 0
@@ -149,10 +155,8 @@ def run(
     start_update = update = int(np.max(state.update))
     end_update = source.num_updates if stop_at is None else max(start_update, min(stop_at, source.num_updates))
 
-    chunk = chunk_length(source.num_updates, log.log_interval)
     every = log.log_every or -(-source.num_updates // POINTS_PER_RUN)
-    compile_start = time.perf_counter()
-    source.compile(state, chunk)
+    source.compile(state, chunk)  # (waits for compile_ahead's)
     compile_s = time.perf_counter() - compile_start
     compiled = {chunk}
 

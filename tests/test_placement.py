@@ -223,3 +223,39 @@ def test_fused_probe_pieces_compile_beside_the_chunk_from_shapes(cartpole_yaml, 
     runner.compile_pieces_beside(state)
     with pytest.raises(RuntimeError, match="no pieces"):
         runner.probe(state, seconds_per_update=1.0, num_calls=2)
+
+
+@pytest.mark.slow
+def test_fused_chunk_compiled_ahead_from_shapes_is_the_one_run(cartpole_yaml, monkeypatch):
+    config = config_lib.load(cartpole_yaml, [*TINY, "placement.actor.precision=fp32"])
+    env = envs.make(config.env, auto_reset=True)
+    key = jax.random.PRNGKey(config.seed)
+    ahead = make_source(agent_lib.make(config, env), env, placement.resolve(config.placement))
+    ahead.compile_ahead(key, 2)  # from init's shapes, in a thread...
+    state = ahead.place(ahead.initial_state(key))  # ...while init compiles and runs here
+    executable = ahead.compile(state, 2)
+    assert ahead.compile(state, 2) is executable and list(ahead._chunks) == [2]  # nothing compiled twice
+    final, metrics = ahead.run_chunk(state, 2)
+
+    plain, plain_state = fused_source(cartpole_yaml, "fp32")  # compiled after init, from the state itself
+    plain_final, plain_metrics = plain.run_chunk(plain_state, 2)
+    for x, y in zip(jax.tree.leaves(final), jax.tree.leaves(plain_final)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert int(final.agent.step) == 2 and set(metrics) == set(plain_metrics)
+
+    # Compiled ahead for other types than the real state's (weak types flipped): compiled again.
+    other = make_source(agent_lib.make(config, env), env, placement.resolve(config.placement))
+    wrong = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding, weak_type=not x.weak_type), other.abstract_state(key))
+    monkeypatch.setattr(other, "abstract_state", lambda key: wrong)
+    other.compile_ahead(key, 2)
+    other.join_ahead()
+    first = other._chunks[2]
+    state = other.place(other.initial_state(key))
+    assert other.compile(state, 2) is not first
+    np.testing.assert_array_equal(np.asarray(other.run_chunk(state, 2)[0].rollout.obs), np.asarray(final.rollout.obs))
+
+    # A compile that fails in the thread fails the loop's compile that waits for it.
+    monkeypatch.setattr(other, "abstract_state", lambda key: jax.tree.map(lambda x: jax.ShapeDtypeStruct((*x.shape, 1), x.dtype), wrong))
+    other.compile_ahead(key, 4)
+    with pytest.raises(TypeError, match="invalid PRNG key data"):  # the key with an extra axis
+        other.compile(state, 4)

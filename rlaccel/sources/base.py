@@ -66,6 +66,10 @@ class StepSource:
         """The state moved to the devices it lives on."""
         return state
 
+    def compile_ahead(self, key: Any, num_updates: int) -> None:
+        """Start compiling :meth:`compile`'s work from the shapes of ``init(key)`` while the
+        loop's :meth:`initial_state` runs; :meth:`compile` then waits for it. A no-op here."""
+
     def compile(self, state: Any, num_updates: int) -> None:
         """Compile a chunk of ``num_updates`` updates ahead of time (the loop times this)."""
 

@@ -133,6 +133,9 @@ class ParallelSource(DeviceSource):
         with jax.default_device(self.learner_device):
             return jax.device_get(compile_cache.jit(self.init)(key))
 
+    def compile_ahead(self, key: Array, num_updates: int) -> None:
+        """Nothing: the chunk compiles for the placed state's mesh shardings (:meth:`compile`)."""
+
     def place(self, state: TrainState) -> TrainState:
         """``state`` as global arrays on the mesh (from host values, or resharded)."""
 

@@ -103,6 +103,7 @@ class SplitSource(DeviceSource):
     def compile(self, state: TrainState, num_updates: int) -> None:
         """Compile the pieces for their devices (one set for every chunk length) and the
         wires between them (one rollout, not kept)."""
+        self.join_ahead()
         pieces = self.pieces(state)
         params = self._send_params(pieces["actor_params"](state.agent))
         _, transitions, episodes = pieces["rollout"](params, state.rollout, self._to_actor(state.key))

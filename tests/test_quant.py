@@ -372,6 +372,28 @@ def test_worst_case_accumulation_is_exact(profile):
     assert got[0, 0] == 64 and got[0, 1] == -64
 
 
+def test_int8_dot_is_the_integer_dot_on_both_paths(monkeypatch):
+    # Up to EXACT_F32_FAN_IN the products may be summed by an fp32 dot; every partial sum is an
+    # integer below 2**24 there. One more input could reach an odd sum above 2**24, which float32
+    # cannot hold: that fan-in must take the int32 dot. Largest sums (x = -128 against w = -127),
+    # the last input -127 for an odd total, and random int8 values, against numpy's int64.
+    monkeypatch.setattr(quant, "F32_DOT_MAX_MACS", 2**31)  # only the fan-in decides here
+    dot = compile_cache.jit(quant.int8_dot)
+    for k in (quant.EXACT_F32_FAN_IN, quant.EXACT_F32_FAN_IN + 1):
+        x = np.full((3, k), -128)
+        x[:, -1] = -127
+        x[1] *= -1
+        x[1] = np.minimum(x[1], 127)
+        x[2] = np.random.default_rng(k).integers(-128, 128, k)
+        w = np.full((k, 2), -127)
+        w[:, 1] = np.random.default_rng(k + 1).integers(-127, 128, k)
+        want = x.astype(np.int64) @ w
+        got = np.asarray(dot(jnp.asarray(x, jnp.int32), jnp.asarray(w, jnp.int8)))
+        np.testing.assert_array_equal(got, want)
+        assert (np.abs(want[0, 0]) < 2**24) == (k == quant.EXACT_F32_FAN_IN)  # the bound is tight
+    assert quant.EXACT_F32_FAN_IN * 128 * 127 < 2**24 <= (quant.EXACT_F32_FAN_IN + 1) * 128 * 127
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_bias_is_clipped_to_the_limit(profile):
     # A bias far larger than its scale: round(b / (s_in s_w)) would not fit in int32; it is clipped.

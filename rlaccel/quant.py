@@ -172,12 +172,17 @@ def quantize_multiplier(num: Array, den: Array) -> tuple[Array, Array]:
     ge = a >= b
     d = jnp.where(ge, 2 * b, b)  # a / d in [0.5, 1)
     shift = en - ed + ge.astype(jnp.int32)
-    rem, q = a, jnp.zeros_like(a)
-    for _ in range(31):  # q = floor(a * 2**31 / d) in [2**30, 2**31)
+
+    def step(_: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        rem, q = carry
         rem = rem * 2
         bit = rem >= d
-        rem = jnp.where(bit, rem - d, rem)
-        q = q * 2 + bit.astype(jnp.int32)
+        return jnp.where(bit, rem - d, rem), q * 2 + bit.astype(jnp.int32)
+
+    # q = floor(a * 2**31 / d) in [2**30, 2**31). A rolled loop: unrolled, its 31 steps were
+    # ~440 more operations for XLA to compile (~0.2 s in a PPO CartPole chunk) to save ~6 us
+    # per quantisation.
+    rem, q = jax.lax.fori_loop(0, 31, step, (a, jnp.zeros_like(a)))
     up = (rem * 2 >= d).astype(jnp.int32)  # the next bit: round half up (away from zero)
     top = (q == 2**31 - 1) & (up == 1)
     m, shift = jnp.where(top, 2**30, q + up), jnp.where(top, shift + 1, shift)
@@ -229,6 +234,21 @@ def requantize(acc: Array, mult: Array, shift: Array, profile: str) -> Array:
 # --- quantise and apply ---------------------------------------------------------------------
 
 
+def _multipliers(ratios: Sequence[tuple[Array, Array]], profile: str) -> tuple[list[Array], list[Array]]:
+    """Every layer's requantisation ``(mult, shift)`` ``[out]`` from its ``(num, den)`` ``[out]``:
+    ``quantize_multiplier`` (``tflite``) or the power of two's exponent (``pow2``), over all
+    layers' channels at once (one unrolled long division instead of one per layer: a PPO
+    CartPole chunk's program has ~880 operations fewer and compiles ~0.4 s sooner)."""
+    num = jnp.concatenate([n for n, _ in ratios])
+    den = jnp.concatenate([d for _, d in ratios])
+    if profile == "tflite":
+        mult, shift = quantize_multiplier(num, den)
+    else:  # every scale a power of two: the ratio's exponent
+        mult, shift = jnp.zeros(num.shape, jnp.int32), (jnp.frexp(num / den)[1] - 1).astype(jnp.int32)
+    splits = np.cumsum([n.shape[0] for n, _ in ratios])[:-1]
+    return jnp.split(mult, splits), jnp.split(shift, splits)
+
+
 def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activation: str, profile: str = "tflite") -> QuantParams:
     """fp32 layers + calibration -> :class:`QuantParams` (run after every learner update)."""
     if profile not in PROFILES:
@@ -244,6 +264,7 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
     else:  # |u| <= 1: 1/128 keeps every level but +1.0 itself (127/128)
         in_scale, in_zero = jnp.float32(2.0**-7), jnp.int32(0)
     f: dict[str, list] = {k: [] for k in Int8Model._fields[3:]}
+    ratios = []  # each layer's requantisation scale, s_in * w_scale / out_scale, as (num, den)
     s_in, last = in_scale, len(layers) - 1
     for i, (w, b) in enumerate(layers):
         if i == 0:
@@ -271,13 +292,11 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
         else:
             out_scale = _pow2_up(jnp.maximum(jnp.maximum(-calib.head_min, calib.head_max), 1e-6) / 127.0)
             out_zero, lo, hi = jnp.int32(0), -128, 127
-        if profile == "tflite":
-            mult, shift = quantize_multiplier(s_in * w_scale, out_scale)
-        else:  # every scale a power of two: the ratio's exponent
-            mult, shift = jnp.zeros_like(b_q), (jnp.frexp(s_in * w_scale / out_scale)[1] - 1).astype(jnp.int32)
-        for k, v in zip(Int8Model._fields[3:], (w_q, b_q, w_scale, mult, shift, out_scale, out_zero, jnp.int32(lo), jnp.int32(hi))):
+        ratios.append((s_in * w_scale, jnp.broadcast_to(out_scale, w_scale.shape)))
+        for k, v in zip(("w_q", "b_q", "w_scale", "out_scale", "out_zero", "act_min", "act_max"), (w_q, b_q, w_scale, out_scale, out_zero, jnp.int32(lo), jnp.int32(hi))):
             f[k].append(v)
         s_in = jnp.float32(intmath.TANH_OUT_SCALE) if activation == "tanh" else out_scale
+    f["mult"], f["shift"] = _multipliers(ratios, profile)
     model = Int8Model(gain, in_scale.astype(jnp.float32), in_zero, **{k: tuple(v) for k, v in f.items()})
     return QuantParams(model=model, activation=activation, profile=profile)
 

@@ -139,6 +139,8 @@ def test_missing_device_exits_2_with_one_line_and_writes_nothing(tmp_path, monke
         (["bench", "--repeat", "0"], "--repeat"),
         (["bench", "zoo", "--seeds", "0"], "--seeds"),
         (["bench", "zoo", "--eval-episodes", "-1"], "--eval-episodes"),
+        (["eval", "--run", "runs/x", "--episodes", "0"], "--episodes"),
+        (["sweep", "--config", "configs/ppo_cartpole.yaml", "--seeds", "-2"], "--seeds"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(capsys, argv, key):

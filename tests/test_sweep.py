@@ -190,7 +190,7 @@ BAD_SPACES = {
         (["--grid", "ppo.gamma=0.9,2"], "ppo.gamma: must be in [0, 1]"),
         (["--grid", "ppo.batch_size=100"], "ppo.batch_size: must divide"),
         (["--grid", "ppo.gamma"], "expected key.sub=value1"),
-        (["--seeds", "0"], "--seeds 0: must be >= 1"),
+        (["--seeds", "0"], "--seeds: expected an integer >= 1, got '0'"),
         (["--search", "optuna", "--trials", "2"], "--space FILE is required"),
         (["--search", "optuna", "--space", "configs/search_ppo_cartpole.yaml"], "--trials"),
         (["--search", "optuna", "--space", "configs/search_ppo_cartpole.yaml", "--trials", "2", "--storage", "redis://x"], "unsupported scheme 'redis'"),

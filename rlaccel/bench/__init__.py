@@ -33,7 +33,8 @@ import argparse
 import sys
 
 from rlaccel.bench import int8, latency, parallel, pipeline, returns, table, zoo
-from rlaccel.bench.rows import ROOT, ROWS, positive_int
+from rlaccel.argtypes import positive_int
+from rlaccel.bench.rows import ROOT, ROWS
 
 DESCRIPTION = "Benchmarks: PPO and DQN on CartPole-v1 against PureJaxRL and Stable-Baselines3, each placement's cost, deployment latency."
 

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaccel.bench.rows import CONFIGS, ROOT, finish, peak_rss_mib, positive_int, positive_ints
+from rlaccel.argtypes import positive_int, positive_ints
+from rlaccel.bench.rows import CONFIGS, ROOT, finish, peak_rss_mib
 
 DESCRIPTION = "int8 vs fp32 on this CPU: XLA dot_general and policy heads, onnxruntime and OpenVINO, at batch 1, 64, 1024."
 DEFAULT_OUT = ROOT / "benchmarks" / "int8_cpu.json"

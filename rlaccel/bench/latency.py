@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaccel.bench.rows import CONFIGS, ROOT, positive_int
+from rlaccel.argtypes import positive_int
+from rlaccel.bench.rows import CONFIGS, ROOT
 from rlaccel.fileio import write_json
 
 DESCRIPTION = "Decision latency of exported policies on every runtime (numpy, onnxruntime, jax; int8 and fp32), in one run."

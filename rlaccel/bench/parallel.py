@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlaccel.bench.rows import CONFIGS, ROOT, positive_int
+from rlaccel.argtypes import positive_int
+from rlaccel.bench.rows import CONFIGS, ROOT
 from rlaccel.fileio import write_json
 
 DESCRIPTION = "Data parallelism: the same run on 1 CPU device, 2 devices and 2 processes x 1 device (env steps/s, ratios)."

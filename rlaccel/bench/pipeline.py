@@ -43,7 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlaccel.bench.rows import CONFIGS, ROOT, TWO_DEVICES, finish, peak_rss_mib, positive_int
+from rlaccel.argtypes import positive_int
+from rlaccel.bench.rows import CONFIGS, ROOT, TWO_DEVICES, finish, peak_rss_mib
 
 DESCRIPTION = "Pipelined actor-learner on two CPU devices: acting alone, learning alone, in turn and pipelined, per update."
 DEFAULT_OUT = ROOT / "benchmarks" / "pipeline_cpu.json"

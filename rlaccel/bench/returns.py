@@ -20,7 +20,8 @@ from pathlib import Path
 
 from rlaccel.fileio import write_json
 
-from rlaccel.bench.rows import ROOT, positive_int
+from rlaccel.argtypes import positive_int
+from rlaccel.bench.rows import ROOT
 
 DESCRIPTION = "Returns of the exported int8 policy against the fp32 one, on gymnasium's own envs."
 CONFIGS = {"CartPole-v1": ROOT / "configs" / "ppo_cartpole.yaml", "Pendulum-v1": ROOT / "configs" / "ppo_pendulum.yaml"}

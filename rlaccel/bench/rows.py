@@ -53,7 +53,6 @@ rows to ``N`` env steps per seed: a check that rows run, not a measurement.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -157,21 +156,6 @@ def _baseline(module: str) -> Any:
 def _timesteps(default: int = 500_000) -> int:
     """Env steps per seed of the CartPole rows: ``RLACCEL_BENCH_TIMESTEPS`` (a quick check) or ``default``."""
     return int(float(os.environ.get("RLACCEL_BENCH_TIMESTEPS") or default))
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts (calls, episodes, steps): an integer >= 1."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
-
-
-def positive_ints(text: str) -> list[int]:
-    """argparse ``type=`` for comma-separated counts (``"64,512"``): each an integer >= 1."""
-    items = [t for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, comma-separated, got {text!r}")
-    return [positive_int(t) for t in items]
 
 
 def _short() -> list[str]:

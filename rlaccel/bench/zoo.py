@@ -58,7 +58,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaccel.bench.rows import ROOT, positive_int
+from rlaccel.argtypes import positive_int
+from rlaccel.bench.rows import ROOT
 from rlaccel.bench.zoo_rows import (  # noqa: F401 - re-exported: the rows are part of this command's interface
     BENCHMARK_MD,
     HALFCHEETAH_FLOOR,

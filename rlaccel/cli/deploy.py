@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlaccel.argtypes import positive_int
 from rlaccel.deploy.export import FORMATS  # numpy only at import: JAX is imported by an export itself
 
 EXIT_USAGE = 2
@@ -55,7 +56,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     src.add_argument("--run", metavar="RUN_DIR", help="a run directory (its policy is exported first if needed)")
     src.add_argument("--policy", metavar="FILE", help="an exported .rlpolicy or .onnx file")
     p.add_argument("--backend", default="numpy-int8", help="numpy-int8 (default), numpy-fp32, onnx-int8, onnx-fp32, jax-int8, jax-fp32")
-    p.add_argument("--episodes", type=int, default=100, help="episodes (default 100)")
+    p.add_argument("--episodes", type=positive_int, default=100, help="episodes (default 100)")
     p.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i (default 0)")
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the returns as JSON")
     p.set_defaults(func=evaluate)
@@ -69,9 +70,6 @@ def evaluate(args: argparse.Namespace) -> int:
     from rlaccel.deploy import PolicyError, load_policy
     from rlaccel.deploy.evaluate import episode_returns
 
-    if args.episodes < 1:
-        print(f"error: --episodes {args.episodes}: must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
     if args.json_out and not Path(args.json_out).parent.is_dir():
         print(f"error: --json {args.json_out}: directory {Path(args.json_out).parent} does not exist", file=sys.stderr)
         return EXIT_USAGE

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaccel import config as config_lib
+from rlaccel.argtypes import positive_int
 from rlaccel.cli.train import add_process_arguments
 from rlaccel.config import ConfigError
 from rlaccel.fileio import atomic_write
@@ -46,7 +47,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="sweep or search hyperparameters", description="Sweep or search hyperparameters of an rlaccel agent.")
     p.add_argument("--config", help="base YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a base config key (repeatable)")
-    p.add_argument("--seeds", type=int, help="seeds per setting / trial, vmapped: config seed, seed+1, ... (default 4 for a grid, 2 for a search)")
+    p.add_argument("--seeds", type=positive_int, help="seeds per setting / trial, vmapped: config seed, seed+1, ... (default 4 for a grid, 2 for a search)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a grid axis, e.g. ppo.learning_rate=1e-4,3e-4 (repeatable)")
     p.add_argument("--search", choices=["optuna"], help="search instead of a grid")
     p.add_argument("--space", help="search-space YAML (with --search), e.g. configs/search_ppo_cartpole.yaml")
@@ -131,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
         if base.env_kind == "gym":
             raise ConfigError(f"env: a sweep trains every member in one compiled program, which needs a JAX env; {base.env} runs on host actors")
         seeds = args.seeds if args.seeds is not None else (2 if args.search else 4)
-        if seeds < 1:
-            raise ConfigError(f"--seeds {seeds}: must be >= 1")
         if args.search:
             if args.grid:
                 raise ConfigError("--grid and --search are exclusive (a search samples its own settings)")

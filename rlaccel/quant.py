@@ -321,7 +321,8 @@ def int8_dot(x_q: Array, w: Array) -> Array:
     Sapphire Rapids Xeon (VNNI), a 4-w-w-2 tanh policy head, time of the int8 dot over the
     fp32 one: w = 64 at batch 4 1.73, batch 16 1.19, batch 64 0.91; w = 256 at batch 4 1.05,
     batch 16 0.64; w = 512 at batch 1 1.18, batch 4 0.70, batch 64 0.36. A 128-step PPO
-    CartPole rollout of 4 envs: 928 against 741 us (fp32 actors 610).
+    CartPole rollout of 4 envs: 928 against 741 us (fp32 actors 610); its whole fused chunk
+    190k against 196k env steps/s (fp32 215k).
     """
     dims = (((x_q.ndim - 1,), (0,)), ((), ()))
     macs = int(np.prod(x_q.shape)) * w.shape[1]

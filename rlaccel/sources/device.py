@@ -207,11 +207,14 @@ class DeviceSource(StepSource):
     def compile_pieces_beside(self, state: TrainState) -> None:
         """Compile the probe's pieces in a thread, from ``state``'s shapes, while the caller
         compiles its chunk (a fused source: its updates do not run the pieces, only probes
-        do, and the first probe waits for them). XLA's two compiles overlap on two cores:
-        over six alternated 500k-step CartPole runs here, time to result 12.7 s against 13.8 s
-        compiling them one after the other, env steps/s unchanged. (Compiled beside the first
-        chunks instead, they took ~17 % of the chunks' speed.) Nothing happens without
-        probes or once the pieces exist."""
+        do; :meth:`FusedSource.compile` waits for them before the first chunk runs). Over six
+        alternated 500k-step CartPole runs here, time to result 12.7 s against 13.8 s
+        compiling them one after the other, env steps/s unchanged. Compiled beside the first
+        chunks instead, they took ~17 % of the chunks' speed, and so of the run's env steps/s:
+        500k-step CartPole, 4 runs alternated, fp32 188-202k env steps/s while they could
+        overlap the first chunks, 209-213k waited for (int8 183-185k, 190-207k), time to
+        result the same (7.3-7.6 s, 9.4-9.9 s). Nothing happens without probes or once the
+        pieces exist."""
         if not self.probes or self._pieces is not None or self._pieces_thread is not None:
             return
         spec = jax.tree.map(_spec, state)  # read now: the first chunk donates ``state``
@@ -350,9 +353,12 @@ class FusedSource(DeviceSource):
         ``state``) for chunks of up to ``length`` updates, ``length`` the first chunk's: a
         shorter chunk (the last one of a run, one after ``--resume`` at another boundary, a
         ``stop_at``) runs the same executable, with nothing more to compile."""
-        self.compile_pieces_beside(state)  # on the other core (after init: compile_ahead's)
+        self.compile_pieces_beside(state)  # beside compile_ahead's (after init)
         self.join_ahead()
-        return self._compile_abstract(state, num_updates)
+        executable = self._compile_abstract(state, num_updates)
+        if self._pieces_thread is not None:  # no chunk runs beside a compile (it would time its slowdown)
+            self.pieces(state)
+        return executable
 
     def _compile_abstract(self, state: TrainState, num_updates: int) -> Any:
         spec = jax.tree.map(_spec, state)

@@ -361,6 +361,7 @@ class FusedSource(DeviceSource):
         return executable
 
     def _compile_abstract(self, state: TrainState, num_updates: int) -> Any:
+        """The chunk's executable for ``state``'s shapes and devices (it may be abstract)."""
         spec = jax.tree.map(_spec, state)
         if spec != self._chunk_spec:  # compiled ahead from shapes the real state does not have
             self._chunks, self._chunk_spec = {}, spec

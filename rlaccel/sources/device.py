@@ -117,7 +117,7 @@ class DeviceSource(StepSource):
         self._pieces_thread: Beside | None = None
         self._ahead: Beside | None = None
         self._chunks: dict[int, Any] = {}
-        self._chunk_spec: Any = None
+        self._ahead_spec: Any = None  # the abstract state compile_ahead compiled for
         self.pieces_compile_s = 0.0
 
     # -- pure pieces ----------------------------------------------------------------------
@@ -237,7 +237,7 @@ class DeviceSource(StepSource):
         nothing here (one already keeps ~1.9 of the two cores busy: two 2.5 s compiles took
         5.0 s one after the other, 5.9 s at once). PPO CartPole, 500k steps, fp32, alternated
         with the loop compiling after init: time to result 7.54 s against 7.81 (mean of 4)."""
-        spec = self.abstract_state(key)
+        spec = self._ahead_spec = self.abstract_state(key)
         self._ahead = Beside(lambda: self._compile_abstract(spec, num_updates), "rlaccel-chunk-compile")
 
     def _compile_abstract(self, state: TrainState, num_updates: int) -> None:
@@ -355,6 +355,10 @@ class FusedSource(DeviceSource):
         ``stop_at``) runs the same executable, with nothing more to compile."""
         self.compile_pieces_beside(state)  # beside compile_ahead's (after init)
         self.join_ahead()
+        if self._ahead_spec is not None:  # once, for the first real state
+            if jax.tree.map(_spec, state) != self._ahead_spec:  # compiled ahead for shapes it does not have
+                self._chunks = {}
+            self._ahead_spec = None
         executable = self._compile_abstract(state, num_updates)
         if self._pieces_thread is not None:  # no chunk runs beside a compile (it would time its slowdown)
             self.pieces(state)
@@ -362,9 +366,6 @@ class FusedSource(DeviceSource):
 
     def _compile_abstract(self, state: TrainState, num_updates: int) -> Any:
         """The chunk's executable for ``state``'s shapes and devices (it may be abstract)."""
-        spec = jax.tree.map(_spec, state)
-        if spec != self._chunk_spec:  # compiled ahead from shapes the real state does not have
-            self._chunks, self._chunk_spec = {}, spec
         length = max([num_updates, *self._chunks])
         if length not in self._chunks:
             self._chunks = {length: compile_cache.jit(self.train_upto, static_argnums=2, donate_argnums=0).lower(state, jnp.int32(0), length).compile()}

@@ -44,11 +44,12 @@ import hashlib
 import os
 import platform
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EFFORT_ENV", "ENV", "FAST_OPTIONS", "MAX_BYTES", "MIN_COMPILE_S", "bench_env", "cache_dir", "compiler_options", "effort", "enable", "jit"]
+__all__ = ["EFFORT_ENV", "ENV", "FAST_OPTIONS", "MAX_BYTES", "MIN_COMPILE_S", "Beside", "bench_env", "cache_dir", "compiler_options", "effort", "enable", "jit", "spec"]
 
 ENV = "RLACCEL_COMPILE_CACHE"
 EFFORT_ENV = "RLACCEL_XLA_EFFORT"
@@ -165,3 +166,37 @@ def bench_env(env: dict[str, str], directory: str | Path | None = None) -> dict[
     else:
         env.update({ENV: str(directory), "JAX_COMPILATION_CACHE_DIR": str(directory), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(MIN_COMPILE_S)})
     return env
+
+
+class Beside:
+    """``fn()`` run in a daemon thread beside the caller (a compile); :meth:`join` waits and
+    re-raises what it raised, :meth:`wait` only waits."""
+
+    def __init__(self, fn: Any, name: str):
+        self._errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised by join()
+                self._errors.append(e)
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def join(self) -> None:
+        self.wait()
+        if self._errors:
+            raise self._errors[0]
+
+
+def spec(x: Any, sharding: Any = None) -> Any:
+    """``x``'s shape, dtype, weak type and device, or ``sharding`` instead (what an
+    ahead-of-time compile reads; ``x`` an array or a ``jax.ShapeDtypeStruct``)."""
+    import jax
+    import numpy as np
+
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding or getattr(x, "sharding", None), weak_type=getattr(x, "weak_type", False))

@@ -33,7 +33,7 @@ from gymnasium import spaces
 from rlaccel import compile_cache, quant_tables, registry
 from rlaccel.agent import Agent
 
-__all__ = ["EVAL_TAG", "Episodes", "HostEpisodes", "JaxEpisodes", "eval_key", "eval_seeds", "gym_episodes", "make_program", "policy_action", "run_episodes"]
+__all__ = ["EVAL_TAG", "AheadProgram", "Episodes", "HostEpisodes", "JaxEpisodes", "eval_key", "eval_seeds", "gym_episodes", "keyed", "make_program", "policy_action", "run_episodes"]
 
 Array = jax.Array
 EVAL_TAG = 0xE7A1
@@ -143,31 +143,77 @@ def make_program(
     return evaluate
 
 
-def eval_key(seed: int, update: int) -> Array:
+def eval_key(seed: int | Array, update: int | Array) -> Array:
     """The PRNG key of the evaluation after ``update``: from the run's seed, never training's key."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_TAG), update)
 
 
+def keyed(program: Callable[[Any, Array], Any]) -> Callable[[Any, Array, Array], Any]:
+    """``program(agent_state, key)`` as a run compiles it: ``(agent_state, seed, update)``, int32
+    scalars, and :func:`eval_key` derived inside (outside, its ``fold_in`` compiled on the loop's
+    thread at the first evaluation: ~0.4 s beside the evaluation's own compile)."""
+    return lambda agent_state, seed, update: program(agent_state, eval_key(seed, update))
+
+
+class AheadProgram:
+    """A jitted program compiled once: beside the caller from its arguments' shapes
+    (:meth:`start`), or on first use.
+
+    Attributes:
+      compile_s: seconds its compile took (in whichever thread).
+      blocked_s: seconds callers spent compiling it or waiting for it.
+    """
+
+    def __init__(self, program: Any):
+        self._program = program
+        self._compiled: Any = None
+        self._beside: compile_cache.Beside | None = None
+        self.compile_s = 0.0
+        self.blocked_s = 0.0
+
+    def start(self, *args: Any) -> None:
+        """Compile for ``args``' shapes, dtypes and devices in a thread (only they are read)."""
+        if self._compiled is None and self._beside is None:
+            specs = jax.tree.map(compile_cache.spec, args)
+            self._beside = compile_cache.Beside(lambda: self._compile(specs), "rlaccel-eval-compile")
+
+    def _compile(self, args: tuple) -> None:
+        start = time.perf_counter()
+        self._compiled = self._program.lower(*args).compile()
+        self.compile_s = time.perf_counter() - start
+
+    def __call__(self, *args: Any) -> Any:
+        if self._compiled is None:
+            start = time.perf_counter()
+            if self._beside is not None:
+                beside, self._beside = self._beside, None
+                beside.join()
+            else:
+                self._compile(args)
+            self.blocked_s += time.perf_counter() - start
+        return self._compiled(*args)
+
+
 class JaxEpisodes:
-    """Evaluation on a JAX env: :func:`make_program`, compiled ahead of time on first use."""
+    """Evaluation on a JAX env: :func:`make_program`, compiled ahead of time (:meth:`start`, or
+    on first use)."""
 
     def __init__(self, config: Any, agent: Agent, precisions: tuple[str, ...]):
         from rlaccel import envs
 
         env = envs.make(config.env, auto_reset=False, **config.env_kwargs)
         bound = config.eval.max_episode_steps or getattr(env, "max_episode_steps", None) or UNBOUNDED_ENV_STEPS
-        self.seed = config.seed
-        self._program = compile_cache.jit(make_program(agent, env, episodes=config.eval.episodes, max_steps=int(bound), precisions=precisions, deterministic=config.eval.deterministic))
-        self._compiled: Any = None
-        self.compile_s = 0.0
+        self.seed = np.int32(config.seed)
+        program = make_program(agent, env, episodes=config.eval.episodes, max_steps=int(bound), precisions=precisions, deterministic=config.eval.deterministic)
+        self.program = AheadProgram(compile_cache.jit(keyed(program)))
+
+    def start(self, agent_state: Any) -> None:
+        """Compile the program beside the caller, for ``agent_state``'s shapes."""
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        self.program.start(agent_state, scalar, scalar)
 
     def __call__(self, agent_state: Any, update: int) -> dict[str, Episodes]:
-        key = eval_key(self.seed, update)
-        if self._compiled is None:
-            start = time.perf_counter()
-            self._compiled = self._program.lower(agent_state, key).compile()
-            self.compile_s = time.perf_counter() - start
-        return jax.device_get(self._compiled(agent_state, key))
+        return jax.device_get(self.program(agent_state, self.seed, np.int32(update)))
 
 
 def eval_seeds(seed: int, update: int, episodes: int) -> np.ndarray:
@@ -218,7 +264,7 @@ class HostEpisodes:
       precisions: ``("int8", "fp32")`` or ``("fp32",)``.
 
     Attributes:
-      compile_s: seconds compiling the parameter program (first call).
+      program: the parameter program (``agent_state -> {precision: actor params}``).
     """
 
     def __init__(self, config: Any, agent: Agent, precisions: tuple[str, ...]):
@@ -235,16 +281,14 @@ class HostEpisodes:
         self.seed = config.seed
         self.section = config.agent
         self.actor_cls = registry.load(registry.get(config.algo).numpy_actor)
-        self._params = compile_cache.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions})
-        self._compiled: Any = None
-        self.compile_s = 0.0
+        self.program = AheadProgram(compile_cache.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions}))
+
+    def start(self, agent_state: Any) -> None:
+        """Compile the parameter program beside the caller, for ``agent_state``'s shapes."""
+        self.program.start(agent_state)
 
     def __call__(self, agent_state: Any, update: int) -> dict[str, Episodes]:
-        if self._compiled is None:
-            start = time.perf_counter()
-            self._compiled = self._params.lower(agent_state).compile()
-            self.compile_s = time.perf_counter() - start
-        params = jax.device_get(self._compiled(agent_state))
+        params = jax.device_get(self.program(agent_state))
         seeds = eval_seeds(self.seed, update, len(self.envs))
         out = {}
         for precision, p in params.items():

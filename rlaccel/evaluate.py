@@ -62,8 +62,9 @@ class Evaluator:
     Args:
       config: the run's config (its ``eval`` section, seed, env).
       source: the run's step source (``steps_per_update``, ``num_updates``, ``checkpoint_meta``).
-      episodes: ``(agent_state, update) -> {precision: Episodes}`` with a ``compile_s``
-        attribute (seconds spent compiling, excluded from ``eval/seconds``).
+      episodes: ``(agent_state, update) -> {precision: Episodes}`` with ``start(agent_state)``
+        (compile beside the loop) and a ``program`` (``eval_episodes.AheadProgram``: its
+        ``compile_s``, and ``blocked_s``, excluded from ``eval/seconds``).
       acting: the actors' precision (``int8`` or ``fp32``): what ``eval/mean_reward`` reports.
       run_dir: where ``best/`` goes (``None``: nowhere).
       start_update: the update the run starts (or resumes) at.
@@ -88,6 +89,11 @@ class Evaluator:
         self.seconds = 0.0
         self.count = 0
 
+    def start(self, state: Any) -> None:
+        """Compile the evaluation beside the training loop (called once its chunk is compiled:
+        the two compiles at once would only share the cores)."""
+        self.episodes.start(state.agent)
+
     def due(self, update: int) -> bool:
         """Whether the chunk that ended at ``update`` crossed a multiple of ``freq`` or ended the run."""
         steps = update * self.spu
@@ -97,9 +103,9 @@ class Evaluator:
         """Evaluate after the chunk ``end`` (a ``loop.ChunkEnd``) when due; returns the ``eval/*`` rows."""
         if not self.due(end.update):
             return None
-        start, compile_s = time.perf_counter(), self.episodes.compile_s
+        start, blocked_s = time.perf_counter(), self.episodes.program.blocked_s
         results = self.episodes(end.state.agent, end.update)
-        seconds = time.perf_counter() - start - (self.episodes.compile_s - compile_s)  # compiling is not evaluating
+        seconds = time.perf_counter() - start - (self.episodes.program.blocked_s - blocked_s)  # compiling is not evaluating
         metrics = summarize(results, self.acting)
         self.last_steps, self.count, self.seconds = end.update * self.spu, self.count + 1, self.seconds + seconds
         self.last = {**metrics, "env_steps": end.env_steps}
@@ -117,7 +123,7 @@ class Evaluator:
         if self.stop_at_return is not None and metrics["eval/mean_reward"] >= self.stop_at_return:
             end.stop = "eval.stop_at_return"
         if self.count == 1:
-            metrics["eval/compile_s"] = self.episodes.compile_s
+            metrics["eval/compile_s"] = self.episodes.program.compile_s
         return {**metrics, "eval/seconds": seconds}
 
     def summary(self) -> dict[str, Any]:
@@ -136,7 +142,7 @@ class Evaluator:
             "eval_episodes": self.num_episodes,
             "evaluations": self.count,
             "eval_s": self.seconds,
-            "eval_compile_s": self.episodes.compile_s,
+            "eval_compile_s": self.episodes.program.compile_s,
         }
 
 

@@ -140,7 +140,8 @@ def run(
     state = source.initial_state(key)
     if resume:
         state, path = restore_latest(ckpt_dir, state)
-    evaluator = evaluate.for_run(config, source, run_dir, int(np.max(state.update)), resume=resume)  # eval.freq > 0
+    start_update = update = int(np.max(jax.device_get(state.update)))  # read on the host: jnp's max compiled twice (~0.3 s)
+    evaluator = evaluate.for_run(config, source, run_dir, start_update, resume=resume)  # eval.freq > 0
     hooks = (evaluator, *hooks) if evaluator is not None else hooks
     writer = distributed.is_writer()  # several processes: process 0 writes logs and the summary
     if run_dir is not None and writer:
@@ -150,9 +151,8 @@ def run(
     if notice:
         console.print(f"[yellow]note[/]: {notice}")
     if resume:
-        console.print(f"resumed from {path} (update {int(np.max(state.update))}){source.resume_note}")
+        console.print(f"resumed from {path} (update {start_update}){source.resume_note}")
     state = source.place(state)
-    start_update = update = int(np.max(state.update))
     end_update = source.num_updates if stop_at is None else max(start_update, min(stop_at, source.num_updates))
 
     every = log.log_every or -(-source.num_updates // POINTS_PER_RUN)
@@ -189,6 +189,8 @@ def run(
     with bar:
         task = bar.add_task(f"{config.algo} {config.env}", total=source.num_updates * spu, completed=update * spu, sps="-", ret="-")
         source.start(state, stop)
+        if evaluator is not None:
+            evaluator.start(state)
         try:
             while update < end_update and not exchange.stop_requested(stop):
                 n = min(chunk, end_update - update)

@@ -88,7 +88,7 @@ def test_best_checkpoint_holds_the_best_int8_evaluation(eval_run):
     source = FusedSource(*_agent_and_env(config))
     state, _ = checkpoint.restore(best[0], source.initial_state(jax.random.PRNGKey(0)))
     program = eval_episodes.make_program(source.agent, envs.make(config.env), episodes=4, max_steps=500)
-    again = compile_cache.jit(program)(state.agent, eval_episodes.eval_key(config.seed, meta["update"]))  # as the run compiled it
+    again = compile_cache.jit(eval_episodes.keyed(program))(state.agent, np.int32(config.seed), np.int32(meta["update"]))  # as the run compiled it
     assert float(np.mean(again["int8"].returns)) == meta["eval"]["mean_reward"]
     assert float(np.mean(again["fp32"].returns)) == meta["eval"]["mean_reward_fp32"]
 

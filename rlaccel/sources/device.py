@@ -36,31 +36,6 @@ from rlaccel.state import TrainState, apply_update, init_state
 Array = jax.Array
 
 
-class Beside:
-    """``fn()`` run in a daemon thread beside the caller (a compile); :meth:`join` waits and
-    re-raises what it raised, :meth:`wait` only waits."""
-
-    def __init__(self, fn: Any, name: str):
-        self._errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as e:  # noqa: BLE001 - re-raised by join()
-                self._errors.append(e)
-
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
-        self._thread.start()
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def join(self) -> None:
-        self.wait()
-        if self._errors:
-            raise self._errors[0]
-
-
 def quant_metrics(agent: Agent, agent_state: Any, actor_params: Any, obs: Array) -> Metrics:
     """int8 actor vs its fp32 source on the observations ``obs [..., obs_dim]`` the actors saw.
 
@@ -167,7 +142,7 @@ class DeviceSource(StepSource):
         with self._pieces_lock:
             if self._pieces is None:
                 start = time.perf_counter()
-                self._pieces = self._compile_pieces(jax.tree.map(_spec, state))
+                self._pieces = self._compile_pieces(jax.tree.map(compile_cache.spec, state))
                 self.pieces_compile_s = time.perf_counter() - start
         return self._pieces
 
@@ -177,7 +152,7 @@ class DeviceSource(StepSource):
         on_learner = jax.sharding.SingleDeviceSharding(self.learner_device)
 
         def placed(tree: Any, sharding: Any) -> Any:
-            return jax.tree.map(functools.partial(_spec, sharding=sharding), tree)
+            return jax.tree.map(functools.partial(compile_cache.spec, sharding=sharding), tree)
 
         learner_state = state.replace(rollout=None)
         params_exec = compile_cache.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
@@ -217,15 +192,15 @@ class DeviceSource(StepSource):
         pieces exist."""
         if not self.probes or self._pieces is not None or self._pieces_thread is not None:
             return
-        spec = jax.tree.map(_spec, state)  # read now: the first chunk donates ``state``
-        self._pieces_thread = Beside(lambda: self._build_pieces(spec), "rlaccel-probe-compile")
+        spec = jax.tree.map(compile_cache.spec, state)  # read now: the first chunk donates ``state``
+        self._pieces_thread = compile_cache.Beside(lambda: self._build_pieces(spec), "rlaccel-probe-compile")
 
     def abstract_state(self, key: Array) -> TrainState:
         """:meth:`init`'s output as :meth:`place` puts it (``jax.ShapeDtypeStruct`` leaves with
         their devices), without computing it."""
         state = jax.eval_shape(self.init, key)
-        on_learner = functools.partial(_spec, sharding=jax.sharding.SingleDeviceSharding(self.learner_device))
-        on_actor = functools.partial(_spec, sharding=jax.sharding.SingleDeviceSharding(self.actor_device))
+        on_learner = functools.partial(compile_cache.spec, sharding=jax.sharding.SingleDeviceSharding(self.learner_device))
+        on_actor = functools.partial(compile_cache.spec, sharding=jax.sharding.SingleDeviceSharding(self.actor_device))
         return jax.tree.map(on_learner, state.replace(rollout=None)).replace(rollout=jax.tree.map(on_actor, state.rollout))
 
     def compile_ahead(self, key: Array, num_updates: int) -> None:
@@ -238,7 +213,7 @@ class DeviceSource(StepSource):
         5.0 s one after the other, 5.9 s at once). PPO CartPole, 500k steps, fp32, alternated
         with the loop compiling after init: time to result 7.54 s against 7.81 (mean of 4)."""
         spec = self._ahead_spec = self.abstract_state(key)
-        self._ahead = Beside(lambda: self._compile_abstract(spec, num_updates), "rlaccel-chunk-compile")
+        self._ahead = compile_cache.Beside(lambda: self._compile_abstract(spec, num_updates), "rlaccel-chunk-compile")
 
     def _compile_abstract(self, state: TrainState, num_updates: int) -> None:
         """What :meth:`compile_ahead` compiles from an abstract ``state``: the pieces."""
@@ -308,12 +283,6 @@ class DeviceSource(StepSource):
         return out
 
 
-def _spec(x: Any, sharding: Any = None) -> jax.ShapeDtypeStruct:
-    """``x``'s shape, dtype, weak type and device, or ``sharding`` instead (what an
-    ahead-of-time compile reads; ``x`` an array or a ``jax.ShapeDtypeStruct``)."""
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding or getattr(x, "sharding", None), weak_type=getattr(x, "weak_type", False))
-
-
 class FusedSource(DeviceSource):
     """Actor and learner in one compiled program on one device."""
 
@@ -356,7 +325,7 @@ class FusedSource(DeviceSource):
         self.compile_pieces_beside(state)  # beside compile_ahead's (after init)
         self.join_ahead()
         if self._ahead_spec is not None:  # once, for the first real state
-            if jax.tree.map(_spec, state) != self._ahead_spec:  # compiled ahead for shapes it does not have
+            if jax.tree.map(compile_cache.spec, state) != self._ahead_spec:  # compiled ahead for shapes it does not have
                 self._chunks = {}
             self._ahead_spec = None
         executable = self._compile_abstract(state, num_updates)

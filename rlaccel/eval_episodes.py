@@ -177,6 +177,12 @@ class AheadProgram:
             specs = jax.tree.map(compile_cache.spec, args)
             self._beside = compile_cache.Beside(lambda: self._compile(specs), "rlaccel-eval-compile")
 
+    def wait(self) -> None:
+        """Wait for a compile :meth:`start` began (a run ending before its first evaluation: no
+        thread left compiling while the process exits)."""
+        if self._beside is not None:
+            self._beside.wait()
+
     def _compile(self, args: tuple) -> None:
         start = time.perf_counter()
         self._compiled = self._program.lower(*args).compile()

@@ -97,6 +97,10 @@ class Evaluator:
         first evaluation on the loop's thread."""
         self.episodes.start(state.agent)
 
+    def close(self) -> None:
+        """Wait for :meth:`start`'s compile if it is still running."""
+        self.episodes.program.wait()
+
     def due(self, update: int) -> bool:
         """Whether the chunk that ended at ``update`` crossed a multiple of ``freq`` or ended the run."""
         steps = update * self.spu
@@ -145,7 +149,8 @@ class Evaluator:
             "eval_episodes": self.num_episodes,
             "evaluations": self.count,
             "eval_s": self.seconds,
-            "eval_compile_s": self.episodes.program.compile_s,
+            "eval_compile_s": self.episodes.program.compile_s,  # in its thread, beside the first chunks
+            "eval_compile_wait_s": self.episodes.program.blocked_s,  # the loop waiting for it
         }
 
 

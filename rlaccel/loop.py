@@ -272,6 +272,8 @@ def run(
                 distributed.exit_lost(failure, ckpt_dir)
             for warning in source.close():
                 console.print(f"[yellow]warning[/]: {warning}")
+            if evaluator is not None:
+                evaluator.close()
             if saver is not None and not lost:
                 saver.wait()  # a save in flight commits, whatever ends the loop
 

@@ -72,7 +72,10 @@ def test_eval_metrics_in_tensorboard_and_summary(eval_run):
     assert summary["status"] == "completed" and summary["stopped_by"] is None and summary["updates"] == 4  # 501 was never reached
     assert summary["eval_best_return"] == pytest.approx(max(v for _, v in tags["eval/mean_reward"]), rel=1e-6)
     assert summary["eval_s"] == pytest.approx(sum(v for _, v in tags["eval/seconds"]), rel=1e-5)
-    assert summary["train_s"] + summary["eval_s"] + summary["eval_compile_s"] + summary["compile_s"] <= summary["wall_s"]
+    # The evaluation compiled beside the chunks: the loop's own time splits into training,
+    # evaluating, waiting for that compile and compiling the chunk.
+    assert summary["eval_compile_s"] > 0 and summary["eval_compile_wait_s"] >= 0
+    assert summary["train_s"] + summary["eval_s"] + summary["eval_compile_wait_s"] + summary["compile_s"] <= summary["wall_s"]
 
 
 def test_best_checkpoint_holds_the_best_int8_evaluation(eval_run):

@@ -8,6 +8,8 @@
   policy's on gymnasium's env from the same seeds (``rlaccel.deploy.evaluate``).
 * ``eval.stop_at_return``: a threshold every evaluation reaches ends the run after the first,
   one none can reach never does.
+* The evaluation compiles beside the first chunks: a run stopped before its first evaluation
+  returns only once that compile is done.
 * Bad ``eval:`` input: one line, exit 2, nothing written.
 
 DQN CartPole's deterministic ``eval_return`` is checked in ``tests/test_learning.py`` on its
@@ -106,6 +108,29 @@ def test_stop_at_return_ends_the_run_at_the_first_evaluation_reaching_it(tmp_pat
     assert summary["status"] == "stopped" and summary["stopped_by"] == "eval.stop_at_return" and "stopped (eval.stop_at_return)" in out
     assert summary["updates"] == 2 and summary["env_steps"] == 512 and [step for step, _ in scalars(run_dir)["eval/mean_reward"]] == [512]
     assert summary["eval_return"] >= 1 and checkpoint.read_meta(summary["checkpoint"])["update"] == 2
+
+
+def test_a_run_ending_before_its_first_evaluation_waits_for_its_compile(tmp_path, cartpole_yaml, tiny_overrides, monkeypatch):
+    # The evaluation compiles in a thread beside the first chunks (here made to take 2 s more):
+    # a run stopped after one update (its first evaluation is due after two) returns only once
+    # that compile is done, so no thread is left compiling while the process exits.
+    import threading
+    import time
+
+    import rlaccel
+
+    compile_program = eval_episodes.AheadProgram._compile
+
+    def slow(self, args):
+        time.sleep(2.0)
+        compile_program(self, args)
+
+    monkeypatch.setattr(eval_episodes.AheadProgram, "_compile", slow)
+    run = rlaccel.train(str(cartpole_yaml), overrides=[*tiny_overrides, *EVAL], run_dir=tmp_path / "run", progress=False, stop_at=1)
+    summary = run.summary
+    assert summary["status"] == "stopped" and summary["updates"] == 1 and summary["evaluations"] == 0
+    assert summary["eval_compile_s"] > 0 and summary["eval_compile_wait_s"] == 0  # compiled, never waited for
+    assert not [t.name for t in threading.enumerate() if t.name == "rlaccel-eval-compile"]
 
 
 def _agent_and_env(config):

@@ -84,7 +84,6 @@ def chunk_length(num_updates: int, target: int) -> int:
     return target
 
 
-
 def _update_count(state: Any) -> int:
     """``state.update`` (every member of a sweep, every process, at the same update), read on
     the host from the shards this process holds: ``np.max`` of a ``jax.Array`` compiled a jnp
@@ -92,6 +91,7 @@ def _update_count(state: Any) -> int:
     shards this process cannot read."""
     shards = getattr(state.update, "addressable_shards", None)
     return int(max(np.max(np.asarray(shard.data)) for shard in shards)) if shards else int(np.max(state.update))
+
 
 def run(
     config: Any,

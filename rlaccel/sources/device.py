@@ -89,8 +89,8 @@ class DeviceSource(StepSource):
         self.actor_device = actor_device or self.learner_device
         self._pieces: dict[str, Any] | None = None
         self._pieces_lock = threading.Lock()
-        self._pieces_thread: Beside | None = None
-        self._ahead: Beside | None = None
+        self._pieces_thread: compile_cache.Beside | None = None
+        self._ahead: compile_cache.Beside | None = None
         self._chunks: dict[int, Any] = {}
         self._ahead_spec: Any = None  # the abstract state compile_ahead compiled for
         self.pieces_compile_s = 0.0

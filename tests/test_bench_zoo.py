@@ -164,18 +164,18 @@ def test_merge_combines_runs_a_later_file_winning_and_ratios_only_within_one_run
 
     machine = this_machine()
 
-    def report(rows: dict, date: str) -> dict:
-        return {"benchmark": "rl_zoo", "date": date, "machine": machine, "machine_line": "cpu x", "eval": {"freq": 25_000, "episodes": 5, "deterministic": True}, "budget_scale": 1.0, "seeds": 3, "total_s": 10.0, "rows": rows}
+    def report(rows: dict, date: str, cpu: str = "cpu x") -> dict:
+        return {"benchmark": "rl_zoo", "date": date, "machine": machine, "machine_line": f"{cpu}, 2 cores, flags: avx2", "eval": {"freq": 25_000, "episodes": 5, "deterministic": True}, "budget_scale": 1.0, "seeds": 3, "total_s": 10.0, "rows": rows}
 
     pend = zoo.aggregate("ppo_pendulum", [seed_result(-200.0, -150.0, steps=100_000, wall=20.0)], 1.0)
     sb3 = zoo.aggregate("sb3_ppo_pendulum", [seed_result(-300.0, -250.0, steps=100_000, wall=150.0)], 1.0)
     newer = zoo.aggregate("ppo_pendulum", [seed_result(-180.0, -150.0, steps=100_000, wall=30.0)], 1.0)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(report({"sb3_ppo_pendulum": sb3, "ppo_pendulum": pend}, "d1")))
-    b.write_text(json.dumps(report({"ppo_pendulum": newer}, "d2")))
+    b.write_text(json.dumps(report({"ppo_pendulum": newer}, "d2", cpu="cpu y")))
     rows, first, total_s = zoo.merge([str(a), str(b)])
     assert list(rows) == ["ppo_pendulum", "sb3_ppo_pendulum"] and total_s == 20.0 and first["date"] == "d1"  # ROWS order; the first report
-    assert rows["ppo_pendulum"]["eval_mean"] == -180.0 and rows["ppo_pendulum"]["source"] == {"file": "b.json", "date": "d2", "machine": "cpu x"}
+    assert rows["ppo_pendulum"]["eval_mean"] == -180.0 and rows["ppo_pendulum"]["source"] == {"file": "b.json", "date": "d2", "machine": "cpu y, 2 cores, flags: avx2"}
     assert zoo.sb3_ratios(rows) == {}  # the SB3 row ran beside the older rlaccel row, not this one
     assert zoo.sb3_ratios(zoo.merge([str(a)])[0])["ppo_pendulum"]["x"] == pytest.approx(150.0 / 20.0)
 
@@ -185,7 +185,9 @@ def test_merge_combines_runs_a_later_file_winning_and_ratios_only_within_one_run
     assert zoo.run(parser.parse_args(["--merge", str(a), str(b), "--out", str(out)])) == 0
     merged = json.loads(out.read_text())
     assert merged["rows"]["ppo_pendulum"]["eval_mean"] == -180.0 and merged["merged_from"] == ["a.json", "b.json"]
-    assert "`b.json` (d2): ppo_pendulum" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()  # rows of two machines: each run's named, none for the whole table
+    assert "`b.json` (d2, cpu y, 2 cores): ppo_pendulum" in md and "`a.json` (d1, cpu x, 2 cores): sb3_ppo_pendulum" in md
+    assert "Rows from runs on 2 machines" in md.splitlines()[2]
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"benchmark": "other"}))

@@ -111,15 +111,18 @@ def table_rows(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, A
 def markdown(report: dict[str, Any]) -> str:
     """The table as Markdown, with the machine, the source of the zoo's figures and the verdict."""
     columns, cells = table_rows(report["rows"], report["sb3_ratio"])
-    lines = [f"# {report['title']}", "", f"{report['machine_line']}; {report['date']}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    machines = sorted({r["source"]["machine"] for r in report["rows"].values() if r.get("source", {}).get("machine")})
+    where = f"Rows from runs on {len(machines)} machines (each run's below)" if len(machines) > 1 else report["machine_line"]
+    lines = [f"# {report['title']}", "", f"{where}; {report['date']}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
     lines += ["", f"Zoo figures: {report['zoo_figures']} (one trained agent per row; std over its evaluation episodes).", ""]
     if report.get("merged_from"):
-        by_source: dict[tuple[str, str], list[str]] = {}
+        by_source: dict[tuple[str, str, str], list[str]] = {}
         for name, r in report["rows"].items():
-            by_source.setdefault((r["source"]["file"], r["source"]["date"]), []).append(name)
+            cpu = (r["source"].get("machine") or "machine not recorded").split(", flags")[0]
+            by_source.setdefault((r["source"]["file"], r["source"]["date"], cpu), []).append(name)
         lines += ["Rows merged from earlier runs (`--merge`; an SB3 ratio only within one run):", ""]
-        lines += [f"- `{f}` ({d}): {', '.join(names)}" for (f, d), names in by_source.items()] + [""]
+        lines += [f"- `{f}` ({d}, {cpu}): {', '.join(names)}" for (f, d, cpu), names in by_source.items()] + [""]
     return "\n".join(lines + [f"- {v}" for v in report["verdict"]]) + "\n"
 
 

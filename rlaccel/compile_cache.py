@@ -45,11 +45,12 @@ import os
 import platform
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EFFORT_ENV", "ENV", "FAST_OPTIONS", "MAX_BYTES", "MIN_COMPILE_S", "Beside", "bench_env", "cache_dir", "compiler_options", "effort", "enable", "jit", "spec"]
+__all__ = ["EFFORT_ENV", "ENV", "FAST_OPTIONS", "MAX_BYTES", "MIN_COMPILE_S", "AheadProgram", "Beside", "bench_env", "cache_dir", "compiler_options", "effort", "enable", "jit", "spec"]
 
 ENV = "RLACCEL_COMPILE_CACHE"
 EFFORT_ENV = "RLACCEL_XLA_EFFORT"
@@ -166,6 +167,54 @@ def bench_env(env: dict[str, str], directory: str | Path | None = None) -> dict[
     else:
         env.update({ENV: str(directory), "JAX_COMPILATION_CACHE_DIR": str(directory), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(MIN_COMPILE_S)})
     return env
+
+
+class AheadProgram:
+    """A jitted program compiled once: beside the caller from its arguments' shapes
+    (:meth:`start`), or on first use (the evaluation's, ``rlaccel.eval_episodes``).
+
+    Attributes:
+      compile_s: seconds its compile took (in whichever thread).
+      blocked_s: seconds callers spent compiling it or waiting for it.
+    """
+
+    def __init__(self, program: Any, thread_name: str = "rlaccel-compile"):
+        self._program = program
+        self.thread_name = thread_name
+        self._compiled: Any = None
+        self._beside: Beside | None = None
+        self.compile_s = 0.0
+        self.blocked_s = 0.0
+
+    def start(self, *args: Any) -> None:
+        """Compile for ``args``' shapes, dtypes and devices in a thread (only they are read)."""
+        if self._compiled is None and self._beside is None:
+            import jax
+
+            specs = jax.tree.map(spec, args)
+            self._beside = Beside(lambda: self._compile(specs), self.thread_name)
+
+    def wait(self) -> None:
+        """Wait for a compile :meth:`start` began (a caller that ends before it used the program:
+        no thread left compiling while the process exits)."""
+        if self._beside is not None:
+            self._beside.wait()
+
+    def _compile(self, args: tuple) -> None:
+        start = time.perf_counter()
+        self._compiled = self._program.lower(*args).compile()
+        self.compile_s = time.perf_counter() - start
+
+    def __call__(self, *args: Any) -> Any:
+        if self._compiled is None:
+            start = time.perf_counter()
+            if self._beside is not None:
+                beside, self._beside = self._beside, None
+                beside.join()
+            else:
+                self._compile(args)
+            self.blocked_s += time.perf_counter() - start
+        return self._compiled(*args)
 
 
 class Beside:

@@ -20,7 +20,6 @@ of that update, frozen. Randomness comes from the run's seed and the update numb
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,7 +32,7 @@ from gymnasium import spaces
 from rlaccel import compile_cache, quant_tables, registry
 from rlaccel.agent import Agent
 
-__all__ = ["EVAL_TAG", "AheadProgram", "Episodes", "HostEpisodes", "JaxEpisodes", "eval_key", "eval_seeds", "gym_episodes", "keyed", "make_program", "policy_action", "run_episodes"]
+__all__ = ["EVAL_TAG", "Episodes", "HostEpisodes", "JaxEpisodes", "eval_key", "eval_seeds", "gym_episodes", "keyed", "make_program", "policy_action", "run_episodes"]
 
 Array = jax.Array
 EVAL_TAG = 0xE7A1
@@ -155,51 +154,6 @@ def keyed(program: Callable[[Any, Array], Any]) -> Callable[[Any, Array, Array],
     return lambda agent_state, seed, update: program(agent_state, eval_key(seed, update))
 
 
-class AheadProgram:
-    """A jitted program compiled once: beside the caller from its arguments' shapes
-    (:meth:`start`), or on first use.
-
-    Attributes:
-      compile_s: seconds its compile took (in whichever thread).
-      blocked_s: seconds callers spent compiling it or waiting for it.
-    """
-
-    def __init__(self, program: Any):
-        self._program = program
-        self._compiled: Any = None
-        self._beside: compile_cache.Beside | None = None
-        self.compile_s = 0.0
-        self.blocked_s = 0.0
-
-    def start(self, *args: Any) -> None:
-        """Compile for ``args``' shapes, dtypes and devices in a thread (only they are read)."""
-        if self._compiled is None and self._beside is None:
-            specs = jax.tree.map(compile_cache.spec, args)
-            self._beside = compile_cache.Beside(lambda: self._compile(specs), "rlaccel-eval-compile")
-
-    def wait(self) -> None:
-        """Wait for a compile :meth:`start` began (a run ending before its first evaluation: no
-        thread left compiling while the process exits)."""
-        if self._beside is not None:
-            self._beside.wait()
-
-    def _compile(self, args: tuple) -> None:
-        start = time.perf_counter()
-        self._compiled = self._program.lower(*args).compile()
-        self.compile_s = time.perf_counter() - start
-
-    def __call__(self, *args: Any) -> Any:
-        if self._compiled is None:
-            start = time.perf_counter()
-            if self._beside is not None:
-                beside, self._beside = self._beside, None
-                beside.join()
-            else:
-                self._compile(args)
-            self.blocked_s += time.perf_counter() - start
-        return self._compiled(*args)
-
-
 class JaxEpisodes:
     """Evaluation on a JAX env: :func:`make_program`, compiled ahead of time (:meth:`start`, or
     on first use)."""
@@ -211,7 +165,7 @@ class JaxEpisodes:
         bound = config.eval.max_episode_steps or getattr(env, "max_episode_steps", None) or UNBOUNDED_ENV_STEPS
         self.seed = np.int32(config.seed)
         program = make_program(agent, env, episodes=config.eval.episodes, max_steps=int(bound), precisions=precisions, deterministic=config.eval.deterministic)
-        self.program = AheadProgram(compile_cache.jit(keyed(program)))
+        self.program = compile_cache.AheadProgram(compile_cache.jit(keyed(program)), "rlaccel-eval-compile")
 
     def start(self, agent_state: Any) -> None:
         """Compile the program beside the caller, for ``agent_state``'s shapes."""
@@ -287,7 +241,7 @@ class HostEpisodes:
         self.seed = config.seed
         self.section = config.agent
         self.actor_cls = registry.load(registry.get(config.algo).numpy_actor)
-        self.program = AheadProgram(compile_cache.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions}))
+        self.program = compile_cache.AheadProgram(compile_cache.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions}), "rlaccel-eval-compile")
 
     def start(self, agent_state: Any) -> None:
         """Compile the parameter program beside the caller, for ``agent_state``'s shapes."""

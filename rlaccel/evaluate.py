@@ -63,7 +63,7 @@ class Evaluator:
       config: the run's config (its ``eval`` section, seed, env).
       source: the run's step source (``steps_per_update``, ``num_updates``, ``checkpoint_meta``).
       episodes: ``(agent_state, update) -> {precision: Episodes}`` with ``start(agent_state)``
-        (compile beside the loop) and a ``program`` (``eval_episodes.AheadProgram``: its
+        (compile beside the loop) and a ``program`` (``compile_cache.AheadProgram``: its
         ``compile_s``, and ``blocked_s``, excluded from ``eval/seconds``).
       acting: the actors' precision (``int8`` or ``fp32``): what ``eval/mean_reward`` reports.
       run_dir: where ``best/`` goes (``None``: nowhere).

@@ -119,13 +119,13 @@ def test_a_run_ending_before_its_first_evaluation_waits_for_its_compile(tmp_path
 
     import rlaccel
 
-    compile_program = eval_episodes.AheadProgram._compile
+    compile_program = compile_cache.AheadProgram._compile
 
     def slow(self, args):
         time.sleep(2.0)
         compile_program(self, args)
 
-    monkeypatch.setattr(eval_episodes.AheadProgram, "_compile", slow)
+    monkeypatch.setattr(compile_cache.AheadProgram, "_compile", slow)
     run = rlaccel.train(str(cartpole_yaml), overrides=[*tiny_overrides, *EVAL], run_dir=tmp_path / "run", progress=False, stop_at=1)
     summary = run.summary
     assert summary["status"] == "stopped" and summary["updates"] == 1 and summary["evaluations"] == 0

@@ -39,7 +39,7 @@ from rlaccel.reference import Int8Tables, dense_layers
 Array = jax.Array
 
 __all__ = ["BIAS_LIMIT", "MAX_FAN_IN", "PROFILES", "Calibration", "Int8Model", "Int8Tables", "QuantParams", "apply", "dense_layers"]
-__all__ += ["features", "init", "latent_scale", "quantize", "quantize_multiplier", "requantize", "update", "weight_rel_error"]
+__all__ += ["features", "init", "input_absmax", "latent_scale", "quantize", "quantize_multiplier", "quantize_weights", "requantize", "update", "weight_rel_error"]
 
 PROFILES = intmath.PROFILES
 MAX_FAN_IN = 32_768  # |acc| <= 255 * 127 * K + 2**30 < 2**31 (int8 inputs minus a zero point: up to 255)
@@ -249,6 +249,24 @@ def _multipliers(ratios: Sequence[tuple[Array, Array]], profile: str) -> tuple[l
     return jnp.split(mult, splits), jnp.split(shift, splits)
 
 
+def input_absmax(calib: Calibration) -> Array:
+    """``[in]``: each input feature's calibrated ``max |u|``; the first layer's weights are
+    quantised times it (the input's equalisation ``gain`` is its inverse)."""
+    return jnp.maximum(jnp.maximum(-calib.input_min, calib.input_max), 1e-6)
+
+
+def quantize_weights(w: Array, profile: str) -> tuple[Array, Array]:
+    """A kernel ``[in, out]`` -> ``(int8 [in, out], scale [out])``, symmetric: per output channel
+    (``tflite``) or one power of two for the tensor (``pow2``)."""
+    w_absmax = jnp.max(jnp.abs(w), axis=0)
+    if profile == "tflite":
+        w_scale = _round_scale(jnp.where(w_absmax > 0, w_absmax / 127.0, 1.0))  # an all-zero channel: scale 1
+    else:
+        top = jnp.max(w_absmax)
+        w_scale = jnp.broadcast_to(_pow2_up(jnp.where(top > 0, top / 127.0, 1.0)), w_absmax.shape)
+    return jnp.clip(jnp.round(w / w_scale), -127, 127).astype(jnp.int8), w_scale
+
+
 def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activation: str, profile: str = "tflite") -> QuantParams:
     """fp32 layers + calibration -> :class:`QuantParams` (run after every learner update)."""
     if profile not in PROFILES:
@@ -257,7 +275,7 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
         raise ValueError(f"int8 actors run tanh or relu hidden layers, not {activation!r}")
     if max(w.shape[0] for w, _ in layers) > MAX_FAN_IN:
         raise ValueError(f"int8 layers support fan-in up to {MAX_FAN_IN} (int32 accumulator bound)")
-    absmax = jnp.maximum(jnp.maximum(-calib.input_min, calib.input_max), 1e-6)
+    absmax = input_absmax(calib)
     gain = (1.0 / absmax).astype(jnp.float32)
     if profile == "tflite":
         in_scale, in_zero = _asymmetric(jnp.min(calib.input_min * gain), jnp.max(calib.input_max * gain))
@@ -269,13 +287,7 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
     for i, (w, b) in enumerate(layers):
         if i == 0:
             w = w * absmax[:, None]  # u = x * gain  =>  x @ w = u @ (w / gain)
-        w_absmax = jnp.max(jnp.abs(w), axis=0)
-        if profile == "tflite":
-            w_scale = _round_scale(jnp.where(w_absmax > 0, w_absmax / 127.0, 1.0))  # an all-zero channel: scale 1
-        else:
-            top = jnp.max(w_absmax)
-            w_scale = jnp.broadcast_to(_pow2_up(jnp.where(top > 0, top / 127.0, 1.0)), w_absmax.shape)
-        w_q = jnp.clip(jnp.round(w / w_scale), -127, 127).astype(jnp.int8)
+        w_q, w_scale = quantize_weights(w, profile)
         b_q = jnp.clip(jnp.round(b / (s_in * w_scale)), -BIAS_LIMIT, BIAS_LIMIT).astype(jnp.int32)
         if i < last and activation == "tanh":  # a power of two in TANH_IN_SCALES covering the range
             s = _pow2_up(jnp.maximum(calib.hidden_max[i], 1e-6) / 127.0)
@@ -317,12 +329,9 @@ def int8_dot(x_q: Array, w: Array) -> Array:
     is an integer below ``K * 128 * 127 < 2**24``, which float32 holds exactly in any order
     (``Precision.HIGHEST``: no TF32 / bf16 passes on GPU or TPU), so the result is the integer
     one, bit for bit. There XLA's CPU ``int8 x int8 -> int32`` ``dot_general`` (YNNPACK) is
-    the slower: one more kernel per layer, which acting-sized batches feel. Measured on a
-    Sapphire Rapids Xeon (VNNI), a 4-w-w-2 tanh policy head, time of the int8 dot over the
-    fp32 one: w = 64 at batch 4 1.73, batch 16 1.19, batch 64 0.91; w = 256 at batch 4 1.05,
-    batch 16 0.64; w = 512 at batch 1 1.18, batch 4 0.70, batch 64 0.36. A 128-step PPO
-    CartPole rollout of 4 envs: 928 against 741 us (fp32 actors 610); its whole fused chunk
-    190k against 196k env steps/s (fp32 215k).
+    the slower: one more kernel per layer, which acting-sized batches feel (Sapphire Rapids,
+    int8 / fp32 dot time of a 4-w-w-2 tanh head: w = 64, batch 4 1.73, batch 64 0.91; w = 512,
+    batch 1 1.18, batch 64 0.36; a 128-step rollout of 4 CartPoles 928 against 741 us).
     """
     dims = (((x_q.ndim - 1,), (0,)), ((), ()))
     macs = int(np.prod(x_q.shape)) * w.shape[1]

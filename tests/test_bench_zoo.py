@@ -123,6 +123,7 @@ def test_markdown_and_png_from_a_report(tmp_path):
     text = zoo_report.markdown(report)
     assert "| ppo_cartpole |" in text and "500.0 +- 0.0" in text and "-200.0 +- 100.0" in text and "error: ValueError: x" in text and zoo.BENCHMARK_MD in text
     assert "1 of 3 rows reach" in text  # CartPole passes; Acrobot is below the zoo's mean - std; DQN did not run
+    assert "--set" not in text and "Every rlaccel run with `--set dqn.qat=true`." in zoo_report.markdown({**report, "overrides": ["dqn.qat=true"]})
     path = zoo_report.plot(report, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -172,10 +173,10 @@ def test_merge_combines_runs_a_later_file_winning_and_ratios_only_within_one_run
     newer = zoo.aggregate("ppo_pendulum", [seed_result(-180.0, -150.0, steps=100_000, wall=30.0)], 1.0)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(report({"sb3_ppo_pendulum": sb3, "ppo_pendulum": pend}, "d1")))
-    b.write_text(json.dumps(report({"ppo_pendulum": newer}, "d2", cpu="cpu y")))
+    b.write_text(json.dumps({**report({"ppo_pendulum": newer}, "d2", cpu="cpu y"), "overrides": ["ppo.n_epochs=5"]}))
     rows, first, total_s = zoo.merge([str(a), str(b)])
     assert list(rows) == ["ppo_pendulum", "sb3_ppo_pendulum"] and total_s == 20.0 and first["date"] == "d1"  # ROWS order; the first report
-    assert rows["ppo_pendulum"]["eval_mean"] == -180.0 and rows["ppo_pendulum"]["source"] == {"file": "b.json", "date": "d2", "machine": "cpu y, 2 cores, flags: avx2"}
+    assert rows["ppo_pendulum"]["eval_mean"] == -180.0 and rows["ppo_pendulum"]["source"] == {"file": "b.json", "date": "d2", "machine": "cpu y, 2 cores, flags: avx2", "overrides": ["ppo.n_epochs=5"]}
     assert zoo.sb3_ratios(rows) == {}  # the SB3 row ran beside the older rlaccel row, not this one
     assert zoo.sb3_ratios(zoo.merge([str(a)])[0])["ppo_pendulum"]["x"] == pytest.approx(150.0 / 20.0)
 
@@ -186,7 +187,7 @@ def test_merge_combines_runs_a_later_file_winning_and_ratios_only_within_one_run
     merged = json.loads(out.read_text())
     assert merged["rows"]["ppo_pendulum"]["eval_mean"] == -180.0 and merged["merged_from"] == ["a.json", "b.json"]
     md = out.with_suffix(".md").read_text()  # rows of two machines: each run's named, none for the whole table
-    assert "`b.json` (d2, cpu y, 2 cores): ppo_pendulum" in md and "`a.json` (d1, cpu x, 2 cores): sb3_ppo_pendulum" in md
+    assert "`b.json` (d2, cpu y, 2 cores, `--set ppo.n_epochs=5`): ppo_pendulum" in md and "`a.json` (d1, cpu x, 2 cores): sb3_ppo_pendulum" in md
     assert "Rows from runs on 2 machines" in md.splitlines()[2]
 
     bad = tmp_path / "bad.json"

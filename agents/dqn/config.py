@@ -91,6 +91,14 @@ class DQNConfig:
     option of this name); ``false`` treats truncation as termination (PureJaxRL, CleanRL)."""
     adam_eps: float = traced_field(1e-8)
     """Adam epsilon."""
+    qat: bool = False
+    """Quantisation-aware training (``rlaccel.qat``) with int8 actors: the learner's online
+    Q-network computes with the int8 kernels its actors get (the head centred over actions, as
+    they get it), with straight-through gradients to the fp32 weights. No effect with fp32
+    actors; off by default (post-training quantisation only). Measured (``docs/benchmarks.md``,
+    "Quantisation-aware DQN"): on the RL Zoo's DQN CartPole block (256-256) it left 5 of 8
+    seeds' int8 policies at 500 against 3 of 8 without; on ``configs/dqn_cartpole.yaml``
+    (120-84) its 6 seeds evaluated lower than without."""
     policy_kwargs: QNetKwargs = QNetKwargs()
     """Q-network shape (``log_std_init`` and ``full_std`` are unused)."""
 

@@ -25,7 +25,7 @@ from rlaccel.agents.dqn import losses
 from rlaccel.agents.dqn import networks as nets_lib
 from rlaccel.agents.dqn.config import DQNConfig
 
-from rlaccel import distributed, quant, replay
+from rlaccel import distributed, qat, quant, replay
 from rlaccel.agent import Agent, AgentSpec
 from rlaccel.networks import MLP
 from rlaccel.optim import flatten_if_small, tree_norm
@@ -124,11 +124,25 @@ def sample_batch(buffer: replay.ReplayState, key: Array, cfg: DQNConfig) -> tupl
     return batch, discount
 
 
-def loss_fn(params: Any, target_params: Any, batch: Replayed, discount: Array | float, *, qnet: MLP, cfg: DQNConfig) -> tuple[Array, Array]:
+def as_int8_actors_see(params: Any, calib: quant.Calibration, profile: str) -> Any:
+    """The Q-network with the kernels its int8 actors hold (``rlaccel.qat.fake_quant`` of
+    :func:`centered`'s layers, the mean column added back to the head: the same Q-values up
+    to the rounding); straight-through gradients to ``params``."""
+    layers = qat.fake_quant(quant.dense_layers(centered(params)), calib, profile)
+    last = len(layers) - 1
+    mean_column = jnp.mean(params[f"Dense_{last}"]["kernel"], axis=-1, keepdims=True)
+    return {f"Dense_{i}": {"kernel": w + mean_column if i == last else w, "bias": params[f"Dense_{i}"]["bias"]} for i, (w, _) in enumerate(layers)}
+
+
+def loss_fn(params: Any, target_params: Any, batch: Replayed, discount: Array | float, calib: quant.Calibration | None = None, *, qnet: MLP, cfg: DQNConfig, profile: str = "tflite") -> tuple[Array, Array]:
     """TD loss of ``Q(s, a)`` against (double-)DQN targets; returns ``(loss, mean Q(s, a))``.
 
     ``discount`` multiplies the bootstrap value: ``gamma``, or ``[N]`` after n-step returns.
+    With ``calib`` (quantisation-aware training, ``cfg.qat``) the online network computes with
+    its int8 actors' kernels (:func:`as_int8_actors_see`).
     """
+    if calib is not None:
+        params = as_int8_actors_see(params, calib, profile)
     q = q_values(qnet, params, batch.obs)
     q_taken = jnp.sum(q * jax.nn.one_hot(batch.action, q.shape[-1], dtype=q.dtype), axis=-1)
     next_q_target = q_values(qnet, target_params, batch.next_obs)
@@ -147,20 +161,23 @@ def grad_step(
     cfg: DQNConfig,
     optimizer: optax.GradientTransformation,
     axis_name: str | None = None,
+    calib: quant.Calibration | None = None,
+    profile: str = "tflite",
 ) -> tuple[tuple[Any, Any], tuple[Array, Array, Array]]:
     """Sample a minibatch from replay and take one gradient step (a scan body); returns
     ``(loss, mean Q, global norm of the gradients before clipping)``.
 
     With ``axis_name`` (data parallelism, ``rlaccel.sources.parallel``) every device samples the
     same minibatch from its identical replay, differentiates its share of the rows, and the
-    gradients are averaged over the devices: the one-device step up to float rounding.
+    gradients are averaged over the devices: the one-device step up to float rounding. With
+    ``calib``, quantisation-aware (:func:`loss_fn`).
     """
     params, opt_state = carry
     batch, discount = sample_batch(buffer, key, cfg)
     if axis_name is not None:
         batch = distributed.local_rows(batch, axis_name)
         discount = distributed.local_rows(discount, axis_name) if jnp.ndim(discount) else discount
-    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch, discount, qnet=qnet, cfg=cfg)
+    (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch, discount, calib, qnet=qnet, cfg=cfg, profile=profile)
     if axis_name is not None:
         loss, q_mean, grads = distributed.pmean((loss, q_mean, grads), axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -179,6 +196,7 @@ def learner_update(
     epsilon_schedule: optax.Schedule,
     calibrate: bool,
     axis_name: str | None = None,
+    profile: str = "tflite",
 ) -> tuple[DQNState, dict[str, Array]]:
     """Store the rollout, learn from replay once more than ``learning_starts`` transitions were
     collected, move the target (``axis_name``: split each minibatch's gradient over the devices,
@@ -189,7 +207,8 @@ def learner_update(
     env_steps = (state.step + 1) * cfg.rollout_size
 
     def learn(carry: tuple[Any, Any]) -> tuple[tuple[Any, Any], Array, Array, Array]:
-        step = functools.partial(grad_step, target_params=state.target_params, buffer=buffer, qnet=qnet, cfg=cfg, optimizer=optimizer, axis_name=axis_name)
+        calib = state.calib if cfg.qat and calibrate else None  # quantisation-aware: only with int8 actors
+        step = functools.partial(grad_step, target_params=state.target_params, buffer=buffer, qnet=qnet, cfg=cfg, optimizer=optimizer, axis_name=axis_name, calib=calib, profile=profile)
         if cfg.gradient_steps == 1:  # the scan's one step without the loop (a while loop per update on CPU)
             carry, (loss, q_mean, grad_norm) = step(carry, key)
             return carry, loss, q_mean, grad_norm
@@ -293,7 +312,7 @@ def make_agent(cfg: DQNConfig, env: Any, total_timesteps: int, num_updates: int,
         noise=functools.partial(nets_lib.noise, num_actions=num_actions),
         head=head,
         update=functools.partial(
-            learner_update, qnet=qnet, cfg=cfg, optimizer=optimizer, lr_schedule=lr, epsilon_schedule=epsilon, calibrate=calibrate
+            learner_update, qnet=qnet, cfg=cfg, optimizer=optimizer, lr_schedule=lr, epsilon_schedule=epsilon, calibrate=calibrate, profile=profile
         ),
         discrete=True,
         calibrate=functools.partial(calibrate_int8, cfg=cfg),

@@ -239,7 +239,7 @@ def _budget(name: str, scale: float) -> int | None:
 
 def merge(paths: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], float]:
     """The rows of earlier reports (``--out`` JSON files) in :data:`ROWS` order, a later file
-    winning a row, each row with its ``source`` (file, date, machine); the first report; the
+    winning a row, each row with its ``source`` (file, date, machine, ``--set`` overrides); the first report; the
     reports' ``total_s`` summed.
     Raises ``ValueError`` (one line naming the file) for a file that cannot be read, is not a
     zoo report, has an unknown row, or evaluated or budgeted differently from the first."""
@@ -261,7 +261,8 @@ def merge(paths: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], 
         for name, row in report["rows"].items():
             if name not in ROWS:
                 raise ValueError(f"--merge: {path}: unknown row {name!r}")
-            rows[name] = {**row, "source": row.get("source") or {"file": Path(path).name, "date": report.get("date"), "machine": report.get("machine_line")}}
+            source = {"file": Path(path).name, "date": report.get("date"), "machine": report.get("machine_line"), "overrides": report.get("overrides") or []}
+            rows[name] = {**row, "source": row.get("source") or source}
     assert first is not None  # argparse's nargs="+"
     return {name: rows[name] for name in ROWS if name in rows}, first, total_s
 

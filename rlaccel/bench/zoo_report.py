@@ -117,12 +117,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
     lines += ["", f"Zoo figures: {report['zoo_figures']} (one trained agent per row; std over its evaluation episodes).", ""]
     if report.get("merged_from"):
-        by_source: dict[tuple[str, str, str], list[str]] = {}
+        by_source: dict[tuple[str, str, str, str], list[str]] = {}
         for name, r in report["rows"].items():
             cpu = (r["source"].get("machine") or "machine not recorded").split(", flags")[0]
-            by_source.setdefault((r["source"]["file"], r["source"]["date"], cpu), []).append(name)
+            sets = "".join(f", `--set {o}`" for o in r["source"].get("overrides", []))
+            by_source.setdefault((r["source"]["file"], r["source"]["date"], cpu, sets), []).append(name)
         lines += ["Rows merged from earlier runs (`--merge`; an SB3 ratio only within one run):", ""]
-        lines += [f"- `{f}` ({d}, {cpu}): {', '.join(names)}" for (f, d, cpu), names in by_source.items()] + [""]
+        lines += [f"- `{f}` ({d}, {cpu}{sets}): {', '.join(names)}" for (f, d, cpu, sets), names in by_source.items()] + [""]
+    elif report.get("overrides"):
+        lines += ["Every rlaccel run with " + ", ".join(f"`--set {o}`" for o in report["overrides"]) + ".", ""]
     return "\n".join(lines + [f"- {v}" for v in report["verdict"]]) + "\n"
 
 

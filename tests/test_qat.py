@@ -1,0 +1,78 @@
+"""Quantisation-aware training (``rlaccel.qat``, DQN's ``qat``): the learner's kernels are the
+int8 actors' kernels, with straight-through gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from rlaccel.agents.dqn import train as dqn_train
+
+from rlaccel import qat, quant
+
+PROFILES = ("tflite", "pow2")
+
+
+def _layers_and_calib(seed: int = 0, dims: tuple[int, ...] = (4, 32, 32, 3)):
+    rng = np.random.default_rng(seed)
+    layers = [(jnp.asarray(rng.normal(0, 0.3, (a, b)), jnp.float32), jnp.asarray(rng.normal(0, 0.1, b), jnp.float32)) for a, b in zip(dims[:-1], dims[1:])]
+    obs = jnp.asarray(rng.normal(0, [0.5, 2.0, 0.1, 3.0], (256, dims[0])), jnp.float32)
+    calib = quant.update(quant.init(dims[0], len(layers)), layers, obs, "relu")
+    return layers, calib
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fake_quant_kernels_are_the_int8_models_kernels(profile: str) -> None:
+    layers, calib = _layers_and_calib()
+    fq = qat.fake_quant(layers, calib, profile)
+    model = quant.quantize(layers, calib, "relu", profile).model
+    for i, ((w, b), (w_fq, b_fq)) in enumerate(zip(layers, fq)):
+        deq = np.asarray(model.w_q[i], np.float64) * np.asarray(model.w_scale[i], np.float64)
+        if i == 0:  # quantised in the input's equalised units: x @ w = (x * gain) @ (w / gain)
+            deq = deq * np.asarray(model.gain, np.float64)[:, None]
+        np.testing.assert_allclose(np.asarray(w_fq), deq, rtol=1e-6, atol=1e-9)
+        assert not np.allclose(np.asarray(w_fq), np.asarray(w))  # rounded: not the fp32 kernel
+        np.testing.assert_array_equal(np.asarray(b_fq), np.asarray(b))
+
+
+def test_fake_quant_gradient_is_straight_through() -> None:
+    layers, calib = _layers_and_calib(1)
+    weights = [jnp.asarray(np.random.default_rng(2).normal(size=w.shape), jnp.float32) for w, _ in layers]
+
+    def f(ls):
+        return sum(jnp.sum(c * w) for c, (w, _) in zip(weights, qat.fake_quant(ls, calib)))
+
+    grads = jax.grad(f)(layers)
+    for c, (g, gb) in zip(weights, grads):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(c))
+        np.testing.assert_array_equal(np.asarray(gb), 0.0)
+
+
+def test_dqn_learner_acts_as_its_int8_actors_round() -> None:
+    """The quantisation-aware Q-network is the int8 actors' kernels (the head centred over
+    actions, as theirs) plus the fp32 head's mean column, so its gaps between actions are the
+    actors' and its Q-values differ from the fp32 ones by rounding only; the loss's gradients
+    reach every parameter."""
+    layers, calib = _layers_and_calib(3)
+    params = {f"Dense_{i}": {"kernel": w, "bias": b} for i, (w, b) in enumerate(layers)}
+    seen = dqn_train.as_int8_actors_see(params, calib, "tflite")
+    model = quant.quantize(quant.dense_layers(dqn_train.centered(params)), calib, "relu", "tflite").model
+    mean_column = np.mean(np.asarray(params["Dense_2"]["kernel"]), axis=-1, keepdims=True)
+    head = np.asarray(seen["Dense_2"]["kernel"]) - mean_column  # what the actors' head computes with
+    np.testing.assert_allclose(head, np.asarray(model.w_q[2], np.float64) * np.asarray(model.w_scale[2], np.float64), rtol=1e-6, atol=1e-6)
+
+    x = jnp.asarray(np.random.default_rng(4).normal(0, [0.5, 2.0, 0.1, 3.0], (64, 4)), jnp.float32)  # the calibration's ranges
+
+    def forward(p):
+        h = x
+        for i in range(3):
+            h = h @ p[f"Dense_{i}"]["kernel"] + p[f"Dense_{i}"]["bias"]
+            h = jax.nn.relu(h) if i < 2 else h
+        return h
+
+    q, q_seen = np.asarray(forward(params)), np.asarray(forward(seen))
+    assert 0 < np.max(np.abs(q_seen - q)) < 0.05 * np.max(np.abs(q))
+    grads = jax.grad(lambda p: jnp.sum(forward(dqn_train.as_int8_actors_see(p, calib, "tflite")) ** 2))(params)
+    for leaf in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(leaf)) and np.any(np.asarray(leaf) != 0)

@@ -33,6 +33,7 @@ from flax import struct
 
 from rlaccel import intmath
 from rlaccel.int8model import Int8Model
+from rlaccel.quant_scales import asymmetric, multipliers, pow2_up, quantize_multiplier, round_half_away, round_scale, significand
 from rlaccel.networks import ACTIVATIONS
 from rlaccel.reference import Int8Tables, dense_layers
 
@@ -126,70 +127,6 @@ def update(calib: Calibration, layers: Sequence[tuple[Array, Array]], x: Array, 
     )
 
 
-# --- scales -------------------------------------------------------------------------------
-
-
-def _round_scale(s: Array) -> Array:
-    """``intmath.round_scale``: up to ``SCALE_BITS`` significant bits (positive float32)."""
-    m, e = jnp.frexp(s.astype(jnp.float32))
-    return jnp.ldexp(jnp.ceil(m * 2.0**intmath.SCALE_BITS) / 2.0**intmath.SCALE_BITS, e).astype(jnp.float32)
-
-
-def _pow2_up(s: Array) -> Array:
-    """The smallest power of two ``>= s`` (positive float32)."""
-    m, e = jnp.frexp(s.astype(jnp.float32))
-    return jnp.ldexp(jnp.ones_like(m), jnp.where(m == 0.5, e - 1, e)).astype(jnp.float32)
-
-
-def _round_half_away(x: Array) -> Array:
-    """``std::round`` on float32 (``jnp.round`` rounds halves to even)."""
-    t = jnp.trunc(x)
-    return t + jnp.sign(x) * (jnp.abs(x - t) >= 0.5)
-
-
-def _asymmetric(lo: Array, hi: Array, levels: int = 255) -> tuple[Array, Array]:
-    """TFLite's asymmetric int8 ``(scale, zero point)`` covering ``[min(lo, 0), max(hi, 0)]``."""
-    lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
-    scale = _round_scale(jnp.maximum((hi - lo) / levels, 1e-8))
-    zero = jnp.clip(_round_half_away(-128.0 - lo / scale), -128, 127).astype(jnp.int32)
-    return scale, zero
-
-
-def quantize_multiplier(num: Array, den: Array) -> tuple[Array, Array]:
-    """TFLite's ``QuantizeMultiplier(num / den)`` in int32 arithmetic: ``(M [..], shift [..])``.
-
-    TFLite computes ``double(num) / double(den)``, takes ``frexp`` and rounds the mantissa to 31
-    bits, half away from zero. With ``num`` = a product of two ``SCALE_BITS``-bit scales (exact
-    in float32) and ``den`` a ``SCALE_BITS``-bit scale, that is the correctly rounded quotient
-    of two integers below ``2**25``, which a 32-step long division gives exactly (the float64
-    quotient's own rounding cannot reach a rounding boundary: it errs by ``2**-22`` units,
-    boundaries are ``>= 2**-14`` away unless hit exactly).
-    """
-    mn, en = jnp.frexp(num.astype(jnp.float32))
-    md, ed = jnp.frexp(jnp.broadcast_to(den, num.shape).astype(jnp.float32))
-    a = (mn * 2.0**24).astype(jnp.int32)
-    b = (md * 2.0**24).astype(jnp.int32)
-    ge = a >= b
-    d = jnp.where(ge, 2 * b, b)  # a / d in [0.5, 1)
-    shift = en - ed + ge.astype(jnp.int32)
-
-    def step(_: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
-        rem, q = carry
-        rem = rem * 2
-        bit = rem >= d
-        return jnp.where(bit, rem - d, rem), q * 2 + bit.astype(jnp.int32)
-
-    # q = floor(a * 2**31 / d) in [2**30, 2**31). A rolled loop: unrolled, its 31 steps were
-    # ~375 more operations for XLA to compile (~0.25 s in a PPO CartPole int8 chunk) to save
-    # ~6 us per quantisation.
-    rem, q = jax.lax.fori_loop(0, 31, step, (a, jnp.zeros_like(a)))
-    up = (rem * 2 >= d).astype(jnp.int32)  # the next bit: round half up (away from zero)
-    top = (q == 2**31 - 1) & (up == 1)
-    m, shift = jnp.where(top, 2**30, q + up), jnp.where(top, shift + 1, shift)
-    tiny = shift < -31  # TFLite flushes multipliers below 2**-32 to (0, 0)
-    return jnp.where(tiny, 0, m), jnp.where(tiny, 0, shift)
-
-
 # --- integer kernels (int32 only) -----------------------------------------------------------
 
 
@@ -234,21 +171,6 @@ def requantize(acc: Array, mult: Array, shift: Array, profile: str) -> Array:
 # --- quantise and apply ---------------------------------------------------------------------
 
 
-def _multipliers(ratios: Sequence[tuple[Array, Array]], profile: str) -> tuple[list[Array], list[Array]]:
-    """Every layer's requantisation ``(mult, shift)`` ``[out]`` from its ``(num, den)`` ``[out]``:
-    ``quantize_multiplier`` (``tflite``) or the power of two's exponent (``pow2``), over all
-    layers' channels at once (one long division instead of one per layer: unrolled, that was
-    ~845 operations fewer in a PPO CartPole int8 chunk, compiled ~0.2 s sooner)."""
-    num = jnp.concatenate([n for n, _ in ratios])
-    den = jnp.concatenate([d for _, d in ratios])
-    if profile == "tflite":
-        mult, shift = quantize_multiplier(num, den)
-    else:  # every scale a power of two: the ratio's exponent
-        mult, shift = jnp.zeros(num.shape, jnp.int32), (jnp.frexp(num / den)[1] - 1).astype(jnp.int32)
-    splits = np.cumsum([n.shape[0] for n, _ in ratios])[:-1]
-    return jnp.split(mult, splits), jnp.split(shift, splits)
-
-
 def input_absmax(calib: Calibration) -> Array:
     """``[in]``: each input feature's calibrated ``max |u|``; the first layer's weights are
     quantised times it (the input's equalisation ``gain`` is its inverse)."""
@@ -260,10 +182,10 @@ def quantize_weights(w: Array, profile: str) -> tuple[Array, Array]:
     (``tflite``) or one power of two for the tensor (``pow2``)."""
     w_absmax = jnp.max(jnp.abs(w), axis=0)
     if profile == "tflite":
-        w_scale = _round_scale(jnp.where(w_absmax > 0, w_absmax / 127.0, 1.0))  # an all-zero channel: scale 1
+        w_scale = round_scale(jnp.where(w_absmax > 0, w_absmax / 127.0, 1.0))  # an all-zero channel: scale 1
     else:
         top = jnp.max(w_absmax)
-        w_scale = jnp.broadcast_to(_pow2_up(jnp.where(top > 0, top / 127.0, 1.0)), w_absmax.shape)
+        w_scale = jnp.broadcast_to(pow2_up(jnp.where(top > 0, top / 127.0, 1.0)), w_absmax.shape)
     return jnp.clip(jnp.round(w / w_scale), -127, 127).astype(jnp.int8), w_scale
 
 
@@ -278,7 +200,7 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
     absmax = input_absmax(calib)
     gain = (1.0 / absmax).astype(jnp.float32)
     if profile == "tflite":
-        in_scale, in_zero = _asymmetric(jnp.min(calib.input_min * gain), jnp.max(calib.input_max * gain))
+        in_scale, in_zero = asymmetric(jnp.min(calib.input_min * gain), jnp.max(calib.input_max * gain))
     else:  # |u| <= 1: 1/128 keeps every level but +1.0 itself (127/128)
         in_scale, in_zero = jnp.float32(2.0**-7), jnp.int32(0)
     f: dict[str, list] = {k: [] for k in Int8Model._fields[3:]}
@@ -290,25 +212,25 @@ def quantize(layers: Sequence[tuple[Array, Array]], calib: Calibration, activati
         w_q, w_scale = quantize_weights(w, profile)
         b_q = jnp.clip(jnp.round(b / (s_in * w_scale)), -BIAS_LIMIT, BIAS_LIMIT).astype(jnp.int32)
         if i < last and activation == "tanh":  # a power of two in TANH_IN_SCALES covering the range
-            s = _pow2_up(jnp.maximum(calib.hidden_max[i], 1e-6) / 127.0)
+            s = pow2_up(jnp.maximum(calib.hidden_max[i], 1e-6) / 127.0)
             out_scale = jnp.clip(s, intmath.TANH_IN_SCALES[-1], intmath.TANH_IN_SCALES[0]).astype(jnp.float32)
             out_zero, lo, hi = jnp.int32(0), -128, 127
         elif i < last:  # relu: the FC's clamp at the zero point
             r = jnp.maximum(calib.hidden_max[i], 1e-6)
             if profile == "tflite":
-                out_scale, out_zero, lo, hi = _round_scale(r / 255.0), jnp.int32(-128), -128, 127
+                out_scale, out_zero, lo, hi = round_scale(r / 255.0), jnp.int32(-128), -128, 127
             else:
-                out_scale, out_zero, lo, hi = _pow2_up(r / 127.0), jnp.int32(0), 0, 127
+                out_scale, out_zero, lo, hi = pow2_up(r / 127.0), jnp.int32(0), 0, 127
         elif profile == "tflite":
-            (out_scale, out_zero), lo, hi = _asymmetric(calib.head_min, calib.head_max), -128, 127
+            (out_scale, out_zero), lo, hi = asymmetric(calib.head_min, calib.head_max), -128, 127
         else:
-            out_scale = _pow2_up(jnp.maximum(jnp.maximum(-calib.head_min, calib.head_max), 1e-6) / 127.0)
+            out_scale = pow2_up(jnp.maximum(jnp.maximum(-calib.head_min, calib.head_max), 1e-6) / 127.0)
             out_zero, lo, hi = jnp.int32(0), -128, 127
         ratios.append((s_in * w_scale, jnp.broadcast_to(out_scale, w_scale.shape)))
         for k, v in zip(("w_q", "b_q", "w_scale", "out_scale", "out_zero", "act_min", "act_max"), (w_q, b_q, w_scale, out_scale, out_zero, jnp.int32(lo), jnp.int32(hi))):
             f[k].append(v)
         s_in = jnp.float32(intmath.TANH_OUT_SCALE) if activation == "tanh" else out_scale
-    f["mult"], f["shift"] = _multipliers(ratios, profile)
+    f["mult"], f["shift"] = multipliers(ratios, profile)
     model = Int8Model(gain, in_scale.astype(jnp.float32), in_zero, **{k: tuple(v) for k, v in f.items()})
     return QuantParams(model=model, activation=activation, profile=profile)
 
@@ -317,7 +239,7 @@ def quantize_input(u: Array, scale: Array, zero: Array) -> Array:
     """QUANTIZE: float32 ``[..., in]`` -> int8 values as int32, ``clamp(round_half_away(u / s) + z)``."""
     v = u / scale
     v = jnp.where(jnp.isnan(v), -256.0, jnp.clip(v, -256.0, 256.0))  # as intmath.quantize: NaN and far-out values defined
-    return jnp.clip(_round_half_away(v).astype(jnp.int32) + zero, -128, 127)
+    return jnp.clip(round_half_away(v).astype(jnp.int32) + zero, -128, 127)
 
 
 def int8_dot(x_q: Array, w: Array) -> Array:
@@ -360,7 +282,7 @@ def _tanh(y: Array, in_scale: Array) -> Array:
     then a 1-D lookup: cheaper than a 2-D gather). The indices are in range by construction, so
     the gather promises it instead of clamping: 17 % less time per int8 forward on an AVX2
     EPYC (7.0 -> 5.8 us per step of 4 CartPole envs; fp32's 2.1), the same integers."""
-    row = -jnp.frexp(in_scale)[1] - 4  # 2**-k has frexp exponent 1 - k; TANH_IN_SCALES[0] = 2**-5
+    row = -significand(in_scale)[1] - 4  # 2**-k has frexp exponent 1 - k; TANH_IN_SCALES[0] = 2**-5
     return jnp.asarray(TANH_LUTS)[row].at[y + 128].get(mode="promise_in_bounds")
 
 

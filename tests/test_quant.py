@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlaccel import compile_cache, int8model, intmath, quant
+from rlaccel import compile_cache, int8model, intmath, quant, quant_scales
 from rlaccel.quant import BIAS_LIMIT, MAX_FAN_IN
 from rlaccel.reference import ACTIVATIONS as ACT
 
@@ -110,6 +110,20 @@ def _scales(rng, n, lo, hi):
     """``n`` random float32 scales with SCALE_BITS significant bits, exponents in ``[lo, hi)``."""
     mant = rng.integers(2 ** (intmath.SCALE_BITS - 1), 2**intmath.SCALE_BITS, n)
     return np.ldexp(mant.astype(np.float64), rng.integers(lo, hi, n) - intmath.SCALE_BITS).astype(np.float32)
+
+
+def test_scale_rounding_on_the_bits_equals_frexp_and_ldexp():
+    """``_round_scale`` / ``_pow2_up`` work on float32 bits; the spec (``intmath.round_scale``)
+    and the smallest power of two above are ``frexp`` / ``ldexp``: equal bit for bit on 12
+    decades of scales and at every power of two and its float32 neighbours."""
+    rng = np.random.default_rng(0)
+    pow2 = 2.0 ** np.arange(-40, 20, dtype=np.float32)
+    s = np.concatenate([np.exp(rng.uniform(np.log(1e-12), np.log(1e6), 20_000)), pow2, np.nextafter(pow2, np.float32(0)), np.nextafter(pow2, np.float32(np.inf))]).astype(np.float32)
+    rounded = np.asarray(jax.jit(quant_scales.round_scale)(s))
+    np.testing.assert_array_equal(rounded.view(np.int32), intmath.round_scale(s).view(np.int32))
+    m, e = np.frexp(s)
+    up = np.ldexp(np.ones_like(m), np.where(m == 0.5, e - 1, e)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(quant_scales.pow2_up)(s)).view(np.int32), up.view(np.int32))
 
 
 def test_quantize_multiplier_matches_intmath():

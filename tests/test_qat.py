@@ -76,3 +76,24 @@ def test_dqn_learner_acts_as_its_int8_actors_round() -> None:
     grads = jax.grad(lambda p: jnp.sum(forward(dqn_train.as_int8_actors_see(p, calib, "tflite")) ** 2))(params)
     for leaf in jax.tree.leaves(grads):
         assert np.all(np.isfinite(leaf)) and np.any(np.asarray(leaf) != 0)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_dqn_update_learns_through_the_int8_kernels_only_with_int8_actors(precision: str) -> None:
+    """One fused update (rollout, then two gradient steps) from the same state with ``qat`` on
+    and off: with int8 actors the learned parameters differ (the loss saw the rounded kernels),
+    the rollout does not (the actors acted before learning); with fp32 actors nothing changes."""
+    from rlaccel import envs
+    from rlaccel.agents.dqn.config import DQNConfig, QNetKwargs
+    from rlaccel.sources.device import FusedSource
+
+    env = envs.make("CartPole-v1", auto_reset=True)
+    out = {}
+    for on in (False, True):
+        cfg = DQNConfig(n_envs=2, train_freq=4, gradient_steps=2, buffer_size=64, learning_starts=0, batch_size=8, qat=on, policy_kwargs=QNetKwargs(net_arch=(16, 16)))
+        agent = dqn_train.make_agent(cfg, env, total_timesteps=64, num_updates=8, calibrate=precision == "int8")
+        source = FusedSource(agent, env, cfg.n_envs, cfg.train_freq, precision=precision)
+        out[on] = jax.jit(source.update_step)(source.init(jax.random.PRNGKey(0)))[0]
+    np.testing.assert_array_equal(np.asarray(out[False].rollout.obs), np.asarray(out[True].rollout.obs))
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out[False].agent.params), jax.tree.leaves(out[True].agent.params))]
+    assert all(same) if precision == "fp32" else not any(same)

@@ -98,7 +98,7 @@ class DQNConfig:
     actors; off by default (post-training quantisation only). Measured (``docs/benchmarks.md``,
     "Quantisation-aware DQN"): on the RL Zoo's DQN CartPole block (256-256) it left 5 of 8
     seeds' int8 policies at 500 against 3 of 8 without; on ``configs/dqn_cartpole.yaml``
-    (120-84) its 6 seeds evaluated lower than without."""
+    (120-84) 16 seeds' last evaluations averaged 430 against 445 without."""
     policy_kwargs: QNetKwargs = QNetKwargs()
     """Q-network shape (``log_std_init`` and ``full_std`` are unused)."""
 

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 from rlaccel.agents.ppo import train as ppo_train
 
-from rlaccel import checkpoint, envs, eval_episodes
+from rlaccel import checkpoint, envs
 from rlaccel import config as config_lib
+from rlaccel.bench import qat as qat_bench
 from rlaccel.deploy.export import export
 from rlaccel.sources.device import FusedSource
 
@@ -51,31 +52,12 @@ def _train_seeds(path: str, precision: str, profile: str) -> tuple:
 
 def train_dqn() -> tuple:
     """DQN on CartPole (``configs/dqn_cartpole.yaml``), int8 actors, ``DQN_SEEDS`` seeds vmapped
-    (once per process), in chunks of ``eval.freq`` env steps with the config's evaluation after
-    each: ``(config, states, runner, history)``, ``history[i][precision]`` = mean eval return
-    ``[DQN_SEEDS]``."""
+    (once per process), evaluated after every ``eval.freq`` env steps as ``rlaccel bench qat``
+    does (``rlaccel.bench.qat.train_seeds``): ``(config, states, runner, history)``,
+    ``history[i][precision]`` = mean eval return ``[DQN_SEEDS]``."""
     if "dqn" not in _TRAINED:
-        from rlaccel.agents.dqn import train as dqn_train
-
         config = config_lib.load("configs/dqn_cartpole.yaml")
-        cfg = config.dqn
-        env = envs.make(config.env, auto_reset=True)
-        n = dqn_train.num_updates(cfg, config.total_timesteps)
-        agent = dqn_train.make_agent(cfg, env, config.total_timesteps, n, calibrate=True)
-        runner = FusedSource(agent, env, cfg.n_envs, cfg.train_freq, precision="int8")
-        chunk = config.eval.freq // runner.steps_per_update
-        assert config.eval.freq > 0 and n % chunk == 0
-        states = jax.jit(jax.vmap(runner.init))(jax.random.split(jax.random.PRNGKey(config.seed), DQN_SEEDS))
-        train = jax.jit(jax.vmap(functools.partial(runner.train_chunk, num_updates=chunk)), donate_argnums=0)
-        eval_env = envs.make(config.env)  # no auto-reset: one episode per eval env, to its time limit
-        program = eval_episodes.make_program(agent, eval_env, episodes=config.eval.episodes, max_steps=eval_env.max_episode_steps, deterministic=config.eval.deterministic)
-        program = jax.jit(jax.vmap(program, in_axes=(0, None)))
-        history = []
-        for update in range(chunk, n + 1, chunk):
-            states, _ = train(states)
-            results = program(states.agent, eval_episodes.eval_key(config.seed, update))
-            history.append({p: np.asarray(r.returns).mean(axis=-1) for p, r in results.items()})
-        _TRAINED["dqn"] = (config, states, runner, history)
+        _TRAINED["dqn"] = (config, *qat_bench.train_seeds(config, DQN_SEEDS))
     return _TRAINED["dqn"]
 
 

@@ -97,3 +97,18 @@ def test_dqn_update_learns_through_the_int8_kernels_only_with_int8_actors(precis
     np.testing.assert_array_equal(np.asarray(out[False].rollout.obs), np.asarray(out[True].rollout.obs))
     same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out[False].agent.params), jax.tree.leaves(out[True].agent.params))]
     assert all(same) if precision == "fp32" else not any(same)
+
+
+def test_bench_qat_summarizes_each_arm_and_refuses_a_config_it_cannot_run(tmp_path) -> None:
+    from cli_helpers import run_main
+
+    from rlaccel.bench import qat as qat_bench
+
+    history = [{"int8": np.array([100.0, 480.0]), "fp32": np.array([120.0, 500.0])}, {"int8": np.array([300.0, 200.0]), "fp32": np.array([320.0, 400.0])}]
+    s = qat_bench.summarize(history, target=475.0)
+    assert s["seeds_reaching_target"] == 1 and s["best_int8"] == [300.0, 480.0] and s["last_int8"] == [300.0, 200.0]
+    assert s["late_int8"] == pytest.approx(270.0) and s["late_fp32"] == pytest.approx(335.0)  # the last 5 (here: all 2) evaluations
+    for config, key in (("ppo_cartpole.yaml", "dqn"), ("nope.yaml", "")):
+        rc, out, err = run_main(["bench", "qat", "--config", config, "--out", str(tmp_path / "qat.json")])
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and err.startswith(f"error: {key}")
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ each placement costs, and the deployment latency of exported policies.
     rlaccel bench int8                              # int8 vs fp32 matmuls: XLA, onnxruntime, OpenVINO
     rlaccel bench zoo                               # RL Zoo blocks at the zoo's budgets vs its benchmark.md (hours)
     rlaccel bench parallel                          # 1 device vs 2 devices vs 2 processes x 1 device
+    rlaccel bench qat                               # DQN int8: post-training vs quantisation-aware, 16 seeds
     python -m rlaccel.bench ...                     # the same without the console script
 
 A developer command, run from a checkout installed in editable mode (``make bench`` does it
@@ -24,7 +25,7 @@ arguments or a missing checkout.
 Modules: ``rows`` (row definitions and their workers), ``table`` (running rows, the table, the
 JSON), ``latency`` (``rlaccel bench latency``), ``pipeline`` (``rlaccel bench pipeline``),
 ``int8`` (``rlaccel bench int8``), ``zoo`` / ``zoo_work`` / ``zoo_report`` (``rlaccel bench zoo``),
-``parallel`` (``rlaccel bench parallel``).
+``parallel`` (``rlaccel bench parallel``), ``qat`` (``rlaccel bench qat``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlaccel.bench import int8, latency, parallel, pipeline, returns, table, zoo
+from rlaccel.bench import int8, latency, parallel, pipeline, qat, returns, table, zoo
 from rlaccel.argtypes import positive_int
 from rlaccel.bench.rows import ROOT, ROWS
 
@@ -47,6 +48,7 @@ SUBCOMMANDS = {  # name: (module with DESCRIPTION, add_arguments, run; one-line 
     "int8": (int8, "int8 vs fp32 matmuls and policies on XLA, onnxruntime and OpenVINO"),
     "zoo": (zoo, "RL Zoo blocks verbatim at the zoo's budgets: deterministic eval vs the zoo's benchmark.md, SB3's wall clock"),
     "parallel": (parallel, "data parallelism: 1 device, 2 devices, 2 processes x 1 device"),
+    "qat": (qat, "DQN's int8 actors: post-training quantisation against quantisation-aware training, many seeds"),
 }
 
 

@@ -50,15 +50,14 @@ def train_seeds(config: Any, seeds: int) -> tuple[Any, Any, list[dict[str, np.nd
     the mean evaluation return ``[seeds]`` after chunk ``i``."""
     import jax
 
+    from rlaccel import agent as agent_lib
     from rlaccel import envs, eval_episodes
-    from rlaccel.agents.dqn import train as dqn_train
     from rlaccel.sources.device import FusedSource
 
-    cfg = config.dqn
     env = envs.make(config.env, auto_reset=True)
-    n = dqn_train.num_updates(cfg, config.total_timesteps)
-    agent = dqn_train.make_agent(cfg, env, config.total_timesteps, n, calibrate=True, profile=config.placement.actor.int8_profile)
-    runner = FusedSource(agent, env, cfg.n_envs, cfg.train_freq, precision="int8")
+    spec = agent_lib.make(config, env)  # the registry's DQN: int8 actors calibrate
+    agent, n = spec.agent, spec.num_updates
+    runner = FusedSource(agent, env, spec.num_envs, spec.num_steps, precision="int8")
     chunk = config.eval.freq // runner.steps_per_update
     if config.eval.freq <= 0 or n % chunk:
         raise ValueError(f"eval.freq: {config.eval.freq} must be > 0 and divide the run into chunks of whole updates ({runner.steps_per_update} env steps each)")
@@ -100,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         configs = {qat: config_lib.load(path, [f"dqn.qat={qat}"]) for qat in ("false", "true")}
         if configs["false"].algo != "dqn":
             raise ConfigError(f"--config: {args.config} trains {configs['false'].algo}, not dqn")
+        if configs["false"].placement.actor.precision != "int8":
+            raise ConfigError(f"--config: {args.config} acts in fp32 (placement.actor.precision); quantisation-aware training needs int8 actors")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -59,7 +59,7 @@ def train_seeds(config: Any, seeds: int) -> tuple[Any, Any, list[dict[str, np.nd
     agent, n = spec.agent, spec.num_updates
     runner = FusedSource(agent, env, spec.num_envs, spec.num_steps, precision="int8")
     chunk = config.eval.freq // runner.steps_per_update
-    if config.eval.freq <= 0 or n % chunk:
+    if chunk <= 0 or n % chunk:
         raise ValueError(f"eval.freq: {config.eval.freq} must be > 0 and divide the run into chunks of whole updates ({runner.steps_per_update} env steps each)")
     states = jax.jit(jax.vmap(runner.init))(jax.random.split(jax.random.PRNGKey(config.seed), seeds))
     train = jax.jit(jax.vmap(functools.partial(runner.train_chunk, num_updates=chunk)), donate_argnums=0)

@@ -112,6 +112,8 @@ class Config:
                 f"{self.algo}.policy_kwargs.activation_fn",
                 f"int8 actors have integer kernels for tanh and relu only, got {kwargs.activation_fn!r} (or set placement.actor.precision: fp32)",
             )
+        if getattr(self.agent, "qat", False):
+            _check(self.placement.actor.precision == "int8", f"{self.algo}.qat", "quantisation-aware training needs int8 actors (placement.actor.precision: int8)")
         if self.env_kind == "gym":
             _check(
                 self.agent.n_envs % self.actors.num_actors == 0,

@@ -108,7 +108,15 @@ def test_bench_qat_summarizes_each_arm_and_refuses_a_config_it_cannot_run(tmp_pa
     s = qat_bench.summarize(history, target=475.0)
     assert s["seeds_reaching_target"] == 1 and s["best_int8"] == [300.0, 480.0] and s["last_int8"] == [300.0, 200.0]
     assert s["late_int8"] == pytest.approx(270.0) and s["late_fp32"] == pytest.approx(335.0)  # the last 5 (here: all 2) evaluations
-    for config, key in (("ppo_cartpole.yaml", "dqn"), ("dqn_cartpole_purejaxrl.yaml", "--config"), ("nope.yaml", "")):
+    for config, key in (("ppo_cartpole.yaml", "--config"), ("dqn_cartpole_purejaxrl.yaml", "--config"), ("nope.yaml", "")):
         rc, out, err = run_main(["bench", "qat", "--config", config, "--out", str(tmp_path / "qat.json")])
         assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and err.startswith(f"error: {key}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_qat_with_fp32_actors_is_a_config_error_naming_the_key(tmp_path) -> None:
+    from cli_helpers import run_main
+
+    rc, out, err = run_main(["--config", "configs/dqn_cartpole.yaml", "--set", "dqn.qat=true", "--set", "placement.actor.precision=fp32", "--run-dir", str(tmp_path / "run")])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: dqn.qat:")
+    assert not (tmp_path / "run").exists()

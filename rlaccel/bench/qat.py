@@ -96,11 +96,12 @@ def run(args: argparse.Namespace) -> int:
 
     path = ROOT / "configs" / args.config
     try:
-        configs = {qat: config_lib.load(path, [f"dqn.qat={qat}"]) for qat in ("false", "true")}
-        if configs["false"].algo != "dqn":
-            raise ConfigError(f"--config: {args.config} trains {configs['false'].algo}, not dqn")
-        if configs["false"].placement.actor.precision != "int8":
+        base = config_lib.load(path)
+        if base.algo != "dqn":
+            raise ConfigError(f"--config: {args.config} trains {base.algo}, not dqn")
+        if base.placement.actor.precision != "int8":
             raise ConfigError(f"--config: {args.config} acts in fp32 (placement.actor.precision); quantisation-aware training needs int8 actors")
+        configs = {qat: config_lib.load(path, [f"dqn.qat={qat}"]) for qat in ("false", "true")}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

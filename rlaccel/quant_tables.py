@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rlaccel.quant import TANH_LUTS, QuantParams, _tanh, requantize
+from rlaccel.quant import QuantParams, _tanh, requantize, tanh_table
 from rlaccel.reference import LEVELS, Int8Tables
 
 Array = jax.Array
@@ -58,7 +58,7 @@ def _thresholds(qp: QuantParams, i: int, estimate: bool = True) -> Array:
 
     lo, hi = -r, r + 1
     if estimate:
-        row = jnp.asarray(TANH_LUTS)[-jnp.frexp(m.out_scale[i])[1] - 4] if tanh else None
+        row = tanh_table(m.out_scale[i]) if tanh else None
         y_need = jnp.searchsorted(row, target[:, 0], side="left")[:, None] - 128 if tanh else target
         slope = m.mult[i] * 2.0 ** (m.shift[i] - 31.0) if qp.profile == "tflite" else 2.0 ** m.shift[i].astype(jnp.float32)
         e = jnp.clip(jnp.nan_to_num(jnp.ceil((y_need - m.out_zero[i] - 0.5) / slope), posinf=2.0**31, neginf=-(2.0**31)), -r, r + 1)

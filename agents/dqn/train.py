@@ -88,9 +88,15 @@ def centered(params: Any) -> Any:
     arithmetic). What the actors act with: CartPole's Q-values all sit near ``1 / (1 - gamma)``
     = 100 while the gaps that decide actions are ~0.06, so an int8 head over the raw values
     (resolution ~0.4) picks actions at random; centred, its range is the gaps'."""
+    return _centred(params)[0]
+
+
+def _centred(params: Any) -> tuple[Any, Array]:
+    """:func:`centered`'s network and the mean column it subtracted from the head's kernel ``[h, 1]``."""
     last = f"Dense_{len(params) - 1}"
     kernel, bias = params[last]["kernel"], params[last]["bias"]
-    return {**params, last: {"kernel": kernel - jnp.mean(kernel, axis=-1, keepdims=True), "bias": bias - jnp.mean(bias, axis=-1, keepdims=True)}}
+    mean_column = jnp.mean(kernel, axis=-1, keepdims=True)
+    return {**params, last: {"kernel": kernel - mean_column, "bias": bias - jnp.mean(bias, axis=-1, keepdims=True)}}, mean_column
 
 
 def calibrate_int8(state: DQNState, obs: Array, *, cfg: DQNConfig) -> DQNState:
@@ -128,9 +134,9 @@ def as_int8_actors_see(params: Any, calib: quant.Calibration, profile: str) -> A
     """The Q-network with the kernels its int8 actors hold (``rlaccel.qat.fake_quant`` of
     :func:`centered`'s layers, the mean column added back to the head: the same Q-values up
     to the rounding); straight-through gradients to ``params``."""
-    layers = qat.fake_quant(quant.dense_layers(centered(params)), calib, profile)
+    centred, mean_column = _centred(params)
+    layers = qat.fake_quant(quant.dense_layers(centred), calib, profile)
     last = len(layers) - 1
-    mean_column = jnp.mean(params[f"Dense_{last}"]["kernel"], axis=-1, keepdims=True)
     return {f"Dense_{i}": {"kernel": w + mean_column if i == last else w, "bias": params[f"Dense_{i}"]["bias"]} for i, (w, _) in enumerate(layers)}
 
 

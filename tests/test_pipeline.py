@@ -2,9 +2,10 @@
 ``tests/conftest.py`` asks XLA for: ``cpu:0`` learns while ``cpu:1`` acts.
 
 * ``placement.pipeline`` resolves as documented (auto: on for two devices; true on one: an error).
-* A pipelined chunk is the one-update-lagged run, computed again here step by step from the same
-  compiled pieces (rollout k+1 acts with the parameters of update k-1), bit for bit; chunks of
-  one update are the serial run.
+* A pipelined chunk, one program over both devices or dispatched from the host, is the
+  one-update-lagged run, computed again here step by step from the compiled pieces (rollout
+  k+1 acts with the parameters of update k-1), bit for bit; chunks of one update are the
+  serial run.
 * A chunk dispatches everything and returns: no implicit host transfer, nothing waited for.
 * It learns: CartPole-v1 >= 475 (3 of 3 seeds, one compile shared by the seeds) and
   Pendulum-v1 >= -250, pipelined, with int8 actors.
@@ -108,18 +109,31 @@ def lagged_reference(source, state, num_updates):
 
 
 @pytest.fixture(scope="module")
-def pipelined(cartpole_yaml):
-    """A pipelined source (int8 actors on cpu:1) and its initial state; its pieces compile once."""
+def sources(cartpole_yaml):
+    """Two pipelined sources (int8 actors on cpu:1) and their initial state: the one
+    ``make_source`` builds for two CPU devices (a chunk is one program over both,
+    ``rlaccel.sources.pipelined``) and one whose chunks are dispatched from the host (what a GPU
+    learner with CPU actors gets), whose pieces the reference runs on; each compiles once."""
     _, source, state = build(cartpole_yaml, *TINY)
-    return source, state
+    host = SplitSource(source.agent, source.env, source.num_envs, source.num_steps, source.precision, source.learner_device, source.actor_device, one_program=False)
+    assert source.acting_overlaps and not source.learns_in_pieces and host.learns_in_pieces
+    return {"one program": source, "host-dispatched": host}, state
+
+
+@pytest.fixture(params=["one program", "host-dispatched"])
+def pipelined(sources, request):
+    """``(source, host-dispatched source, state)``."""
+    by_kind, state = sources
+    return by_kind[request.param], by_kind["host-dispatched"], state
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # bit for bit: compiled at XLA's defaults, as users run
 def test_a_pipelined_chunk_is_the_one_update_lagged_run(pipelined):
-    source, state = pipelined
+    source, host, state = pipelined
     assert source.pipeline and source.precision == "int8"
     final, metrics = source.run_chunk(state, 3)
-    want, rows = lagged_reference(source, state, 3)
+    want, rows = lagged_reference(host, state, 3)
     for got, ref in zip(leaves(final), leaves(want)):
         np.testing.assert_array_equal(got, ref)
     for name in rows[0]:
@@ -132,9 +146,9 @@ def test_a_pipelined_chunk_is_the_one_update_lagged_run(pipelined):
     assert {d for x in jax.tree.leaves(metrics) for d in x.devices()} == {learner}
 
     # Not vacuous: the serial runner (no lag) makes the same first update and a different second.
-    source.pipeline = False  # the serial runner, on the same compiled pieces
-    serial_final, serial_metrics = source.run_chunk(state, 3)
-    source.pipeline = True
+    host.pipeline = False  # the serial runner, on the same compiled pieces
+    serial_final, serial_metrics = host.run_chunk(state, 3)
+    host.pipeline = True
     np.testing.assert_array_equal(np.asarray(serial_metrics["train/value_loss"])[0], np.asarray(metrics["train/value_loss"])[0])
     assert not np.array_equal(np.asarray(serial_metrics["train/value_loss"])[1:], np.asarray(metrics["train/value_loss"])[1:])
     assert "actor/policy_lag" not in serial_metrics
@@ -152,7 +166,7 @@ def test_a_chunk_only_dispatches(pipelined):
     """The host queues the whole chunk and returns: no implicit device <-> host transfer inside
     it (the transfer guard would raise), and its last update is still running when it returns
     (a chunk of 4 updates of 40 minibatch steps each, queued in a few milliseconds)."""
-    source, state = pipelined
+    source, _, state = pipelined
     jax.block_until_ready(source.run_chunk(state, 4))  # caches warm
     with jax.transfer_guard("disallow"):
         final, metrics = source.run_chunk(state, 4)

@@ -13,11 +13,15 @@ on a shared machine, with the medians in the JSON):
 * ``learn``: the learner update alone, back to back on the learner device (same batch);
 * ``serial``: ``rlaccel.sources.split.SplitSource`` with ``pipeline=False`` (quantise ->
   rollout -> update, in turn);
-* ``pipelined``: the same source pipelined (rollout k+1 while update k).
+* ``pipelined``: the same source pipelined (rollout k+1 while update k), each piece
+  dispatched from the host (``one_program=False``: what a GPU learner with CPU actors runs);
+* ``one program``: the pipelined chunk as one program over both devices, what ``make_source``
+  builds for two CPU devices (``rlaccel.sources.pipelined``).
 
-If the CPU client runs the two devices' programs concurrently, ``pipelined`` approaches
-``max(act, learn)``; if it serialises them, ``act + learn``. ``overlap`` says where it lands:
-``(act + learn - pipelined) / min(act, learn)``, 1 = fully concurrent, 0 = in turn.
+If the CPU client runs the two devices' programs concurrently, a pipelined chunk approaches
+``max(act, learn)``; if it serialises them, ``act + learn``. ``overlap`` says where the one
+program lands: ``(act + learn - one program) / min(act, learn)``, 1 = fully concurrent, 0 = in
+turn.
 
 Wall clocks need idle cores. Independent of other load, a ``jax.profiler`` trace of one serial
 and one pipelined chunk (``--no-trace`` skips it) says what the runtime did: ``devices at
@@ -42,12 +46,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rlaccel.argtypes import positive_int
 from rlaccel.bench.rows import CONFIGS, ROOT, TWO_DEVICES, finish, peak_rss_mib
 
 DESCRIPTION = "Pipelined actor-learner on two CPU devices: acting alone, learning alone, in turn and pipelined, per update."
 DEFAULT_OUT = ROOT / "benchmarks" / "pipeline_cpu.json"
+CHUNKS = ("serial", "pipelined", "one_program")
 _WORKER = "import sys; from rlaccel.bench.pipeline import worker_main; sys.exit(worker_main(sys.argv[1]))"
 
 
@@ -87,15 +93,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print("\n| actors | XLA flags | act ms | learn ms | serial ms | pipelined ms | max(act, learn) | overlap | pipelined env steps/s | vs serial | devices at once (serial / pipelined) | threads busy (serial / pipelined) | peak RSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| actors | XLA flags | act ms | learn ms | serial ms | pipelined ms (host-dispatched) | one program ms | max(act, learn) | overlap | one program env steps/s | vs serial | devices at once (serial / pipelined / one program) | threads busy (serial / pipelined / one program) | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     pct = lambda r, k: f"{100 * r[k]:.0f} %" if r.get(k) is not None else "-"  # noqa: E731
     num = lambda r, k: f"{r[k]:.2f}" if r.get(k) is not None else "-"  # noqa: E731
     for r in rows:
         print(
-            f"| {r['precision']} | {r['xla_flags']} | {r['act_ms']:.2f} | {r['learn_ms']:.2f} | {r['serial_ms']:.2f} | {r['pipelined_ms']:.2f} | "
-            f"{max(r['act_ms'], r['learn_ms']):.2f} | {r['overlap']:.2f} | {r['pipelined_sps']:,.0f} | {r['serial_ms'] / r['pipelined_ms']:.2f}x | "
-            f"{pct(r, 'serial_devices_at_once')} / {pct(r, 'pipelined_devices_at_once')} | {num(r, 'serial_threads_busy')} / {num(r, 'pipelined_threads_busy')} | {r['peak_rss_mib']:.0f} |"
+            f"| {r['precision']} | {r['xla_flags']} | {r['act_ms']:.2f} | {r['learn_ms']:.2f} | {r['serial_ms']:.2f} | {r['pipelined_ms']:.2f} | {r['one_program_ms']:.2f} | "
+            f"{max(r['act_ms'], r['learn_ms']):.2f} | {r['overlap']:.2f} | {r['one_program_sps']:,.0f} | {r['serial_ms'] / r['one_program_ms']:.2f}x | "
+            + " / ".join(pct(r, f"{c}_devices_at_once") for c in CHUNKS) + " | " + " / ".join(num(r, f"{c}_threads_busy") for c in CHUNKS) + f" | {r['peak_rss_mib']:.0f} |"
         )
 
 
@@ -176,12 +182,14 @@ def measure(config_name: str, precision: str, updates: int, reps: int, trace: bo
     from rlaccel import config as config_lib
     from rlaccel import envs, placement
     from rlaccel.sources import make_source
+    from rlaccel.sources.split import SplitSource
 
     config = config_lib.load(CONFIGS / config_name, [f"placement.actor.precision={precision}", "placement.actor.device=cpu:1", "placement.learner.device=cpu:0"])
     env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
     source = make_source(agent_lib.make(config, env), env, placement.resolve(config.placement))
+    host = SplitSource(source.agent, env, source.num_envs, source.num_steps, precision, source.learner_device, source.actor_device, one_program=False)
     state = source.place(source.initial_state(jax.random.PRNGKey(config.seed)))
-    pieces = source.pieces(state)
+    pieces = host.pieces(state)
     learner, actor = source.learner_device, source.actor_device
     params = jax.device_put(pieces["actor_params"](state.agent), actor)
     key = jax.device_put(state.key, actor)
@@ -201,23 +209,24 @@ def measure(config_name: str, precision: str, updates: int, reps: int, trace: bo
             s, metrics = pieces["learn"](s, behaviour, *batch, state.key)
         return s, metrics
 
-    def chunk(pipelined: bool):
+    def chunk(split: Any, pipelined: bool):
         def go():
-            source.pipeline = pipelined
-            return source.run_chunk(state, updates)
+            split.pipeline = pipelined
+            return split.run_chunk(state, updates)
 
         return go
 
+    chunks = {"serial": chunk(host, False), "pipelined": chunk(host, True), "one_program": chunk(source, True)}
     out = {"config": config_name, "precision": precision, "updates": updates, "reps": reps, "steps_per_update": source.steps_per_update}
-    for name, fn in (("act", act_alone), ("learn", learn_alone), ("serial", chunk(False)), ("pipelined", chunk(True))):
+    for name, fn in (("act", act_alone), ("learn", learn_alone), *chunks.items()):
         out[f"{name}_ms"], out[f"{name}_median_ms"] = _per_update_ms(fn, updates, reps)
     out["load_average"] = os.getloadavg()
-    out["overlap"] = (out["act_ms"] + out["learn_ms"] - out["pipelined_ms"]) / min(out["act_ms"], out["learn_ms"])
+    out["overlap"] = (out["act_ms"] + out["learn_ms"] - out["one_program_ms"]) / min(out["act_ms"], out["learn_ms"])
     if trace:
-        for name, pipelined in (("serial", False), ("pipelined", True)):
-            out.update({f"{name}_{k}": v for k, v in trace_stats(chunk(pipelined)).items()})
-    out["pipelined_sps"] = source.steps_per_update / (out["pipelined_ms"] / 1e3)
-    out["serial_sps"] = source.steps_per_update / (out["serial_ms"] / 1e3)
+        for name, fn in chunks.items():
+            out.update({f"{name}_{k}": v for k, v in trace_stats(fn).items()})
+    for name in chunks:
+        out[f"{name}_sps"] = source.steps_per_update / (out[f"{name}_ms"] / 1e3)
     out["peak_rss_mib"] = peak_rss_mib()
     out["xla_flags_env"] = os.environ.get("XLA_FLAGS", "")
     return out

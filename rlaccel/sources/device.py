@@ -234,6 +234,9 @@ class DeviceSource(StepSource):
 
     learns_in_pieces = False
     """Whether updates run the separately compiled ``learn`` piece (split) or a fused chunk."""
+    acting_overlaps = False
+    """Whether a chunk's rollouts run while its updates do (the pipelined program): the probe
+    then takes the learner's share of an update to be the whole step."""
 
     def probe(self, state: TrainState, seconds_per_update: float, num_calls: int = 32) -> dict[str, float]:
         """Time the compiled pieces between chunks; ``state`` is only read.
@@ -247,7 +250,8 @@ class DeviceSource(StepSource):
           ``actor/decision_latency_us_*``: one blocking ``act`` over all envs, ``num_calls``
           times. ``time/actor_sps``: one blocking rollout. ``time/learner_sps``: one blocking
           learner update where the source has that piece (split); in a fused chunk the
-          learner's share is the update's time minus the rollout's. With int8 actors,
+          learner's share is the update's time minus the rollout's, in a pipelined program
+          (:attr:`acting_overlaps`) the step's whole time when the rollout takes less. With int8 actors,
           ``quant/*``: the int8 policy against its fp32 source on that rollout's observations.
         """
         pieces = self.pieces(state)
@@ -277,8 +281,8 @@ class DeviceSource(StepSource):
             t_learn = time.perf_counter() - start
             out["time/learner_sps"] = samples / t_learn
         elif seconds_per_update > t_act:
-            out["time/learner_sps"] = samples / (seconds_per_update - t_act)
-        else:  # the standalone rollout took longer than a whole fused update: no estimate
+            out["time/learner_sps"] = samples / (seconds_per_update - (0.0 if self.acting_overlaps else t_act))
+        else:  # the standalone rollout took longer than a whole update: no estimate
             out["time/learner_sps"] = float("nan")
         return out
 

@@ -3,15 +3,17 @@
 Each update has three compiled pieces (``DeviceSource.pieces``): ``actor_params`` (the
 re-quantise step) and ``learn`` on the learner device, ``rollout`` on the actor device;
 parameters and trajectories move between them with ``jax.device_put`` as soon as they exist,
-each packed into one buffer per dtype (:class:`Wire`).
+each packed into one buffer per dtype (:class:`Wire`). Pipelined chunks on two devices of one
+platform (two CPU devices, two GPUs) are one program over both instead
+(``rlaccel.sources.pipelined``, the same run bit for bit); devices of two platforms (a GPU
+learner with CPU actors) run the pieces.
 Dispatch is asynchronous, so the host only queues work: nothing inside a chunk waits for a
 device, and the chunk blocks once, when the loop fetches its metrics.
 
 **Pipelined** (``placement.pipeline``: ``auto`` or ``true``, the default for two devices):
 the actor device runs rollout k+1 while the learner runs update k, so the two devices work
-at the same time and, where they have compute of their own (a GPU learner and CPU actors, or
-spare cores), an update costs about ``max(act, learn)`` instead of their sum (two CPU
-"devices" share XLA's intra-op threads: ``docs/placement-and-int8.md``)::
+at the same time and an update costs about ``max(act, learn)`` instead of their sum
+(``docs/placement-and-int8.md``)::
 
     actor device    R0(θ0)  R1(θ0)  R2(θ1)  R3(θ2)  ...      Rk acts with θ(k-1)
     learner device          U0(R0)  U1(R1)  U2(R2)  ...      Uk makes θ(k+1)
@@ -34,44 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaccel import compile_cache
 from rlaccel.agent import Metrics
+from rlaccel.sources import pipelined
 from rlaccel.sources.device import DeviceSource
+from rlaccel.sources.wire import Wire
 from rlaccel.state import TrainState
 
 __all__ = ["SplitSource", "Wire"]
-
-
-class Wire:
-    """Moves one pytree structure to ``device`` as one flat buffer per dtype: a handful of
-    transfers instead of one per leaf (an int8 policy has ~30 leaves, and each ``device_put``
-    of a leaf costs the host ~10 µs). Packing runs where the tree lives, unpacking on
-    ``device``, each one small compiled program; the values arrive bit for bit."""
-
-    def __init__(self, example: Any, device: jax.Device):
-        leaves, self.treedef = jax.tree.flatten(example)
-        self.specs = [(tuple(x.shape), jnp.dtype(x.dtype)) for x in leaves]
-        self.dtypes = sorted({d for _, d in self.specs}, key=str)
-        self.device = device
-        self._pack, self._unpack = compile_cache.jit(self.pack), compile_cache.jit(self.unpack)
-
-    def pack(self, tree: Any) -> tuple[jax.Array, ...]:
-        """``tree`` -> one 1-D buffer per dtype (jittable)."""
-        leaves = jax.tree.leaves(tree)
-        return tuple(jnp.concatenate([x.reshape(-1) for x, (_, d) in zip(leaves, self.specs) if d == dtype]) for dtype in self.dtypes)
-
-    def unpack(self, buffers: tuple[jax.Array, ...]) -> Any:
-        """The inverse of :meth:`pack` (jittable)."""
-        offsets, leaves = dict.fromkeys(self.dtypes, 0), []
-        for shape, dtype in self.specs:
-            n, start = int(np.prod(shape, dtype=np.int64)), offsets[dtype]
-            leaves.append(buffers[self.dtypes.index(dtype)][start : start + n].reshape(shape))
-            offsets[dtype] = start + n
-        return jax.tree.unflatten(self.treedef, leaves)
-
-    def __call__(self, tree: Any) -> Any:
-        """``tree`` on :attr:`device` (dispatched: nothing waits for it)."""
-        return self._unpack(jax.device_put(self._pack(tree), self.device))
 
 
 class SplitSource(DeviceSource):
@@ -80,16 +51,29 @@ class SplitSource(DeviceSource):
     Args (besides :class:`rlaccel.sources.device.DeviceSource`'s):
       pipeline: overlap rollout k+1 with update k (one update of policy lag); ``False``:
         quantise -> rollout -> update in turn.
+      one_program: pipelined chunks as one program over both devices where they share a
+        platform (``rlaccel.sources.pipelined``); ``False``: dispatched from the host, as
+        devices of two platforms always are.
     """
 
-    learns_in_pieces = True
-
-    def __init__(self, *args: Any, pipeline: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, pipeline: bool = True, one_program: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.pipeline = pipeline
         self._lag_sum = 0.0
         self._lag_count = 0
         self._wires: dict[str, Wire] = {}
+        one = one_program and pipeline and pipelined.applies(self.learner_device, self.actor_device)
+        self._program = pipelined.OneProgram(self) if one else None
+
+    @property
+    def learns_in_pieces(self) -> bool:  # type: ignore[override]
+        """Whether chunks run the separately compiled ``learn`` piece (not with one program,
+        whose probe estimates the learner's speed from the step's time instead)."""
+        return self._program is None
+
+    @property
+    def acting_overlaps(self) -> bool:  # type: ignore[override]
+        return self._program is not None
 
     def describe(self) -> str:
         line = super().describe()
@@ -101,13 +85,28 @@ class SplitSource(DeviceSource):
         return {**super().summary_extra(), "actor/policy_lag": lag}
 
     def compile(self, state: TrainState, num_updates: int) -> None:
-        """Compile the pieces for their devices (one set for every chunk length) and the
-        wires between them (one rollout, not kept)."""
+        """Compile the pipelined chunk as one program where the devices allow it
+        (``rlaccel.sources.pipelined``; the probe's pieces beside it), else the pieces for
+        their devices (one set for every chunk length) and the wires between them (one
+        rollout, not kept)."""
+        if self._program is not None:
+            self.compile_pieces_beside(state)
+            self.join_ahead()
+            self._program.compile(state, num_updates)
+            if self._pieces_thread is not None:  # no chunk runs beside a compile
+                self.pieces(state)
+            return
         self.join_ahead()
         pieces = self.pieces(state)
         params = self._send_params(pieces["actor_params"](state.agent))
         _, transitions, episodes = pieces["rollout"](params, state.rollout, self._to_actor(state.key))
         jax.block_until_ready(self._send_batch(transitions, episodes))
+
+    def _compile_abstract(self, state: TrainState, num_updates: int) -> None:
+        """What :meth:`compile_ahead` compiles: the one program, or the pieces."""
+        if self._program is None:
+            return super()._compile_abstract(state, num_updates)
+        self._program.compile(state, num_updates)
 
     def _to_actor(self, x: Any) -> Any:
         return jax.device_put(x, self.actor_device)
@@ -130,12 +129,15 @@ class SplitSource(DeviceSource):
         """``num_updates`` updates dispatched from the host; metrics ``[num_updates]`` on the
         learner device (pipelined: with ``actor/policy_lag``, updates between the parameters a
         rollout acted with and those of the serial runner, 0 or 1)."""
-        pieces = self.pieces(state)
-        run = self._pipelined if self.pipeline else self._serial
-        state, rows, lags = run(pieces, state, num_updates)
+        if self.pipeline and self._program is not None:
+            state, metrics = self._program.run(state, num_updates)
+            lags = [0] + [1] * (num_updates - 1)
+        else:
+            run = self._pipelined if self.pipeline else self._serial
+            state, rows, lags = run(self.pieces(state), state, num_updates)
+            metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
         self._lag_sum += float(sum(lags))
         self._lag_count += len(lags)
-        metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
         if self.pipeline:
             metrics["actor/policy_lag"] = jax.device_put(np.asarray(lags, np.float32), self.learner_device)
         return state, metrics

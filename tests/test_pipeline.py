@@ -73,7 +73,7 @@ def test_pipeline_switch(cartpole_yaml, actor, pipeline, want):
     assert isinstance(source, FusedSource if want == "fused" else SplitSource)
     if want != "fused":
         assert source.pipeline == (want == "pipelined")
-        assert source.describe().endswith("(split, pipelined)" if want == "pipelined" else "(split)")
+        assert source.describe().endswith("(split, pipelined, one program)" if want == "pipelined" else "(split)")
 
 
 def test_pipeline_true_on_one_device_and_bad_values_are_config_errors(cartpole_yaml):
@@ -117,6 +117,7 @@ def sources(cartpole_yaml):
     _, source, state = build(cartpole_yaml, *TINY)
     host = SplitSource(source.agent, source.env, source.num_envs, source.num_steps, source.precision, source.learner_device, source.actor_device, one_program=False)
     assert source.acting_overlaps and not source.learns_in_pieces and host.learns_in_pieces
+    assert host.describe().endswith("(split, pipelined)")
     return {"one program": source, "host-dispatched": host}, state
 
 
@@ -182,7 +183,7 @@ def test_dqn_runs_pipelined(cartpole_yaml):
     source = make_source(agent_lib.make(config, env), env, placement.resolve(config.placement))
     summary = loop.run(config, source, None, progress=False)
     assert summary["status"] == "completed" and summary["env_steps"] == 1000
-    assert summary["placement"].endswith("(split, pipelined)")
+    assert summary["placement"].endswith("(split, pipelined, one program)")
     assert summary["actor/policy_lag"] == pytest.approx(49 / 50)  # chunks of 50 updates, the first of each lag 0
     assert np.isfinite(summary["final_return"])
     # Time to result counts from this process's start: at least the run's own wall time, at

@@ -77,7 +77,9 @@ class SplitSource(DeviceSource):
 
     def describe(self) -> str:
         line = super().describe()
-        return line[:-1] + ", pipelined)" if self.pipeline else line
+        if not self.pipeline:
+            return line
+        return line[:-1] + (", pipelined, one program)" if self._program is not None else ", pipelined)")
 
     def summary_extra(self) -> dict[str, Any]:
         """``actor/policy_lag``: the mean over the run's updates (0 without pipelining)."""

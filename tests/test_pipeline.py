@@ -7,6 +7,7 @@
   k+1 acts with the parameters of update k-1), bit for bit; chunks of one update are the
   serial run.
 * A chunk dispatches everything and returns: no implicit host transfer, nothing waited for.
+* Stopped between chunks and resumed, a pipelined run is the straight run, bit for bit.
 * It learns: CartPole-v1 >= 475 (3 of 3 seeds, one compile shared by the seeds) and
   Pendulum-v1 >= -250, pipelined, with int8 actors.
 * ``Wire`` moves a mixed-dtype tree bit for bit; ``time_to_result_s`` counts from the process start.
@@ -20,10 +21,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from rich.console import Console
 
 from rlaccel import agent as agent_lib
+from rlaccel import api, checkpoint, envs, loop, placement
 from rlaccel import config as config_lib
-from rlaccel import envs, loop, placement
 from rlaccel.clock import process_age_s
 from rlaccel.config import ConfigError
 from rlaccel.placement import PlacementError
@@ -189,6 +191,24 @@ def test_dqn_runs_pipelined(cartpole_yaml):
     # Time to result counts from this process's start: at least the run's own wall time, at
     # most the process's age now.
     assert summary["wall_s"] <= summary["time_to_result_s"] <= process_age_s()
+
+
+@pytest.mark.slow
+def test_a_pipelined_run_stopped_between_chunks_resumes_bit_for_bit(cartpole_yaml, tmp_path):
+    """Each chunk starts with the newest parameters and leaves nothing in flight, so a run
+    stopped at a chunk's end and resumed from its checkpoint ends where the straight run
+    does: every array of the last checkpoint equal, bytes for bytes."""
+    config = config_lib.load(cartpole_yaml, [*TINY, *NO_EVAL, "logging.log_interval=2", "logging.checkpoint_interval=2", "logging.progress=false"])
+    quiet = Console(stderr=True, quiet=True)
+    straight = api.train(config, run_dir=tmp_path / "straight", console=quiet).summary
+    stopped = api.train(config, run_dir=tmp_path / "resumed", console=quiet, stop_at=4).summary
+    at_stop = checkpoint.read_arrays(checkpoint.latest(tmp_path / "resumed" / "checkpoints"))
+    resumed = api.train(config, run_dir=tmp_path / "resumed", resume=True, console=quiet).summary
+    assert stopped["updates"] == 4 and straight["updates"] == resumed["updates"] == 6
+    assert resumed["placement"].endswith("(split, pipelined, one program)") and resumed["actor/policy_lag"] == 0.5
+    a, b = (checkpoint.read_arrays(checkpoint.latest(tmp_path / run / "checkpoints")) for run in ("straight", "resumed"))
+    assert a.keys() == b.keys() and [k for k in a if a[k].tobytes() != b[k].tobytes()] == []
+    assert any(at_stop[k].tobytes() != b[k].tobytes() for k in b)  # the resumed run did train on
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/stat is Linux's")

@@ -21,9 +21,11 @@ faster than the serial split, while this program runs a step in about the learne
 alone (``docs/placement-and-int8.md``). Devices of different platforms (a GPU learner with
 CPU actors) cannot share one program: they keep the host-dispatched pipeline.
 
-The envs' state and the learner's state enter and leave as the packed buffers, each device's
-with a zero buffer of the same shape on the other device (allocated once: the learner's state
-takes that memory twice, the replay buffer included).
+The learner's state and the envs' state enter the program as they live, each array beside a
+spare of zeros of its shape on the other device (made once: the learner's state takes its
+memory twice, a replay buffer included), and leave it as each device's shard, with nothing
+copied or dispatched per leaf; only scalar leaves (counters) are copied to both devices and
+sent across at the chunk's end.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from jax.sharding import PartitionSpec as P
 
 from rlaccel import compile_cache
 from rlaccel.agent import Metrics
-from rlaccel.sources.wire import Wire
 from rlaccel.state import TrainState
 
 __all__ = ["OneProgram", "applies"]
@@ -61,7 +62,7 @@ def _words(tree: Any) -> jax.Array:
         x = x if x.dtype.itemsize == 4 else x.astype(jnp.int32)
         return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
 
-    return jnp.concatenate([word(x) for x in jax.tree.leaves(tree)])
+    return jnp.concatenate([jnp.zeros((0,), jnp.uint32), *(word(x) for x in jax.tree.leaves(tree))])
 
 
 def _from_words(words: jax.Array, like: Any) -> Any:
@@ -84,6 +85,21 @@ def _swap(to_actor: Any, to_learner: Any) -> tuple[Any, Any]:
     return _from_words(got[: sent.size], to_actor), _from_words(got[sent.size :], to_learner)
 
 
+def _specs(tree: Any) -> Any:
+    """Per leaf: split along its leading axis over the mesh, or (a scalar) the same on both."""
+    return jax.tree.map(lambda x: P() if np.ndim(x) == 0 else P(AXIS), tree)
+
+
+def _scalars(tree: Any) -> list[jax.Array]:
+    return [x for x in jax.tree.leaves(tree) if np.ndim(x) == 0]
+
+
+def _with_scalars(tree: Any, scalars: list[jax.Array]) -> Any:
+    """``tree`` with its scalar leaves replaced, in order, by ``scalars``."""
+    new = iter(scalars)
+    return jax.tree.map(lambda x: next(new) if np.ndim(x) == 0 else x, tree)
+
+
 class OneProgram:
     """Pipelined chunks of a ``SplitSource`` (``source``) as one program (module docstring)."""
 
@@ -95,40 +111,24 @@ class OneProgram:
         self.replicated = NamedSharding(self.mesh, P())
         self._executables: dict[int, Any] = {}
         self._spare: dict[tuple[Any, ...], jax.Array] = {}
-        self._spec: Any = None
 
     # -- the program -------------------------------------------------------------------------
 
-    def _wires(self, state: TrainState) -> None:
-        """Wires for the learner's state (without envs) and the envs' state, the way into and
-        out of a chunk, compiled for ``state``'s shapes; the shapes of what crosses over every
-        step (made once)."""
-        if self._spec is not None:
-            return
+    def _local(self, learner: TrainState, envs: Any, key: jax.Array, count: jax.Array, *, length: int) -> tuple:
+        """One device's share of a chunk (inside ``shard_map``): ``(learner state, envs,
+        metrics [length])``, the states the same on both devices, the metrics the learner's."""
         src = self.source
-        learner, envs = state.replace(rollout=None), state.rollout
-        params = jax.eval_shape(lambda agent: src.agent.actor_params(agent, src.precision), state.agent)
-        batch = jax.eval_shape(src.act_phase, params, envs, state.key)[1:]
-        learner, envs = (jax.tree.map(compile_cache.spec, tree) for tree in (learner, envs))
-        self.learner_wire, self.envs_wire = Wire(learner, self.devices[0]), Wire(envs, self.devices[1])
-        self._spec = (learner, params, batch)
-        self.learner_wire.compile(learner)  # a chunk's way in and out, each side on its own device
-        self.envs_wire.compile(envs)
-
-    def _local(self, learner_buffers: tuple, envs_buffers: tuple, key: jax.Array, count: jax.Array, *, length: int) -> tuple:
-        """One device's share of a chunk (inside ``shard_map``): its buffers in and out."""
-        src = self.source
-        _, params_spec, batch_spec = self._spec
-        learner, envs = self.learner_wire.unpack(learner_buffers), self.envs_wire.unpack(envs_buffers)
+        params_spec = jax.eval_shape(lambda agent: src.agent.actor_params(agent, src.precision), learner.agent)
+        batch_spec = jax.eval_shape(src.act_phase, params_spec, envs, learner.key)[1:]
         is_learner = jax.lax.axis_index(AXIS) == 0
 
         def split3(chain: jax.Array, _: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
             chain, key_rollout, key_update = jax.random.split(chain, 3)
             return chain, (chain, key_rollout, key_update)
 
-        _, (chain, keys_rollout, keys_update) = jax.lax.scan(split3, key, None, length=length)  # the serial runner's keys
+        _, (chain, keys_rollout, keys_update) = jax.lax.scan(split3, key, None, length=length)  # the serial runner's keys (``key`` is on both devices)
         zeros = functools.partial(jax.tree.map, lambda s: jnp.zeros(s.shape, s.dtype))
-        rows_spec = jax.eval_shape(src.learn_phase, learner, params_spec, *batch_spec, key)[1]
+        rows_spec = jax.eval_shape(src.learn_phase, learner, params_spec, *batch_spec, learner.key)[1]
         rows = jax.tree.map(lambda s: jnp.zeros((length, *s.shape), s.dtype), rows_spec)
         params, batch = zeros(params_spec), zeros(batch_spec)
 
@@ -158,39 +158,54 @@ class OneProgram:
 
         carry = (learner, envs, params, params, params, batch, rows)
         learner, envs, *_, rows = jax.lax.fori_loop(0, count + 2, step, carry)
-        return self.learner_wire.pack(learner), self.envs_wire.pack(envs), rows
+        # Arrays leave as each device's shard (the source keeps its own side's); scalars leave
+        # the same on both devices, each side's sent to the other.
+        learner_there, envs_there = _swap(_scalars(learner), _scalars(envs))
+        pick = lambda mine, there, own: [jnp.where(own, a, b) for a, b in zip(mine, there)]  # noqa: E731
+        learner = _with_scalars(learner, pick(_scalars(learner), learner_there, is_learner))
+        envs = _with_scalars(envs, pick(_scalars(envs), envs_there, ~is_learner))
+        return learner, envs, rows
 
     def compile(self, state: TrainState, num_updates: int) -> Any:
         """The program for chunks of up to ``length`` updates (the longest asked for so far),
         compiled ahead of time from ``state``'s shapes (it may be abstract)."""
-        self._wires(state)
         length = max([num_updates, *self._executables])
         if length not in self._executables:
-            buffers = jax.eval_shape(self.learner_wire.pack, self._spec[0]), jax.eval_shape(self.envs_wire.pack, state.rollout)
-            spread = lambda s: jax.ShapeDtypeStruct((2 * s.shape[0],), s.dtype, sharding=self.split)  # noqa: E731
-            args = (*jax.tree.map(spread, buffers), jax.ShapeDtypeStruct(state.key.shape, state.key.dtype, sharding=self.replicated), jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated))
+            learner, envs = (jax.tree.map(self._on_mesh, tree) for tree in (state.replace(rollout=None), state.rollout))
             local = functools.partial(self._local, length=length)
-            program = jax.shard_map(local, mesh=self.mesh, in_specs=(P(AXIS), P(AXIS), P(), P()), out_specs=P(AXIS), check_vma=False)
-            self._executables = {length: compile_cache.jit(program).lower(*args).compile()}
+            specs = (_specs(learner), _specs(envs))
+            program = jax.shard_map(local, mesh=self.mesh, in_specs=(*specs, P(), P()), out_specs=(*specs, P(AXIS)), check_vma=False)
+            key, count = compile_cache.spec(state.key, sharding=self.replicated), jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
+            self._executables = {length: compile_cache.jit(program).lower(learner, envs, key, count).compile()}
         return self._executables[length]
 
     # -- running it --------------------------------------------------------------------------
 
-    def _spread(self, buffers: tuple[jax.Array, ...], side: int) -> tuple[jax.Array, ...]:
-        """Buffers living on ``devices[side]`` as arrays over the mesh (a zero buffer, kept
-        for the next chunk, on the other device)."""
+    def _on_mesh(self, x: Any) -> jax.ShapeDtypeStruct:
+        """How a state leaf enters the program: an array as a shard per device (its own and
+        a spare), a scalar on both."""
+        if np.ndim(x) == 0:
+            return compile_cache.spec(x, sharding=self.replicated)
+        return jax.ShapeDtypeStruct((2 * x.shape[0], *x.shape[1:]), x.dtype, sharding=self.split)
+
+    def _enter(self, tree: Any, side: int) -> Any:
+        """``tree``, living on ``devices[side]``, as the program takes it (:meth:`_on_mesh`):
+        each array beside a spare of its shape on the other device (zeros, made once and
+        kept: the program only reads a side's own state), the scalars copied over."""
         other = self.devices[1 - side]
-        out = []
-        for b in buffers:
-            key = (b.shape, b.dtype, other)
+
+        def spread(x: jax.Array) -> jax.Array:
+            key = (x.shape, x.dtype, other)
             if key not in self._spare:
-                self._spare[key] = jax.device_put(np.zeros(b.shape, b.dtype), other)
-            parts = [b, self._spare[key]][:: 1 - 2 * side]
-            out.append(jax.make_array_from_single_device_arrays((2 * b.shape[0], *b.shape[1:]), self.split, parts))
-        return tuple(out)
+                self._spare[key] = jax.device_put(np.zeros(x.shape, x.dtype), other)
+            parts = [x, self._spare[key]][:: 1 - 2 * side]
+            return jax.make_array_from_single_device_arrays((2 * x.shape[0], *x.shape[1:]), self.split, parts)
+
+        scalars = jax.device_put(_scalars(tree), self.replicated)
+        return _with_scalars(jax.tree.map(lambda x: x if np.ndim(x) == 0 else spread(x), tree), scalars)
 
     def _take(self, tree: Any, side: int) -> Any:
-        """Each leaf's shard on ``devices[side]`` (no copy)."""
+        """Each leaf's shard (or a scalar's copy) on ``devices[side]`` (no copy made)."""
         device = self.devices[side]
         return jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device), tree)
 
@@ -199,14 +214,10 @@ class OneProgram:
         device, envs on the actor device) and metrics ``[num_updates]`` on the learner device."""
         executable = self.compile(state, num_updates)
         (length,) = self._executables
-        learner = self._spread(self.learner_wire.packed(state.replace(rollout=None)), 0)
-        envs = self._spread(self.envs_wire.packed(state.rollout), 1)
-        key = jax.device_put(state.key, self.replicated)
-        count = jax.device_put(np.int32(num_updates), self.replicated)
+        learner, envs = self._enter(state.replace(rollout=None), 0), self._enter(state.rollout, 1)
+        key, count = jax.device_put((state.key, np.int32(num_updates)), self.replicated)
         learner, envs, rows = executable(learner, envs, key, count)
-        learner = self.learner_wire.unpacked(self._take(learner, 0))
-        envs = self.envs_wire.unpacked(self._take(envs, 1))
         rows = self._take(rows, 0)
         if num_updates < length:
             rows = {name: x[:num_updates] for name, x in rows.items()}
-        return learner.replace(rollout=envs), rows
+        return self._take(learner, 0).replace(rollout=self._take(envs, 1)), rows

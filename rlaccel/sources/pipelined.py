@@ -1,7 +1,7 @@
 """A pipelined chunk as one compiled program over the learner and actor devices.
 
-Where the two devices of a split placement share a platform in this process (two CPU
-devices, two GPUs), :class:`OneProgram` compiles a chunk of ``count`` pipelined updates into
+Where the two devices of a split placement are two CPU devices of this process,
+:class:`OneProgram` compiles a chunk of ``count`` pipelined updates into
 one SPMD program (``jax.shard_map`` over the mesh ``(learner, actor)``, axis ``role``). Every
 step of its loop, each device runs its own branch (``lax.cond`` on ``lax.axis_index``), then
 the two swap what they made with one ``lax.ppermute``: the learner's freshly quantised actor
@@ -19,7 +19,8 @@ the chunk. Two CPU devices share XLA's intra-op thread pool; there the host-disp
 pipeline paid for ~10 executions per update and their hand-offs between threads and ran no
 faster than the serial split, while this program runs a step in about the learner's update
 alone (``docs/placement-and-int8.md``). Devices of different platforms (a GPU learner with
-CPU actors) cannot share one program: they keep the host-dispatched pipeline.
+CPU actors) cannot share one program, and two GPUs have not been measured: both keep the
+host-dispatched pipeline.
 
 The learner's state and the envs' state enter the program as they live, each array beside a
 spare of zeros of its shape on the other device (made once: the learner's state takes its
@@ -49,10 +50,12 @@ AXIS = "role"  # mesh axis: index 0 learns, index 1 acts
 
 
 def applies(learner: jax.Device, actor: jax.Device) -> bool:
-    """Whether a pipelined chunk on ``learner`` and ``actor`` can be one program: two devices
-    of one platform, both this process's."""
+    """Whether a pipelined chunk on ``learner`` and ``actor`` is one program: two CPU devices,
+    both this process's (the one pair measured and tested here; the program itself is
+    platform-neutral SPMD)."""
     here = jax.process_index()
-    return learner != actor and learner.platform == actor.platform and learner.process_index == actor.process_index == here
+    cpus = learner.platform == actor.platform == "cpu"
+    return learner != actor and cpus and learner.process_index == actor.process_index == here
 
 
 def _words(tree: Any) -> jax.Array:

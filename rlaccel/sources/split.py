@@ -3,10 +3,9 @@
 Each update has three compiled pieces (``DeviceSource.pieces``): ``actor_params`` (the
 re-quantise step) and ``learn`` on the learner device, ``rollout`` on the actor device;
 parameters and trajectories move between them with ``jax.device_put`` as soon as they exist,
-each packed into one buffer per dtype (:class:`Wire`). Pipelined chunks on two devices of one
-platform (two CPU devices, two GPUs) are one program over both instead
-(``rlaccel.sources.pipelined``, the same run bit for bit); devices of two platforms (a GPU
-learner with CPU actors) run the pieces.
+each packed into one buffer per dtype (:class:`Wire`). Pipelined chunks on two CPU devices
+are one program over both instead (``rlaccel.sources.pipelined``, the same run bit for bit);
+other pairs (a GPU learner with CPU actors) run the pieces.
 Dispatch is asynchronous, so the host only queues work: nothing inside a chunk waits for a
 device, and the chunk blocks once, when the loop fetches its metrics.
 
@@ -83,9 +82,9 @@ class SplitSource(DeviceSource):
     Args (besides :class:`rlaccel.sources.device.DeviceSource`'s):
       pipeline: overlap rollout k+1 with update k (one update of policy lag); ``False``:
         quantise -> rollout -> update in turn.
-      one_program: pipelined chunks as one program over both devices where they share a
-        platform (``rlaccel.sources.pipelined``); ``False``: dispatched from the host, as
-        devices of two platforms always are.
+      one_program: pipelined chunks as one program over both devices where they are two CPU
+        devices (``rlaccel.sources.pipelined``); ``False``: dispatched from the host, as
+        other pairs always are.
     """
 
     def __init__(self, *args: Any, pipeline: bool = True, one_program: bool = True, **kwargs: Any):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -30,6 +31,7 @@ from rlaccel.clock import process_age_s
 from rlaccel.config import ConfigError
 from rlaccel.placement import PlacementError
 from rlaccel.sources import make_source
+from rlaccel.sources.pipelined import applies as one_program_applies
 from rlaccel.sources.device import FusedSource
 from rlaccel.sources.split import SplitSource, Wire
 
@@ -76,6 +78,15 @@ def test_pipeline_switch(cartpole_yaml, actor, pipeline, want):
     if want != "fused":
         assert source.pipeline == (want == "pipelined")
         assert source.describe().endswith("(split, pipelined, one program)" if want == "pipelined" else "(split)")
+
+
+def test_one_program_only_for_two_cpu_devices_of_this_process():
+    cpu0, cpu1 = jax.devices()[:2]
+    assert one_program_applies(cpu0, cpu1) and not one_program_applies(cpu0, cpu0)
+    gpu = SimpleNamespace(platform="gpu", process_index=0)  # a GPU learner with CPU actors: host-dispatched
+    assert not one_program_applies(gpu, cpu1) and not one_program_applies(cpu0, gpu)
+    elsewhere = SimpleNamespace(platform="cpu", process_index=1)  # another process's device
+    assert not one_program_applies(cpu0, elsewhere)
 
 
 def test_pipeline_true_on_one_device_and_bad_values_are_config_errors(cartpole_yaml):

@@ -60,7 +60,7 @@ class StepSource:
         """:meth:`init`, compiled (what the loop calls; also the template a checkpoint restores into)."""
         from rlaccel import compile_cache
 
-        return compile_cache.jit(self.init)(key)
+        return compile_cache.jit_once(self.init)(key)
 
     def place(self, state: Any) -> Any:
         """The state moved to the devices it lives on."""

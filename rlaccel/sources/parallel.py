@@ -131,7 +131,7 @@ class ParallelSource(DeviceSource):
         """:meth:`init` on this process's first device, fetched to the host (numpy): the same
         in every process, and the template a checkpoint restores into; :meth:`place` shards it."""
         with jax.default_device(self.learner_device):
-            return jax.device_get(compile_cache.jit(self.init)(key))
+            return jax.device_get(compile_cache.jit_once(self.init)(key))
 
     def compile_ahead(self, key: Array, num_updates: int) -> None:
         """Nothing: the chunk compiles for the placed state's mesh shardings (:meth:`compile`)."""

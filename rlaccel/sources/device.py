@@ -155,7 +155,11 @@ class DeviceSource(StepSource):
             return jax.tree.map(functools.partial(compile_cache.spec, sharding=sharding), tree)
 
         learner_state = state.replace(rollout=None)
-        params_exec = compile_cache.jit(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
+        # Pieces a probe runs once and does not time compile fast (compile_cache.jit_once):
+        # the noise, the quantisation metrics, and the re-quantisation unless chunks run it.
+        untimed = compile_cache.jit_once
+        requantise = compile_cache.jit if self.learns_in_pieces else untimed
+        params_exec = requantise(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()
         actor_params = placed(jax.eval_shape(lambda agent: self.agent.actor_params(agent, self.precision), state.agent), on_actor)
         key = placed(state.key, on_actor)
 
@@ -165,7 +169,7 @@ class DeviceSource(StepSource):
         noise = placed(jax.eval_shape(draw_noise, state.key), on_actor)
         pieces = {
             "actor_params": params_exec,
-            "noise": compile_cache.jit(draw_noise).lower(key).compile(),
+            "noise": untimed(draw_noise).lower(key).compile(),
             "act": compile_cache.jit(self.agent.act).lower(actor_params, state.rollout.obs, noise).compile(),
             "rollout": compile_cache.jit(self.act_phase).lower(actor_params, state.rollout, key).compile(),
         }
@@ -174,7 +178,7 @@ class DeviceSource(StepSource):
         learner_params = placed(actor_params, on_learner)
         if self.precision == "int8":
             metrics_fn = functools.partial(quant_metrics, self.agent)
-            pieces["quant_metrics"] = compile_cache.jit(metrics_fn).lower(state.agent, learner_params, transitions.obs).compile()
+            pieces["quant_metrics"] = untimed(metrics_fn).lower(state.agent, learner_params, transitions.obs).compile()
         if self.learns_in_pieces:
             pieces["learn"] = compile_cache.jit(self.learn_phase).lower(learner_state, learner_params, transitions, episodes, state.key).compile()
         return pieces

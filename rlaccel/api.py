@@ -86,7 +86,7 @@ def validate(config: Config) -> None:
     """
     from rlaccel import envs, placement
 
-    placement.start_backend(config.placement)  # before an env (brax) or a device starts JAX
+    placement.start_backend(config.placement, config.env_kind)  # before an env (brax) or a device starts JAX
     try:
         env = envs.make(config.env, **config.env_kwargs)
     except envs.UnknownEnvError as e:

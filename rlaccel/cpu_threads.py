@@ -10,7 +10,8 @@ on a 2-core Xeon VM (PPO CartPole-v1, 4 x 128, 2x64, the fused program of 200 up
 setting in its own process, PureJaxRL's program in the same process): with two threads ours
 used 1.45 cores and ran at 0.70x PureJaxRL's speed; with one thread 1.00 core and 1.22-1.25x
 (``docs/benchmarks.md``, "One XLA CPU thread"). Large batches (brax with thousands of envs, big networks) are the
-other way round, so the default stays XLA's and small-env configs ask for one thread.
+other way round, so the default (``auto``) asks for one thread for rlaccel's JAX-native
+classic-control envs only, and leaves ``brax:`` and ``gym:`` envs XLA's pool.
 
 JAX has no option for the pool's size, and it reads the affinity mask when the backend starts.
 :func:`start` starts the backend with the calling thread restricted to ``threads`` of its CPUs,

@@ -130,10 +130,14 @@ def learner_devices(config: PlacementConfig) -> tuple[jax.Device, ...]:
     return tuple(d for p in sorted(by_process) for d in by_process[p][:per_process])
 
 
-def start_backend(config: PlacementConfig) -> str | None:
-    """Start JAX's backends as ``config`` asks (``cpu_threads``); a no-op once they run.
-    Returns a one-line notice where the setting could not apply (``rlaccel.cpu_threads``)."""
-    return cpu_threads.start(config.cpu_threads)
+def start_backend(config: PlacementConfig, env_kind: str | None = None) -> str | None:
+    """Start JAX's backends as ``config`` asks (``cpu_threads``; ``auto``: one thread for a
+    JAX-native env, ``env_kind == "jax"``); a no-op once they run. Returns a one-line notice
+    where the setting could not apply (``rlaccel.cpu_threads``)."""
+    threads = config.cpu_threads
+    if threads == "auto":
+        threads = 1 if env_kind == "jax" else None
+    return cpu_threads.start(threads)
 
 
 def resolve(config: PlacementConfig) -> Placement:

@@ -60,14 +60,17 @@ class PlacementConfig:
     rollout k+1 on the actor device while the learner runs update k, with the parameters of
     update k-1 (one update of policy lag, logged as ``actor/policy_lag``); ``false`` takes
     turns (no lag). ``true`` on a placement with one device is an error; ``auto`` is then off."""
-    cpu_threads: Optional[int] = None
+    cpu_threads: Union[Literal["auto"], int, None] = "auto"
     """Threads of XLA's CPU thread pool, where every CPU program's kernels run (at least one per
     CPU device). ``null``: XLA's default, one per core. ``1`` suits small networks and classic
-    control, whose updates are chains of microsecond kernels (``rlaccel.cpu_threads``). Set
-    when rlaccel starts JAX; a process that used JAX before keeps its pool."""
+    control, whose updates are chains of microsecond kernels (``rlaccel.cpu_threads``).
+    ``auto``: ``1`` for rlaccel's JAX-native classic-control envs, XLA's default for ``brax:``
+    and ``gym:`` envs. Set when rlaccel starts JAX; a process that used JAX before keeps its
+    pool."""
 
     def __post_init__(self) -> None:
-        _check(self.cpu_threads is None or self.cpu_threads >= 1, "placement.cpu_threads", f"must be >= 1 or null, got {self.cpu_threads!r}")
+        ok = self.cpu_threads in (None, "auto") or (isinstance(self.cpu_threads, int) and self.cpu_threads >= 1)
+        _check(ok, "placement.cpu_threads", f"must be >= 1, auto or null, got {self.cpu_threads!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from rlaccel import api, placement
 if sys.argv[1] == "jax-first":
     jax.devices()  # JAX started before rlaccel: the pool keeps XLA's size
 config = api.load_config("configs/ppo_cartpole.yaml", sys.argv[2:])
-notice = placement.start_backend(config.placement)
+notice = placement.start_backend(config.placement, config.env_kind)
 total = float(jax.jit(lambda x: (x @ x).sum())(jnp.ones((64, 64))))
 tasks = os.listdir("/proc/self/task")
 names = collections.Counter(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
@@ -55,6 +55,13 @@ def test_cpu_threads_sizes_xlas_pool_and_leaves_every_thread_on_all_cpus():
 
 
 @needs_two_cpus
+def test_auto_is_one_thread_for_jax_native_envs_and_xlas_pool_for_others():
+    assert probe("placement.cpu_threads=auto")["pool"] == 1  # CartPole-v1, JAX-native
+    assert probe("placement.cpu_threads=auto", "env=gym:CartPole-v1")["pool"] == CPUS
+    assert PlacementConfig().cpu_threads == "auto"
+
+
+@needs_two_cpus
 def test_cpu_threads_once_jax_runs_is_a_one_line_notice():
     late = probe(jax_first=True)
     assert late["notice"].startswith("placement.cpu_threads=1: ") and "\n" not in late["notice"]
@@ -66,4 +73,4 @@ def test_cpu_threads_once_jax_runs_is_a_one_line_notice():
 def test_bad_cpu_threads_is_a_one_line_config_error(bad):
     with pytest.raises(ConfigError) as info:
         config_lib.from_dict(PlacementConfig, {"cpu_threads": int(bad)})
-    assert str(info.value).startswith("placement.cpu_threads: must be >= 1 or null") and "\n" not in str(info.value)
+    assert str(info.value).startswith("placement.cpu_threads: must be >= 1, auto or null") and "\n" not in str(info.value)

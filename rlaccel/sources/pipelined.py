@@ -25,8 +25,8 @@ host-dispatched pipeline.
 The learner's state and the envs' state enter the program as they live, each array beside a
 spare of zeros of its shape on the other device (made once: the learner's state takes its
 memory twice, a replay buffer included), and leave it as each device's shard, with nothing
-copied or dispatched per leaf; only scalar leaves (counters) are copied to both devices and
-sent across at the chunk's end.
+copied or dispatched per leaf; only the PRNG key and scalar leaves (counters) are copied to
+both devices, the scalars sent across again at the chunk's end.
 """
 
 from __future__ import annotations

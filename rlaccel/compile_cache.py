@@ -127,6 +127,11 @@ def compiler_options() -> dict[str, Any] | None:
     and JAX's backend is the CPU, else ``None`` (XLA's defaults). Read at each call."""
     if os.environ.get(EFFORT_ENV, "").strip().lower() != "fast":
         return None
+    return _fast_on_cpu()
+
+
+def _fast_on_cpu() -> dict[str, Any] | None:
+    """:data:`FAST_OPTIONS` where JAX's backend is the CPU, else ``None``."""
     import jax
 
     return dict(FAST_OPTIONS) if jax.default_backend() == "cpu" else None
@@ -147,7 +152,7 @@ def jit_once(fun: Callable, **kwargs: Any) -> Any:
     values may differ from a default-effort compile's in the last float bits (fusion)."""
     import jax
 
-    return jax.jit(fun, compiler_options=dict(FAST_OPTIONS) if jax.default_backend() == "cpu" else None, **kwargs)
+    return jax.jit(fun, compiler_options=_fast_on_cpu(), **kwargs)
 
 
 @contextlib.contextmanager

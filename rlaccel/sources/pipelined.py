@@ -119,7 +119,8 @@ class OneProgram:
 
     def _local(self, learner: TrainState, envs: Any, key: jax.Array, count: jax.Array, *, length: int) -> tuple:
         """One device's share of a chunk (inside ``shard_map``): ``(learner state, envs,
-        metrics [length])``, the states the same on both devices, the metrics the learner's."""
+        metrics [length])``; each side's own state is the one kept (:meth:`run`), its scalars
+        made the same on both devices, the metrics the learner's."""
         src = self.source
         params_spec = jax.eval_shape(lambda agent: src.agent.actor_params(agent, src.precision), learner.agent)
         batch_spec = jax.eval_shape(src.act_phase, params_spec, envs, learner.key)[1:]

@@ -31,8 +31,7 @@ def compute_gae(
         delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)
         A_t     = delta_t + gamma * lambda * (1 - (terminated_t | truncated_t)) * A_{t+1}
 
-    The recursion is linear, so it runs as a reverse parallel scan
-    (``rlaccel.returns.linear_recurrence``) rather than T sequential tiny steps.
+    The recursion runs backwards over T (``rlaccel.returns.linear_recurrence``).
 
     Args:
       rewards: ``[T, B]``.

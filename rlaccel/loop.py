@@ -239,7 +239,8 @@ def run(
                     failure = e
                     break
                 if log.probe_seconds is not None and (time.perf_counter() - last_probe >= log.probe_seconds or update >= end_update):
-                    probes.append(source.probe(state, elapsed / k))
+                    state, measured = source.probe(state, elapsed / k)
+                    probes.append(measured)
                     if costs and "time/actor_sps" in probes[-1]:
                         probes[-1].update(costs_lib.ops_per_s(costs, probes[-1]["time/actor_sps"]))
                     logger.log(update * spu, probes[-1])

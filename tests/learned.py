@@ -19,7 +19,7 @@ from rlaccel import checkpoint, envs
 from rlaccel import config as config_lib
 from rlaccel.bench import qat as qat_bench
 from rlaccel.deploy.export import export
-from rlaccel.sources.device import FusedSource
+from rlaccel.sources.fused import FusedSource
 
 SEEDS = 3
 DQN_SEEDS = 6  # test_dqn_cartpole_eval_return judges a rate

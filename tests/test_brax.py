@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rlaccel import agent as agent_lib, compile_cache, config, envs
-from rlaccel.sources.device import FusedSource
+from rlaccel.sources.fused import FusedSource
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rlaccel import agent as agent_lib, checkpoint, compile_cache, envs
 from rlaccel import config as config_lib
 from rlaccel.checkpoint import CheckpointError, DamagedCheckpointError
-from rlaccel.sources.device import FusedSource
+from rlaccel.sources.fused import FusedSource
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ from cli_helpers import run_main
 import rlaccel
 from rlaccel import api, checkpoint, loop, sources
 from rlaccel import config as config_lib
-from rlaccel.sources.device import FusedSource
+from rlaccel.sources.fused import FusedSource
 from rlaccel.sources.parallel import ParallelSource
 
 LOST_WITHIN_S = 60  # what docs/multi-host.md promises for a process that dies (measured: ~1 s)

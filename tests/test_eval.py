@@ -30,7 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rlaccel import agent as agent_lib
 from rlaccel import checkpoint, compile_cache, envs, eval_episodes
 from rlaccel import config as config_lib
-from rlaccel.sources.device import FusedSource
+from rlaccel.sources.fused import FusedSource
 
 EVAL = ["eval.freq=512", "eval.episodes=4"]  # tiny runs do 256 env steps per update, 2 per chunk
 UNREACHABLE = "eval.stop_at_return=501"  # CartPole returns at most 500: the run must not stop

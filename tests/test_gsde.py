@@ -295,7 +295,7 @@ def test_zoo_pendulum_block_learns_with_int8_actors_and_exports_the_mean(tmp_pat
     from rlaccel.deploy import load_policy
     from rlaccel.deploy.evaluate import episode_returns
     from rlaccel.deploy.export import export
-    from rlaccel.sources.device import make_train
+    from rlaccel.sources.fused import make_train
 
     cfg = config_lib.load(PENDULUM, ZOO_PENDULUM + ["placement.actor.precision=int8"])
     state, metrics = compile_cache.jit(make_train(cfg))(jax.random.PRNGKey(0))

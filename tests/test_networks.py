@@ -12,7 +12,7 @@ from jax.extend import core as jex_core
 
 from rlaccel import config as config_lib
 from rlaccel.networks import MLP
-from rlaccel.sources.device import make_train
+from rlaccel.sources.fused import make_train
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"ortho_init": False}, {"ortho_init": False, "weight_init": "torch"}], ids=["ortho", "flax", "torch"])

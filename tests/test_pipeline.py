@@ -32,7 +32,7 @@ from rlaccel.config import ConfigError
 from rlaccel.placement import PlacementError
 from rlaccel.sources import make_source
 from rlaccel.sources.pipelined import applies as one_program_applies
-from rlaccel.sources.device import FusedSource
+from rlaccel.sources.fused import FusedSource
 from rlaccel.sources.split import SplitSource, Wire
 
 NO_EVAL = ("eval.freq=0",)  # the learning tests judge the training return; evaluation is tested elsewhere

@@ -13,7 +13,7 @@ from rlaccel import config as config_lib
 from rlaccel.config import ConfigError, PlacementConfig
 from rlaccel.placement import PlacementError
 from rlaccel.sources import make_source
-from rlaccel.sources.device import FusedSource
+from rlaccel.sources.fused import FusedSource
 from rlaccel.sources.split import SplitSource
 
 
@@ -195,7 +195,7 @@ def test_split_and_fused_runners_compute_the_same_run(runs):
 def test_fused_probe_never_reports_an_impossible_learner_speed(runs):
     runner, state, _, _ = runs["fused", "int8"]
     # The last chunk took less time per update than one rollout alone takes in the probe.
-    out = runner.probe(state, seconds_per_update=0.0, num_calls=2)
+    _, out = runner.probe(state, seconds_per_update=0.0, num_calls=2)
     speed = out["time/learner_sps"]
     assert not (np.isfinite(speed) and speed > 1e9), f"time/learner_sps = {speed:.3g} samples/s"
 
@@ -208,12 +208,36 @@ def fused_source(cartpole_yaml, precision="int8"):
 
 
 @pytest.mark.slow
+def test_fused_probe_times_acting_with_the_chunk_and_changes_nothing(cartpole_yaml):
+    # The probe runs the chunk's program acting only: no rollout piece of its own, and the
+    # state it gives back (the chunk donates the one it gets) is the one it got, so a run
+    # probed between chunks is bit for bit a run that was not.
+    host = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+    runner, state = fused_source(cartpole_yaml)
+    probed, _ = runner.run_chunk(state, 2)
+    before = host(probed)
+    probed, out = runner.probe(probed, seconds_per_update=1.0, num_calls=2)
+    assert "rollout" not in runner.pieces(probed) and out["time/actor_sps"] > 0
+    assert 0.5 <= out["quant/action_agreement"] <= 1.0  # on the observations of the probe's rollout
+    for got, want in zip(host(probed), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    probed, _ = runner.run_chunk(probed, 2)
+
+    plain, state = fused_source(cartpole_yaml)
+    straight, _ = plain.run_chunk(state, 2)
+    straight, _ = plain.run_chunk(straight, 2)
+    for got, want in zip(host(probed), host(straight), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert int(straight.agent.step) == 4 and plain.close() == runner.close() == []
+
+
+@pytest.mark.slow
 def test_fused_probe_pieces_compile_beside_the_chunk_from_shapes(cartpole_yaml, monkeypatch):
     runner, state = fused_source(cartpole_yaml)
     runner.compile(state, 2)  # and, in a thread, the probe's pieces from the state's shapes...
     final, _ = runner.run_chunk(state, 2)  # ...which may still run while this chunk donates that state
     assert state.agent.step.is_deleted()
-    out = runner.probe(jax.block_until_ready(final), seconds_per_update=1.0, num_calls=2)  # waits for them
+    _, out = runner.probe(jax.block_until_ready(final), seconds_per_update=1.0, num_calls=2)  # waits for them
     assert out["time/actor_sps"] > 0 and 0.5 <= out["quant/action_agreement"] <= 1.0
     assert runner.pieces_compile_s > 0 and runner.close() == []
 

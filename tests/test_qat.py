@@ -85,7 +85,7 @@ def test_dqn_update_learns_through_the_int8_kernels_only_with_int8_actors(precis
     the rollout does not (the actors acted before learning); with fp32 actors nothing changes."""
     from rlaccel import envs
     from rlaccel.agents.dqn.config import DQNConfig, QNetKwargs
-    from rlaccel.sources.device import FusedSource
+    from rlaccel.sources.fused import FusedSource
 
     env = envs.make("CartPole-v1", auto_reset=True)
     out = {}

@@ -84,7 +84,7 @@ def test_grid_matches_separate_runs_sharded(cartpole_yaml):
     per op; over 4 updates we allow rtol 1e-4 / atol 1e-5 (a wrong member, learning rate or
     entropy coefficient moves them by more, see the last assertions).
     """
-    from rlaccel.sources.device import make_train
+    from rlaccel.sources.fused import make_train
 
     assert len(jax.devices()) == 2
     base = config_lib.load(cartpole_yaml, TINY)  # int8 actors, the default

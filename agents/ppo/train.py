@@ -10,7 +10,7 @@ ends with ``calibrate_int8`` (``Agent.calibrate``), as export does for runs with
 
 ``build(config, env)`` is the registry's ``make``: where the functions run (one compiled
 program, two devices, host threads) is a step source's business (``rlaccel.sources``); a whole
-run as one pure function is ``rlaccel.sources.device.make_train(config)``.
+run as one pure function is ``rlaccel.sources.fused.make_train(config)``.
 """
 
 from __future__ import annotations

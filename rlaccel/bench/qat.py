@@ -52,7 +52,7 @@ def train_seeds(config: Any, seeds: int) -> tuple[Any, Any, list[dict[str, np.nd
 
     from rlaccel import agent as agent_lib
     from rlaccel import envs, eval_episodes
-    from rlaccel.sources.device import FusedSource
+    from rlaccel.sources.fused import FusedSource
 
     env = envs.make(config.env, auto_reset=True)
     spec = agent_lib.make(config, env)  # the registry's DQN: int8 actors calibrate

@@ -21,7 +21,7 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
   default for two devices: rollout k+1 while update k, one update of policy lag);
   ``split_serial_fp32`` / ``split_serial_int8``: the same with ``placement.pipeline=false``.
 * ``vmap16_fp32`` / ``vmap16_int8``: 16 seeds vmapped in one compile
-  (``rlaccel.sources.device.make_train``).
+  (``rlaccel.sources.fused.make_train``).
 * ``sweep16_fp32`` / ``sweep16_int8``: the same 16 seeds through ``rlaccel.sweep.run_grid``
   (what ``rlaccel sweep`` runs), the seed axis sharded over two CPU devices, i.e. both cores.
 * ``purejaxrl_dqn``: PureJaxRL's ``dqn.py`` (``benchmarks/baselines/purejaxrl_dqn.py``,
@@ -211,12 +211,12 @@ def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, 
 
 
 def work_vmap(seeds: int, precision: str) -> dict:
-    """``seeds`` PPO runs vmapped in one compiled program (``rlaccel.sources.device.make_train``)."""
+    """``seeds`` PPO runs vmapped in one compiled program (``rlaccel.sources.fused.make_train``)."""
     import jax
     import numpy as np
 
     from rlaccel import config as config_lib
-    from rlaccel.sources.device import make_train
+    from rlaccel.sources.fused import make_train
 
     config = config_lib.load(CONFIG, [f"placement.actor.precision={precision}", *_short()])
     keys = jax.random.split(jax.random.PRNGKey(42), seeds)

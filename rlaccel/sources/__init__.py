@@ -2,7 +2,7 @@
 
 :func:`make` picks one from the config: ``gym:`` envs get host actor threads, or Ray actor
 processes with ``actors.backend: ray`` (``rlaccel.sources.host``); JAX and brax envs get the fused program when actors and learner
-share a device (``rlaccel.sources.device``), the split one when they do not
+share a device (``rlaccel.sources.fused``), the split one when they do not
 (``rlaccel.sources.split``, pipelined unless ``placement.pipeline: false``), and the
 data-parallel one over several learner devices or processes (``rlaccel.sources.parallel``):
 :func:`make_source`.
@@ -44,7 +44,7 @@ def _make(config: Any, console: Any) -> StepSource:
 def make_source(spec: Any, env: Any, placement: Any) -> StepSource:
     """The JAX-env source a resolved ``rlaccel.placement.Placement`` calls for, for an
     ``rlaccel.agent.AgentSpec``: ``FusedSource`` on one device, ``SplitSource`` on two."""
-    from rlaccel.sources.device import FusedSource
+    from rlaccel.sources.fused import FusedSource
     from rlaccel.sources.split import SplitSource
 
     args = (spec.agent, env, spec.num_envs, spec.num_steps)

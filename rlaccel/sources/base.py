@@ -5,7 +5,7 @@ restore, compile, chunks, logging, probes, hooks, checkpoints, signals, NaN guar
 ``summary.json``). A source only knows how to make a state, place it, compile and run a
 chunk of updates, and time itself:
 
-* ``rlaccel.sources.device.FusedSource``: a chunk is one compiled program on one device.
+* ``rlaccel.sources.fused.FusedSource``: a chunk is one compiled program on one device.
 * ``rlaccel.sources.split.SplitSource``: rollouts on the actor device, updates on the learner's (pipelined).
 * ``rlaccel.sources.host.HostSource``: gymnasium envs stepped by host actor threads.
 * ``rlaccel.sweep.program.SweepSource``: members (settings x seeds) of one compile group, vmapped.
@@ -89,9 +89,11 @@ class StepSource:
         """
         raise NotImplementedError
 
-    def probe(self, state: Any, seconds_per_update: float) -> dict[str, float]:
-        """Speeds and latencies timed between chunks (``time/*``, ``actor/*``, ``quant/*``)."""
-        return {}
+    def probe(self, state: Any, seconds_per_update: float) -> tuple[Any, dict[str, float]]:
+        """Speeds and latencies timed between chunks (``time/*``, ``actor/*``, ``quant/*``),
+        and the state to go on with: ``state``'s values (a fused source times acting with its
+        donating chunk, so the loop must not keep ``state``)."""
+        return state, {}
 
     def close(self) -> list[str]:
         """Stop and join what :meth:`start` started; returns warnings for the console."""

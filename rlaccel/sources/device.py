@@ -1,17 +1,15 @@
-"""Step sources for JAX envs: the agent's pure functions on one device or two.
+"""What the JAX-env step sources share: :class:`DeviceSource`, an update's two phases
+(:meth:`DeviceSource.act_phase`, :meth:`DeviceSource.learn_phase`), init, placement, the
+probe's compiled pieces and the probe itself: decision latency and the separate speeds of
+acting and learning, timed on the host around blocking calls (between chunks, never inside
+them).
 
-* :class:`FusedSource` (actors on the learner's device): a chunk of updates (re-quantise ->
-  rollout -> learner update) is one compiled program. It is pure, so ``jax.vmap`` over seeds
-  works unchanged (:func:`make_train`, sweeps).
+* ``rlaccel.sources.fused.FusedSource`` (actors on the learner's device): a chunk of
+  updates (re-quantise -> rollout -> learner update) is one compiled program.
 * ``rlaccel.sources.split.SplitSource`` (two devices): the rollout is compiled for the
   actor device, the update for the learner device; trajectories move to the learner and
   freshly quantised actor parameters move back after every update, pipelined by default.
   ``rlaccel.sources.make_source`` picks one of the two from the placement.
-
-Both build each update from the same two phases, :meth:`DeviceSource.act_phase` and
-:meth:`DeviceSource.learn_phase`, and both answer :meth:`DeviceSource.probe`: decision
-latency and the separate speeds of acting and learning, timed on the host around blocking
-calls of the same compiled pieces (between chunks, never inside them).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlaccel import compile_cache
 from rlaccel import quant
@@ -171,8 +168,9 @@ class DeviceSource(StepSource):
             "actor_params": params_exec,
             "noise": untimed(draw_noise).lower(key).compile(),
             "act": compile_cache.jit(self.agent.act).lower(actor_params, state.rollout.obs, noise).compile(),
-            "rollout": compile_cache.jit(self.act_phase).lower(actor_params, state.rollout, key).compile(),
         }
+        if self.rollout_piece:
+            pieces["rollout"] = compile_cache.jit(self.act_phase).lower(actor_params, state.rollout, key).compile()
         # What the learner-side pieces take: the rollout's outputs moved to the learner.
         _, transitions, episodes = placed(jax.eval_shape(self.act_phase, actor_params, state.rollout, key), on_learner)
         learner_params = placed(actor_params, on_learner)
@@ -241,28 +239,33 @@ class DeviceSource(StepSource):
     acting_overlaps = False
     """Whether a chunk's rollouts run while its updates do (the pipelined program): the probe
     then takes the learner's share of an update to be the whole step."""
+    rollout_piece = True
+    """Whether the probe times acting with a separately compiled ``rollout`` piece (a fused
+    chunk times it with its own program instead: :meth:`FusedSource.timed_rollout`)."""
 
-    def probe(self, state: TrainState, seconds_per_update: float, num_calls: int = 32) -> dict[str, float]:
-        """Time the compiled pieces between chunks; ``state`` is only read.
+    def probe(self, state: TrainState, seconds_per_update: float, num_calls: int = 32) -> tuple[TrainState, dict[str, float]]:
+        """Time the compiled pieces between chunks.
 
         Args:
-          state: the current training state.
+          state: the current training state (a fused source's chunk consumes it).
           seconds_per_update: wall time per update of the last chunk (host clock).
           num_calls: timed decisions.
 
         Returns:
+          The state to go on with (``state``'s values), and the metrics:
           ``actor/decision_latency_us_*``: one blocking ``act`` over all envs, ``num_calls``
-          times. ``time/actor_sps``: one blocking rollout. ``time/learner_sps``: one blocking
-          learner update where the source has that piece (split); in a fused chunk the
-          learner's share is the update's time minus the rollout's, in a pipelined program
-          (:attr:`acting_overlaps`) the step's whole time when the rollout takes less. With int8 actors,
-          ``quant/*``: the int8 policy against its fp32 source on that rollout's observations.
+          times. ``time/actor_sps``: one blocking rollout (:meth:`timed_rollout`).
+          ``time/learner_sps``: one blocking learner update where the source has that piece
+          (split); in a fused chunk the learner's share is the update's time minus the
+          rollout's, in a pipelined program (:attr:`acting_overlaps`) the step's whole time
+          when the rollout takes less. With int8 actors, ``quant/*``: the int8 policy against
+          its fp32 source on that rollout's observations.
         """
         pieces = self.pieces(state)
         actor_params = jax.device_put(pieces["actor_params"](state.agent), self.actor_device)
-        obs = state.rollout.obs
         key = jax.device_put(jax.random.PRNGKey(0), self.actor_device)
         noise = pieces["noise"](key)  # one step's; the act's time does not depend on its values
+        obs = state.rollout.obs
         jax.block_until_ready(pieces["act"](actor_params, obs, noise))  # warm caches before timing
         times = []
         for _ in range(num_calls):
@@ -272,103 +275,32 @@ class DeviceSource(StepSource):
         out = latency_percentiles(times, self.num_envs)
 
         samples = self.num_envs * self.num_steps
-        start = time.perf_counter()
-        _, transitions, episodes = jax.block_until_ready(pieces["rollout"](actor_params, state.rollout, key))
-        t_act = time.perf_counter() - start
+        state, t_act, rollout_obs, batch = self.timed_rollout(state, pieces, actor_params, key)
         out["time/actor_sps"] = samples / t_act
-        transitions, episodes, learner_params = jax.device_put((transitions, episodes, actor_params), self.learner_device)
+        learner_params = jax.device_put(actor_params, self.learner_device)
         if "quant_metrics" in pieces:
-            out.update({k: float(v) for k, v in pieces["quant_metrics"](state.agent, learner_params, transitions.obs).items()})
+            rollout_obs = jax.device_put(rollout_obs, self.learner_device)
+            out.update({k: float(v) for k, v in pieces["quant_metrics"](state.agent, learner_params, rollout_obs).items()})
         if "learn" in pieces:
             start = time.perf_counter()
-            jax.block_until_ready(pieces["learn"](state.replace(rollout=None), learner_params, transitions, episodes, state.key))
+            jax.block_until_ready(pieces["learn"](state.replace(rollout=None), learner_params, *batch, state.key))
             t_learn = time.perf_counter() - start
             out["time/learner_sps"] = samples / t_learn
         elif seconds_per_update > t_act:
             out["time/learner_sps"] = samples / (seconds_per_update - (0.0 if self.acting_overlaps else t_act))
         else:  # the standalone rollout took longer than a whole update: no estimate
             out["time/learner_sps"] = float("nan")
-        return out
+        return state, out
 
+    def timed_rollout(self, state: TrainState, pieces: dict[str, Any], actor_params: Any, key: Array) -> tuple[TrainState, float, Array, Any]:
+        """One blocking rollout of the ``rollout`` piece from ``state``'s envs (not advanced).
 
-class FusedSource(DeviceSource):
-    """Actor and learner in one compiled program on one device."""
-
-    def update_step(self, state: TrainState, _: Any = None) -> tuple[TrainState, Metrics]:
-        """Re-quantise, roll out, learn (a scan body)."""
-        key, key_rollout, key_update = jax.random.split(state.key, 3)
-        actor_params = self.agent.actor_params(state.agent, self.precision)
-        rollout, transitions, episodes = self.act_phase(actor_params, state.rollout, key_rollout)
-        return self.learn_phase(state.replace(rollout=rollout, key=key), actor_params, transitions, episodes, key_update)
-
-    def train_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
-        """``num_updates`` updates; metrics stacked ``[num_updates]``. Pure: jit/vmap it."""
-        return jax.lax.scan(self.update_step, state, None, length=num_updates)
-
-    def train(self, key: Array, num_updates: int) -> tuple[TrainState, Metrics]:
-        """A whole run as one pure function (``jax.jit(jax.vmap(...))`` it for many seeds)."""
-        return self.train_chunk(self.init(key), num_updates)
-
-    def train_upto(self, state: TrainState, count: Array, length: int) -> tuple[TrainState, Metrics]:
-        """``count`` updates (traced, ``0 <= count <= length``): one program serves every chunk
-        length up to ``length``. Metrics ``[length]``, rows past ``count`` zero. The updates
-        are :meth:`update_step`'s, as :meth:`train_chunk`'s (traced once: the metrics' shapes
-        come from the same trace as the loop body, through ``jax.jit``'s trace cache)."""
-        update_step = jax.jit(self.update_step)
-        shapes = jax.eval_shape(update_step, state)[1]
-        rows = jax.tree.map(lambda x: jnp.zeros((length, *x.shape), x.dtype), shapes)
-
-        def body(i: Array, carry: tuple[TrainState, Metrics]) -> tuple[TrainState, Metrics]:
-            state, rows = carry
-            state, metrics = update_step(state)
-            return state, jax.tree.map(lambda r, m: jax.lax.dynamic_update_index_in_dim(r, m, i, 0), rows, metrics)
-
-        return jax.lax.fori_loop(0, count, body, (state, rows))
-
-    def compile(self, state: TrainState, num_updates: int) -> Any:
-        """``(state, count) -> (state, metrics [length])`` compiled ahead of time (donates
-        ``state``) for chunks of up to ``length`` updates, ``length`` the first chunk's: a
-        shorter chunk (the last one of a run, one after ``--resume`` at another boundary, a
-        ``stop_at``) runs the same executable, with nothing more to compile."""
-        self.compile_pieces_beside(state)  # beside compile_ahead's (after init)
-        self.join_ahead()
-        if self._ahead_spec is not None:  # once, for the first real state
-            if jax.tree.map(compile_cache.spec, state) != self._ahead_spec:  # compiled ahead for shapes it does not have
-                self._chunks = {}
-            self._ahead_spec = None
-        executable = self._compile_abstract(state, num_updates)
-        if self._pieces_thread is not None:  # no chunk runs beside a compile (it would time its slowdown)
-            self.pieces(state)
-        return executable
-
-    def _compile_abstract(self, state: TrainState, num_updates: int) -> Any:
-        """The chunk's executable for ``state``'s shapes and devices (it may be abstract)."""
-        length = max([num_updates, *self._chunks])
-        if length not in self._chunks:
-            self._chunks = {length: compile_cache.jit(self.train_upto, static_argnums=2, donate_argnums=0).lower(state, jnp.int32(0), length).compile()}
-        return self._chunks[length]
-
-    def run_chunk(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
-        """One compiled chunk, dispatched; metrics ``[num_updates]`` stay on the learner device
-        (a chunk shorter than the executable's length is trimmed on the host, after it ran)."""
-        executable = self.compile(state, num_updates)
-        (length,) = self._chunks
-        state, metrics = executable(state, jnp.int32(num_updates))
-        if num_updates < length:
-            metrics = {k: np.asarray(v)[:num_updates] for k, v in metrics.items()}
-        return state, metrics
-
-
-def make_train(config: Any) -> Any:
-    """``train(key) -> (final TrainState, metrics [num_updates])``: a whole fused run, pure.
-
-    ``jax.jit(jax.vmap(make_train(config)))(keys)`` trains one agent per key in one compile;
-    any registered algorithm. Acting precision comes from ``config.placement.actor.precision``.
-    """
-    from rlaccel import agent as agent_lib
-    from rlaccel import envs
-
-    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
-    spec = agent_lib.make(config, env)
-    source = FusedSource(spec.agent, env, spec.num_envs, spec.num_steps, precision=config.placement.actor.precision)
-    return functools.partial(source.train, num_updates=spec.num_updates)
+        Returns:
+          ``(state, seconds, observations [T, B, obs_dim], (transitions, episodes))``, the
+          last two on the learner device.
+        """
+        start = time.perf_counter()
+        _, transitions, episodes = jax.block_until_ready(pieces["rollout"](actor_params, state.rollout, key))
+        seconds = time.perf_counter() - start
+        transitions, episodes = jax.device_put((transitions, episodes), self.learner_device)
+        return state, seconds, transitions.obs, (transitions, episodes)

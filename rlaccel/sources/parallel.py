@@ -251,16 +251,16 @@ class ParallelSource(DeviceSource):
 
         return jax.tree.map(mine, state)
 
-    def probe(self, state: TrainState, seconds_per_update: float, num_calls: int = 32) -> dict[str, float]:
+    def probe(self, state: TrainState, seconds_per_update: float, num_calls: int = 32) -> tuple[TrainState, dict[str, float]]:
         """``DeviceSource.probe`` on this process's first device and its envs. Decision latency
         is one device's ``act`` over its ``B / D`` envs; ``time/actor_sps`` and
         ``time/learner_sps`` are that device's rates times ``D`` (every device acts on as many
         envs at once), an estimate, timed without collectives so processes need not agree on
         when to probe."""
-        out = self._probe.probe(self.local_view(state), seconds_per_update, num_calls)
+        _, out = self._probe.probe(self.local_view(state), seconds_per_update, num_calls)  # (pieces: reads it)
         for name in ("time/actor_sps", "time/learner_sps"):
             out[name] = out[name] * len(self.devices)
-        return out
+        return state, out
 
     def final_stats(self, state: TrainState) -> dict[str, Any]:
         return super().final_stats(self.local_view(state))

@@ -1,7 +1,7 @@
 """The compiled program of a sweep group, and the step source that runs it through the loop.
 
 :class:`SweepProgram` trains the members (settings x seeds) of one compile group in lockstep:
-each member's fused chunk (``rlaccel.sources.device.FusedSource``) is vmapped over members,
+each member's fused chunk (``rlaccel.sources.fused.FusedSource``) is vmapped over members,
 and on several devices the member axis is sharded (a 1-D mesh, ``jax.shard_map``) so each
 device trains its own members with no communication. :class:`SweepSource` adapts it to the
 step-source interface, so :func:`run_group` drives a group through ``rlaccel.loop.run``:
@@ -64,7 +64,7 @@ class SweepProgram:
     def runner(self, hparams: Mapping[str, Any]) -> Any:
         """The fused source of one member whose traced hyperparameters are ``hparams``."""
         from rlaccel import agent as agent_lib
-        from rlaccel.sources.device import FusedSource
+        from rlaccel.sources.fused import FusedSource
 
         config = with_values(self.config, hparams)
         spec = agent_lib.make(config, self.env)

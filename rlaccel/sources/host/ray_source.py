@@ -106,12 +106,12 @@ class RaySource(HostSource):
             got.append(to_batch(i, steps))
         return got
 
-    def probe(self, state: TrainState, seconds_per_update: float) -> dict[str, float]:
-        out = super().probe(state, seconds_per_update)
+    def probe(self, state: TrainState, seconds_per_update: float) -> tuple[TrainState, dict[str, float]]:
+        state, out = super().probe(state, seconds_per_update)
         out["actor/broadcast_bytes"] = float(self._bytes["int8"])
         out["actor/broadcast_bytes_fp32"] = float(self._bytes["fp32"])
         out["actor/restarts"] = float(self._pool.restarts if self._pool is not None else 0)
-        return out
+        return state, out
 
     def close(self) -> list[str]:
         """Kill the actor processes; stop the local cluster (or leave the joined one)."""

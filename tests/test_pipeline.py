@@ -190,6 +190,19 @@ def test_a_chunk_only_dispatches(pipelined):
 
 
 @pytest.mark.slow
+def test_the_probe_times_acting_with_the_one_program_and_changes_nothing(pipelined):
+    # One program: no rollout piece, the program itself acting only (the state leaves as it
+    # entered); host-dispatched: the rollout piece its chunks run anyway.
+    source, _, state = pipelined
+    before = leaves(state)
+    after, out = source.probe(state, seconds_per_update=1.0, num_calls=2)
+    for got, want in zip(leaves(after), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert ("rollout" in source.pieces(state)) == (source._program is None)
+    assert out["time/actor_sps"] > 0 and 0.5 <= out["quant/action_agreement"] <= 1.0
+
+
+@pytest.mark.slow
 def test_dqn_runs_pipelined(cartpole_yaml):
     config = config_lib.load("configs/dqn_cartpole.yaml", ["total_timesteps=1000", "dqn.learning_starts=500", "logging.log_interval=50", "placement.actor.device=cpu:1", *NO_EVAL])
     env = envs.make(config.env, auto_reset=True)

@@ -140,7 +140,7 @@ def notes(results: dict[str, dict]) -> list[str]:
         out.append(f"fused_int8_to_500: the int8 policy's greedy evaluation reached {fmt(solve.get('eval_return'), '.1f')} after {fmt(solve['env_steps'])} env steps, {solve['time_to_result_s']:.1f} s from process start (stops there: not PureJaxRL's work)")
     for name, r in results.items():
         if r.get("policy_lag") and "one program" in (r.get("placement") or ""):  # the probe's learner speed is the step's
-            out.append(f"{name}: {fmt(r['sps'])} env steps/s pipelined as one program over both devices; the rollout alone {fmt(r.get('actor_sps'))} (probe, blocking)")
+            out.append(f"{name}: {fmt(r['sps'])} env steps/s pipelined as one program over both devices; acting alone {fmt(r.get('actor_sps'))} (probe: the program acting only)")
         elif r.get("policy_lag") and r.get("actor_sps") and r.get("learner_sps"):  # pipelined: both devices busy at once
             bound, serial = min(r["actor_sps"], r["learner_sps"]), 1 / (1 / r["actor_sps"] + 1 / r["learner_sps"])
             out.append(f"{name}: {fmt(r['sps'])} env steps/s pipelined; min(actor, learner) = {fmt(bound)} if acting and learning overlap fully, {fmt(serial)} if in turn (probe speeds, blocking)")

@@ -6,7 +6,6 @@ sweeps)."""
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 import jax
@@ -15,7 +14,7 @@ import numpy as np
 
 from rlaccel import compile_cache
 from rlaccel.agent import Metrics
-from rlaccel.sources.device import DeviceSource
+from rlaccel.sources.device import DeviceSource, seconds_per_step
 from rlaccel.state import TrainState
 
 Array = jax.Array
@@ -127,19 +126,17 @@ class FusedSource(DeviceSource):
     def timed_rollout(self, state: TrainState, pieces: dict[str, Any], actor_params: Any, key: Array) -> tuple[TrainState, float, Array, None]:
         """The chunk's program in its acting-only mode (:meth:`train_upto`): re-quantisation
         and rollout as training runs them, the state given back unchanged (the chunk donates
-        ``state``: go on with the one returned). Timed as one step against three, so the
-        program's fixed cost per call (~0.2 ms for CartPole's, a quarter of a rollout) is not
-        counted as acting."""
+        ``state``: go on with the one returned), timed per step without the program's fixed
+        cost per call (:func:`rlaccel.sources.device.seconds_per_step`)."""
         executable = self.compile(state, 1)
+        held = [state]
 
-        def timed(state: TrainState, steps: int) -> tuple[TrainState, float, Array]:
-            start = time.perf_counter()
-            state, _, obs = jax.block_until_ready(executable(state, np.int32(steps), np.bool_(True)))
-            return state, time.perf_counter() - start, obs
+        def run(steps: int) -> Array:
+            held[0], _, obs = jax.block_until_ready(executable(held[0], np.int32(steps), np.bool_(True)))
+            return obs
 
-        state, one, obs = timed(state, 1)
-        state, three, _ = timed(state, 3)
-        return state, (three - one) / 2 if three > one else three / 3, obs, None
+        seconds, obs = seconds_per_step(run, many=3)
+        return held[0], seconds, obs, None
 
 
 def make_train(config: Any) -> Any:

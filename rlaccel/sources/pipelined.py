@@ -117,10 +117,13 @@ class OneProgram:
 
     # -- the program -------------------------------------------------------------------------
 
-    def _local(self, learner: TrainState, envs: Any, key: jax.Array, count: jax.Array, *, length: int) -> tuple:
+    def _local(self, learner: TrainState, envs: Any, key: jax.Array, count: jax.Array, act_only: jax.Array, *, length: int) -> tuple:
         """One device's share of a chunk (inside ``shard_map``): ``(learner state, envs,
-        metrics [length])``; each side's own state is the one kept (:meth:`run`), its scalars
-        made the same on both devices, the metrics the learner's."""
+        metrics [length], the last rollout's observations as the learner received them)``;
+        each side's own state is the one kept (:meth:`run`), its scalars made the same on both
+        devices, the metrics the learner's. With ``act_only`` the learner makes no update and
+        every rollout acts from the envs as they came in: the state leaves as it entered (the
+        probe's timing of acting, ``SplitSource.timed_rollout``)."""
         src = self.source
         params_spec = jax.eval_shape(lambda agent: src.agent.actor_params(agent, src.precision), learner.agent)
         batch_spec = jax.eval_shape(src.act_phase, params_spec, envs, learner.key)[1:]
@@ -145,12 +148,13 @@ class OneProgram:
                     state, metrics = src.learn_phase(learner.replace(key=chain[k_learn]), behaviour, *batch, keys_update[k_learn])
                     return state, jax.tree.map(lambda r, m: jax.lax.dynamic_update_index_in_dim(r, m, k_learn, 0), rows, metrics)
 
-                state, new_rows = jax.lax.cond(k_learn >= 0, update, lambda: (learner, rows))
+                state, new_rows = jax.lax.cond((k_learn >= 0) & ~act_only, update, lambda: (learner, rows))
                 return state, envs, src.agent.actor_params(state.agent, src.precision), batch, new_rows
 
             def act_side() -> tuple:
                 def act() -> tuple:
                     new_envs, transitions, episodes = src.act_phase(on_actor, envs, keys_rollout[k_act])
+                    new_envs = jax.tree.map(lambda old, new: jnp.where(act_only, old, new), envs, new_envs)
                     return new_envs, (transitions, episodes)
 
                 new_envs, made = jax.lax.cond((k_act >= 0) & (k_act < count), act, lambda: (envs, batch))
@@ -161,14 +165,14 @@ class OneProgram:
             return learner, envs, on_actor, made_params, sent, batch, rows  # rollout k acted with what was sent before it
 
         carry = (learner, envs, params, params, params, batch, rows)
-        learner, envs, *_, rows = jax.lax.fori_loop(0, count + 2, step, carry)
+        learner, envs, _, _, _, batch, rows = jax.lax.fori_loop(0, count + 2, step, carry)
         # Arrays leave as each device's shard (the source keeps its own side's); scalars leave
         # the same on both devices, each side's sent to the other.
         learner_there, envs_there = _swap(_scalars(learner), _scalars(envs))
         pick = lambda mine, there, own: [jnp.where(own, a, b) for a, b in zip(mine, there)]  # noqa: E731
         learner = _with_scalars(learner, pick(_scalars(learner), learner_there, is_learner))
         envs = _with_scalars(envs, pick(_scalars(envs), envs_there, ~is_learner))
-        return learner, envs, rows
+        return learner, envs, rows, batch[0].obs
 
     def compile(self, state: TrainState, num_updates: int) -> Any:
         """The program for chunks of up to ``length`` updates (the longest asked for so far),
@@ -178,9 +182,10 @@ class OneProgram:
             learner, envs = (jax.tree.map(self._on_mesh, tree) for tree in (state.replace(rollout=None), state.rollout))
             local = functools.partial(self._local, length=length)
             specs = (_specs(learner), _specs(envs))
-            program = jax.shard_map(local, mesh=self.mesh, in_specs=(*specs, P(), P()), out_specs=(*specs, P(AXIS)), check_vma=False)
-            key, count = compile_cache.spec(state.key, sharding=self.replicated), jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
-            self._executables = {length: compile_cache.jit(program).lower(learner, envs, key, count).compile()}
+            program = jax.shard_map(local, mesh=self.mesh, in_specs=(*specs, P(), P(), P()), out_specs=(*specs, P(AXIS), P(AXIS)), check_vma=False)
+            key = compile_cache.spec(state.key, sharding=self.replicated)
+            count, act_only = (jax.ShapeDtypeStruct((), dtype, sharding=self.replicated) for dtype in (jnp.int32, jnp.bool_))
+            self._executables = {length: compile_cache.jit(program).lower(learner, envs, key, count, act_only).compile()}
         return self._executables[length]
 
     # -- running it --------------------------------------------------------------------------
@@ -213,15 +218,17 @@ class OneProgram:
         device = self.devices[side]
         return jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device), tree)
 
-    def run(self, state: TrainState, num_updates: int) -> tuple[TrainState, Metrics]:
+    def run(self, state: TrainState, num_updates: int, act_only: bool = False) -> tuple[TrainState, Metrics, jax.Array]:
         """``num_updates`` pipelined updates, dispatched: the new state (learner's on the learner
-        device, envs on the actor device) and metrics ``[num_updates]`` on the learner device."""
+        device, envs on the actor device), metrics ``[num_updates]`` and the last rollout's
+        observations ``[T, B, obs_dim]``, both on the learner device. ``act_only``: rollouts
+        alone, the state left as it was (:meth:`_local`)."""
         executable = self.compile(state, num_updates)
         (length,) = self._executables
         learner, envs = self._enter(state.replace(rollout=None), 0), self._enter(state.rollout, 1)
-        key, count = jax.device_put((state.key, np.int32(num_updates)), self.replicated)
-        learner, envs, rows = executable(learner, envs, key, count)
+        key, count, acting = jax.device_put((state.key, np.int32(num_updates), np.bool_(act_only)), self.replicated)
+        learner, envs, rows, obs = executable(learner, envs, key, count, acting)
         rows = self._take(rows, 0)
         if num_updates < length:
             rows = {name: x[:num_updates] for name, x in rows.items()}
-        return self._take(learner, 0).replace(rollout=self._take(envs, 1)), rows
+        return self._take(learner, 0).replace(rollout=self._take(envs, 1)), rows, self._take(obs, 0)

@@ -61,7 +61,7 @@ def seconds_per_step(run: Callable[[int], Any], many: int = 3, repeats: int = 2,
     returns what the first call gave back.
 
     ``run(steps)`` makes one blocking call (a probe's acting-only chunk: ~0.2 ms of fixed cost
-    for CartPole's fused program, half a PPO rollout, ~40 DQN steps; ~3 ms for the pipelined
+    for CartPole's fused program, half a PPO rollout, ~20 DQN steps; ~3 ms for the pipelined
     program over two devices)."""
     first, times = None, {}
     while True:

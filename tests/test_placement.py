@@ -200,6 +200,11 @@ def test_fused_probe_never_reports_an_impossible_learner_speed(runs):
     assert not (np.isfinite(speed) and speed > 1e9), f"time/learner_sps = {speed:.3g} samples/s"
 
 
+def host_leaves(tree):
+    """``tree``'s leaves as numpy arrays, in order."""
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
 def fused_source(cartpole_yaml, precision="int8"):
     config = config_lib.load(cartpole_yaml, [*TINY, f"placement.actor.precision={precision}"])
     env = envs.make(config.env, auto_reset=True)
@@ -212,21 +217,20 @@ def test_fused_probe_times_acting_with_the_chunk_and_changes_nothing(cartpole_ya
     # The probe runs the chunk's program acting only: no rollout piece of its own, and the
     # state it gives back (the chunk donates the one it gets) is the one it got, so a run
     # probed between chunks is bit for bit a run that was not.
-    host = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
     runner, state = fused_source(cartpole_yaml)
     probed, _ = runner.run_chunk(state, 2)
-    before = host(probed)
+    before = host_leaves(probed)
     probed, out = runner.probe(probed, seconds_per_update=1.0, num_calls=2)
     assert "rollout" not in runner.pieces(probed) and out["time/actor_sps"] > 0
     assert 0.5 <= out["quant/action_agreement"] <= 1.0  # on the observations of the probe's rollout
-    for got, want in zip(host(probed), before, strict=True):
+    for got, want in zip(host_leaves(probed), before, strict=True):
         np.testing.assert_array_equal(got, want)
     probed, _ = runner.run_chunk(probed, 2)
 
     plain, state = fused_source(cartpole_yaml)
     straight, _ = plain.run_chunk(state, 2)
     straight, _ = plain.run_chunk(straight, 2)
-    for got, want in zip(host(probed), host(straight), strict=True):
+    for got, want in zip(host_leaves(probed), host_leaves(straight), strict=True):
         np.testing.assert_array_equal(got, want)
     assert int(straight.agent.step) == 4 and plain.close() == runner.close() == []
 
@@ -236,11 +240,10 @@ def test_fused_chunk_is_bit_for_bit_the_scan_of_update_steps(cartpole_yaml):
     # train_upto (the loop's program: a traced count, learning as a loop of 0 or 1 trips for
     # the probe's acting-only mode) against train_chunk (the lax.scan sweeps and make_train run).
     # At XLA's default effort (the fast one, the suite's, fuses the two differently: last bits).
-    host = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
     runner, state = fused_source(cartpole_yaml)
     with compile_cache.effort("default"):
-        want = host(compile_cache.jit(runner.train_chunk, static_argnums=1)(state, 3))
-        got = host(runner.run_chunk(state, 3))
+        want = host_leaves(compile_cache.jit(runner.train_chunk, static_argnums=1)(state, 3))
+        got = host_leaves(runner.run_chunk(state, 3))
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -53,8 +53,9 @@ class FusedSource(DeviceSource):
         are :meth:`update_step`'s arithmetic, as :meth:`train_chunk`'s.
 
         With ``act_only`` (a traced bool), each step re-quantises and rolls out, then drops
-        what it did: the state comes back unchanged, metrics zero, and the last rollout's
-        observations ``[T, B, obs_dim]`` come out (third output; otherwise zeros). That is how
+        what it did: the state comes back unchanged, metrics zero, and with int8 actors the
+        last rollout's observations ``[T, B, obs_dim]`` come out (third output; zeros when
+        learning; fp32 actors: empty, no copy per update). That is how
         the probe times acting (:meth:`timed_rollout`) with this program instead of
         compiling a rollout of its own: 68 kernels, 0.9 core-seconds of compile for PPO
         CartPole (the chunk: ~270, 2.6); 96 kernels, 1.5 core-seconds for the RL Zoo's PPO
@@ -67,7 +68,8 @@ class FusedSource(DeviceSource):
         key, key_update, actor_params, rollout, transitions, episodes = jax.eval_shape(act, state)
         shapes = jax.eval_shape(learn_phase, state.replace(rollout=rollout, key=key), actor_params, transitions, episodes, key_update)[1]
         rows = jax.tree.map(lambda x: jnp.zeros((length, *x.shape), x.dtype), shapes)
-        obs = jnp.zeros((self.num_steps, *state.rollout.obs.shape), state.rollout.obs.dtype)
+        keep_obs = self.precision == "int8"  # the probe's quantisation metrics compare int8 and fp32 on them
+        obs = jnp.zeros((self.num_steps, *state.rollout.obs.shape) if keep_obs else (0,), state.rollout.obs.dtype)
 
         def body(i: Array, carry: tuple[TrainState, Metrics, Array]) -> tuple[TrainState, Metrics, Array]:
             state, rows, obs = carry
@@ -85,7 +87,7 @@ class FusedSource(DeviceSource):
             # Learning as a loop of 0 or 1 trips, not a lax.cond: a cond copied the state it
             # updates in place (DQN's replay buffer: 8x slower); the rows it writes are carried.
             state, rows = jax.lax.fori_loop(0, learns, learn, (state, rows))
-            return state, rows, jnp.where(act_only, transitions.obs, obs)
+            return state, rows, jnp.where(act_only, transitions.obs, obs) if keep_obs else obs
 
         return jax.lax.fori_loop(0, count, body, (state, rows, obs))
 

@@ -218,7 +218,7 @@ def test_repeats_keep_each_rows_median_run_and_bad_repeat_is_refused(tmp_path):
 def test_warm_cache_fills_one_cache_first_and_cold_rows_use_none(tmp_path, monkeypatch):
     calls = []
 
-    def fake_row(name, timesteps=None, compile_cache=None):
+    def fake_row(name, timesteps=None, compile_cache=None, timeout_s=None):
         calls.append((name, compile_cache))
         return {"sps": 100.0, "time_to_result_s": 5.0, "final_return": 500.0}
 
@@ -232,3 +232,23 @@ def test_warm_cache_fills_one_cache_first_and_cold_rows_use_none(tmp_path, monke
     calls.clear()
     assert table.run("purejaxrl_1", tmp_path / "cold.json") == 0
     assert calls == [("purejaxrl_1", None)] and json.loads((tmp_path / "cold.json").read_text())["compile_cache"] == "cold"
+
+
+def test_each_finished_row_is_in_the_json_before_the_next_runs_and_a_slow_row_times_out(tmp_path, monkeypatch):
+    out = tmp_path / "b.json"
+    seen = []
+
+    def fake_row(name, timesteps=None, compile_cache=None, timeout_s=None):
+        if out.exists():  # what a run stopped here would have kept
+            partial = json.loads(out.read_text())
+            seen.append((name, partial["partial"], sorted(partial["rows"])))
+        return {"sps": 100.0, "time_to_result_s": 5.0} if name != "fused_fp32" else {"error": f"timed out after {timeout_s} s"}
+
+    monkeypatch.setattr(table, "run_row", fake_row)
+    monkeypatch.setattr(table, "print_table", lambda *a, **k: None)
+    assert table.run("purejaxrl_1,fused_fp32,fused_int8", out, row_timeout=7) == 1  # a row failed
+    assert seen == [("fused_fp32", True, ["purejaxrl_1"]), ("fused_int8", True, ["fused_fp32", "purejaxrl_1"])]
+    final = json.loads(out.read_text())
+    assert "partial" not in final and final["rows"]["fused_fp32"] == {"error": "timed out after 7 s"}
+    monkeypatch.undo()  # a real row's process, killed at its timeout
+    assert table.run_row("fused_fp32", timeout_s=1) == {"error": "timed out after 1 s (--row-timeout)"}

@@ -28,19 +28,29 @@ import jax, jax.numpy as jnp
 from rlaccel import api, placement
 if sys.argv[1] == "jax-first":
     jax.devices()  # JAX started before rlaccel: the pool keeps XLA's size
+seen = []
+if sys.argv[1] == "other-backend":  # registered as a GPU plugin is: it records the mask it starts under
+    from jax._src import xla_bridge
+    def factory():
+        seen.append(sorted(os.sched_getaffinity(0)))
+        raise RuntimeError("no such device")
+    xla_bridge.register_backend_factory("probe", factory, priority=-100, fail_quietly=True)
 config = api.load_config("configs/ppo_cartpole.yaml", sys.argv[2:])
 notice = placement.start_backend(config.placement, config.env_kind)
 total = float(jax.jit(lambda x: (x @ x).sum())(jnp.ones((64, 64))))
 tasks = os.listdir("/proc/self/task")
 names = collections.Counter(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
 masks = {repr(sorted(os.sched_getaffinity(int(t)))) for t in tasks}
-print(json.dumps({"notice": notice, "pool": names["tf_XLAEigen"], "masks": sorted(masks), "total": total}))
+print(json.dumps({"notice": notice, "pool": names["tf_XLAEigen"], "masks": sorted(masks), "total": total, "other_backend_mask": seen}))
 """
 
 
-def probe(*overrides: str, jax_first: bool = False) -> dict:
+def probe(*overrides: str, jax_first: bool = False, other_backend: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device: the pool may be 1
-    out = subprocess.run([sys.executable, "-c", PROBE, "jax-first" if jax_first else "rlaccel-first", *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    mode = "jax-first" if jax_first else "other-backend" if other_backend else "rlaccel-first"
+    if other_backend:  # every registered backend starts, not only JAX_PLATFORMS's
+        env.pop("JAX_PLATFORMS", None)
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -52,6 +62,14 @@ def test_cpu_threads_sizes_xlas_pool_and_leaves_every_thread_on_all_cpus():
     everything = repr(sorted(os.sched_getaffinity(0)))
     assert one["masks"] == [everything]  # the pool's thread and the rest run on any CPU again
     assert one["total"] == default["total"] == 64.0**3
+
+
+@needs_two_cpus
+def test_only_the_cpu_backend_starts_under_the_mask():
+    # A GPU client sizes its compile and launch threads from the mask too: under one CPU an
+    # H200 compiled the CartPole chunk in 52 s instead of 4.7 (benchmarks/placement_nvidia-h200*.md).
+    run = probe(other_backend=True)
+    assert run["pool"] == 1 and run["other_backend_mask"] == [sorted(os.sched_getaffinity(0))]
 
 
 @needs_two_cpus

@@ -483,9 +483,10 @@ def _final_returns(metrics, last_updates: int = 10) -> np.ndarray:
     return np.asarray(out)
 
 
-def run(num_seeds: int = 1, total_timesteps: int = 500_000, seed: int = 42) -> dict:
+def run(num_seeds: int = 1, total_timesteps: int = 500_000, seed: int = 42, num_envs: int = 4) -> dict:
     config = dict(REFERENCE_CONFIG)
     config["TOTAL_TIMESTEPS"] = total_timesteps
+    config["NUM_ENVS"] = num_envs
     num_updates = int(total_timesteps // config["NUM_STEPS"] // config["NUM_ENVS"])
     steps_per_seed = num_updates * config["NUM_STEPS"] * config["NUM_ENVS"]
 

@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="run the rows N times, in turn (round robin), and report each row's median run (default 1): this machine's speeds move 10-20 %% from run to run")
     parser.add_argument("--warm-cache", action="store_true", help="warm starts: every row (baselines too) runs once, unmeasured, to fill a fresh compilation cache its measured runs then use (default: cold, no cache)")
     parser.add_argument("--timesteps", type=positive_int, help="env steps per seed of the CartPole rows instead of 500k: a quick check that rows run, not a measurement")
+    parser.add_argument("--row-timeout", type=positive_int, metavar="S", help="kill a row's process after S seconds and report it as an error (default: no limit)")
     parser.add_argument("--latency", action="store_true", help="run the deployment latency bench instead, with its defaults (see `latency --help`)")
     sub = parser.add_subparsers(dest="bench_command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, (module, help_text) in SUBCOMMANDS.items():
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return SUBCOMMANDS[command][0].run(args)
     if args.latency:
         return latency.run(_latency_defaults())
-    return table.run(args.rows, args.out, getattr(args, "timesteps", None), repeat=getattr(args, "repeat", 1), warm_cache=getattr(args, "warm_cache", False))
+    return table.run(args.rows, args.out, getattr(args, "timesteps", None), repeat=getattr(args, "repeat", 1), warm_cache=getattr(args, "warm_cache", False), row_timeout=getattr(args, "row_timeout", None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,12 @@ Rows (configuration: ``configs/ppo_cartpole.yaml``, the one in ``shared/REFERENC
 * ``ray_gym_cartpole``: ``gym_cartpole_host`` with the actor in a Ray process
   (``configs/ppo_gym_cartpole_ray.yaml``, same 1 x 16 envs), against ``gym_cartpole_raw``;
   ``halfcheetah_ray``: ``halfcheetah_host`` with ``actors.backend=ray``, against it.
+* Placement on a machine with an accelerator (``scripts/gpu_placement.sh``; ``auto`` is its
+  first device, so ``fused_*`` rows run there): ``purejaxrl_1_cpu`` (PureJaxRL with
+  ``JAX_PLATFORMS=cpu``), ``fused_int8_cpu`` (learner and actors on the host's CPU),
+  ``split_int8_cpu_actors`` / ``split_serial_int8_cpu_actors`` (learner on the accelerator,
+  int8 actors on the CPU, pipelined / in turn); ``*_wide``: the same at 1024 envs
+  (PureJaxRL's configuration, minibatches of 32,768, 40 updates, XLA's default CPU pool).
 * ``halfcheetah_host``: PPO on MuJoCo HalfCheetah-v5 through host actors, 1M steps
   (``configs/ppo_halfcheetah.yaml``); ``brax_inverted_pendulum``: PPO on brax's
   inverted_pendulum in the fused mode. Both are learning figures, not ratios.
@@ -74,6 +80,11 @@ DQN_CONFIG = CONFIGS / "dqn_cartpole.yaml"
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 INT8 = {"precision": "int8", "actor": "learner"}  # int8 actors on the learner's device
 
+# PureJaxRL's configuration at 1024 envs (minibatches of 32,768 samples) for 40 updates
+WIDE_ENVS = 1024
+WIDE_TIMESTEPS = 40 * WIDE_ENVS * 128
+WIDE = [f"ppo.n_envs={WIDE_ENVS}", f"ppo.batch_size={WIDE_ENVS * 32}", "placement.cpu_threads=null", "logging.log_interval=8"]
+
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (kind, options); ``xla_flags`` goes to the row's environment, the rest to its worker
     "purejaxrl_1": ("purejaxrl", {"seeds": 1}),
@@ -104,6 +115,18 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "ray_gym_cartpole": ("train", {"config": "ppo_gym_cartpole_ray.yaml", **INT8}),
     "halfcheetah_ray": ("train", {"config": "ppo_halfcheetah.yaml", "overrides": ["actors.backend=ray"], **INT8}),
     "brax_inverted_pendulum": ("train", {"config": "ppo_brax_inverted_pendulum.yaml", **INT8}),
+    # placement on a machine with an accelerator (`auto`: its first device; on a CPU-only machine
+    # these are CPU rows): the whole run on the host's CPU instead, the learner there with the
+    # int8 actors on the CPU, and the wide configuration
+    "purejaxrl_1_cpu": ("purejaxrl", {"seeds": 1, "platforms": "cpu"}),
+    "fused_int8_cpu": ("train", {"precision": "int8", "actor": "learner", "overrides": ["placement.learner.device=cpu"]}),
+    "split_int8_cpu_actors": ("train", {"precision": "int8", "actor": "cpu"}),
+    "split_serial_int8_cpu_actors": ("train", {"precision": "int8", "actor": "cpu", "overrides": ["placement.pipeline=false"]}),
+    "purejaxrl_wide": ("purejaxrl", {"seeds": 1, "num_envs": WIDE_ENVS, "timesteps": WIDE_TIMESTEPS}),
+    "purejaxrl_wide_cpu": ("purejaxrl", {"seeds": 1, "num_envs": WIDE_ENVS, "timesteps": WIDE_TIMESTEPS, "platforms": "cpu"}),
+    "fused_int8_wide": ("train", {"precision": "int8", "actor": "learner", "overrides": WIDE, "timesteps": WIDE_TIMESTEPS}),
+    "fused_int8_wide_cpu": ("train", {"precision": "int8", "actor": "learner", "overrides": [*WIDE, "placement.learner.device=cpu"], "timesteps": WIDE_TIMESTEPS}),
+    "split_int8_wide_cpu_actors": ("train", {"precision": "int8", "actor": "cpu", "overrides": WIDE, "timesteps": WIDE_TIMESTEPS}),
 }
 
 BASELINE_FOR = {
@@ -113,6 +136,8 @@ BASELINE_FOR = {
     "gym_cartpole_host": "gym_cartpole_raw",
     "ray_gym_cartpole": "gym_cartpole_raw",
     "halfcheetah_ray": "halfcheetah_host",
+    **dict.fromkeys(["fused_int8_cpu", "split_int8_cpu_actors", "split_serial_int8_cpu_actors"], "purejaxrl_1"),
+    **dict.fromkeys(["fused_int8_wide", "fused_int8_wide_cpu", "split_int8_wide_cpu_actors"], "purejaxrl_wide"),
 }
 
 
@@ -163,8 +188,8 @@ def _short() -> list[str]:
     return [f"total_timesteps={_timesteps()}"] if os.environ.get("RLACCEL_BENCH_TIMESTEPS") else []
 
 
-def work_purejaxrl(seeds: int) -> dict:
-    out = _baseline("purejaxrl_ppo").run(num_seeds=seeds, total_timesteps=_timesteps())
+def work_purejaxrl(seeds: int, num_envs: int = 4, timesteps: int = 500_000) -> dict:
+    out = _baseline("purejaxrl_ppo").run(num_seeds=seeds, total_timesteps=_timesteps(timesteps), num_envs=num_envs)
     time_to_result = process_age_s()
     return {"sps": out["sps"], "compile_s": out["compile_s"], "time_to_result_s": time_to_result, "final_return": out["final_return_mean"], "final_return_min": out["final_return_min"], "env_steps": out["env_steps"]}
 
@@ -175,9 +200,10 @@ def work_purejaxrl_dqn() -> dict:
     return {"sps": out["sps"], "compile_s": out["compile_s"], "time_to_result_s": time_to_result, "final_return": out["final_return"], "env_steps": out["env_steps"]}
 
 
-def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, actor: str | None = None, overrides: list[str] = ()) -> dict:
+def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, actor: str | None = None, overrides: list[str] = (), timesteps: int | None = None) -> dict:
     """``configs/<config>`` through ``rlaccel.train`` (the whole ``rlaccel train`` path), with
-    the actors' precision and device overridden when given, and any other ``key=value``."""
+    the actors' precision and device overridden when given, and any other ``key=value``;
+    ``timesteps``: the row's own budget (``RLACCEL_BENCH_TIMESTEPS`` still shortens it)."""
     import rlaccel
 
     # The rows PureJaxRL's are compared with: its programs do not evaluate, so neither do these
@@ -185,6 +211,8 @@ def work_train(config: str = "ppo_cartpole.yaml", precision: str | None = None, 
     # the row's own overrides, which come after, say otherwise.
     compared = config in ("ppo_cartpole.yaml", "dqn_cartpole.yaml", "dqn_cartpole_purejaxrl.yaml")
     overrides = [*([*_short(), "eval.freq=0"] if compared else []), *overrides]
+    if timesteps is not None:
+        overrides.append(f"total_timesteps={_timesteps(timesteps)}")
     if precision is not None:
         overrides.append(f"placement.actor.precision={precision}")
     if actor is not None:
@@ -326,7 +354,7 @@ def worker(name: str) -> dict:
         from rlaccel import cpu_threads
 
         cpu_threads.start(opts["cpu_threads"])
-    result = WORKERS[kind](**{k: v for k, v in opts.items() if k not in ("xla_flags", "cpu_threads")})
+    result = WORKERS[kind](**{k: v for k, v in opts.items() if k not in ("xla_flags", "cpu_threads", "platforms")})
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 

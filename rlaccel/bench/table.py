@@ -37,21 +37,28 @@ _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault)
 _WORKER = "import sys; from rlaccel.bench.rows import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 
 
-def run_row(name: str, timesteps: int | None = None, compile_cache: str | None = None) -> dict:
+def run_row(name: str, timesteps: int | None = None, compile_cache: str | None = None, timeout_s: float | None = None) -> dict:
     """One row in a fresh interpreter; its JSON, or ``{"error": ...}`` (the last line of its
-    stderr; the last 30 are echoed to this process's stderr). Without ``compile_cache`` the
-    row compiles everything (a cold start, part of time_to_result_s)."""
+    stderr; the last 30 are echoed to this process's stderr; or the timeout, after which the
+    row's process is killed). Without ``compile_cache`` the row compiles everything (a cold
+    start, part of time_to_result_s)."""
     from rlaccel.compile_cache import bench_env
 
     env = bench_env(os.environ, compile_cache)
     if timesteps:
         env["RLACCEL_BENCH_TIMESTEPS"] = str(timesteps)
-    flags = ROWS[name][1].get("xla_flags")
-    if flags:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+    opts = ROWS[name][1]
+    if opts.get("xla_flags"):
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + opts["xla_flags"]).strip()
+    if opts.get("platforms"):  # JAX sees only these (a baseline pinned to the host's CPU)
+        env["JAX_PLATFORMS"] = opts["platforms"]
     with tempfile.TemporaryDirectory(prefix="rlaccel_bench_") as tmp:
         result = Path(tmp) / "result.json"
-        proc = subprocess.run([sys.executable, "-c", _WORKER, name, str(result)], check=False, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _WORKER, name, str(result)], check=False, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            print(f"  {name} timed out after {timeout_s:.0f} s", file=sys.stderr)
+            return {"error": f"timed out after {timeout_s:.0f} s (--row-timeout)"}
         if proc.returncode == 0 and result.is_file():
             return json.loads(result.read_text())
     output = (proc.stderr or proc.stdout or f"exit code {proc.returncode}").strip()
@@ -87,9 +94,13 @@ def cpu_info() -> dict:
 
 
 def machine() -> dict:
+    """:func:`cpu_info`, Python, JAX, its default backend and, beside the CPU, its accelerator
+    (``"NVIDIA H200 x1"``: device kind and count; ``None`` on a CPU-only machine)."""
     import jax
 
-    return {**cpu_info(), "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend()}
+    devices = jax.devices()
+    accelerator = None if devices[0].platform == "cpu" else f"{devices[0].device_kind} x{len(devices)}"
+    return {**cpu_info(), "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(), "accelerator": accelerator}
 
 
 def describe_cpu(m: dict) -> str:
@@ -98,8 +109,9 @@ def describe_cpu(m: dict) -> str:
 
 
 def describe(m: dict) -> str:
-    """One line: CPU model, cores, features, Python and JAX."""
-    return f"{describe_cpu(m)}; Python {m['python']}, JAX {m['jax']} ({m['backend']})"
+    """One line: CPU model, cores, features, the accelerator if any, Python and JAX."""
+    accelerator = f"; accelerator: {m['accelerator']}" if m.get("accelerator") else ""
+    return f"{describe_cpu(m)}{accelerator}; Python {m['python']}, JAX {m['jax']} ({m['backend']})"
 
 
 def fmt(value: object, spec: str = ",.0f") -> str:
@@ -201,14 +213,17 @@ def median_run(runs: list[dict]) -> dict:
     return out
 
 
-def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, repeat: int = 1, warm_cache: bool = False) -> int:
+def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, repeat: int = 1, warm_cache: bool = False, row_timeout: float | None = None) -> int:
     """Run ``rows`` (comma-separated names) ``repeat`` times in turn (round robin, so a drift of
     the machine's speed reaches every row alike), keep each row's median run
     (:func:`median_run`), print the table, write the JSON; 0, or 1 if a row failed (after
     printing and writing), or 2 for unknown rows or ``repeat < 1``. ``timesteps`` shortens the
     CartPole rows (``rows.RLACCEL_BENCH_TIMESTEPS``): a check that they run. ``warm_cache``:
     every row (baselines too) first runs once, unmeasured, to fill a fresh compilation cache
-    that its measured runs then use (warm starts; default cold, no cache)."""
+    that its measured runs then use (warm starts; default cold, no cache). ``row_timeout``:
+    seconds after which a row's process is killed and the row is an error. After each row the
+    JSON holds every finished row's latest run (``"partial": true``), so a bench that is
+    stopped keeps what it measured."""
     try:
         names = parse_rows(rows)
         if repeat < 1:
@@ -217,26 +232,29 @@ def run(rows: str, out: str | Path | None = None, timesteps: int | None = None, 
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     runs: dict[str, list[dict]] = {name: [] for name in names}
+    path = Path(out) if out else DEFAULT_OUT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"benchmark": "cartpole_ppo_dqn", "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "repeat": repeat, "compile_cache": "warm" if warm_cache else "cold"}
     with tempfile.TemporaryDirectory(prefix="rlaccel_bench_cache_") as tmp:
         cache = tmp if warm_cache else None
         for name in names if warm_cache else []:
             print(f"running {name} to fill the compilation cache (not measured) ...", file=sys.stderr, flush=True)
-            run_row(name, timesteps, cache)
+            run_row(name, timesteps, cache, row_timeout)
         for round_ in range(repeat):
             for name in names:
                 start = time.perf_counter()
                 print(f"running {name}" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else "") + " ...", file=sys.stderr, flush=True)
-                runs[name].append(run_row(name, timesteps, cache))
+                runs[name].append(run_row(name, timesteps, cache, row_timeout))
                 print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+                done = {n: r[-1] for n, r in runs.items() if r}
+                write_json(path, {**header, "partial": True, "machine": cpu_info(), "rows": done})
     results = {name: median_run(r) for name, r in runs.items()}
     info = machine()
     print_table(results, info)
     if timesteps:
         print(f"note: --timesteps {timesteps}: CartPole rows shortened to {timesteps:,} env steps per seed, a check that they run, not a measurement")
-    path = Path(out) if out else DEFAULT_OUT
-    path.parent.mkdir(parents=True, exist_ok=True)
     date = datetime.datetime.now().isoformat(timespec="seconds")
-    report = {"benchmark": "cartpole_ppo_dqn", "date": date, "machine": info, "config": str(CONFIG.relative_to(ROOT)), "timesteps": timesteps or 500_000, "repeat": repeat, "compile_cache": "warm" if warm_cache else "cold", "rows": results}
+    report = {**header, "date": date, "machine": info, "rows": results}
     write_json(path, report)
     atomic_write(path.with_suffix(".md"), markdown(results, info, date, repeat, warm_cache))
     print(f"wrote {path} and {path.with_suffix('.md').name}")

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlaccel import compile_cache
 from rlaccel import quant
@@ -32,6 +33,12 @@ from rlaccel.sources.base import StepSource, latency_percentiles
 from rlaccel.state import TrainState, apply_update, init_state
 
 Array = jax.Array
+
+
+def neutral(spec: jax.ShapeDtypeStruct) -> np.ndarray:
+    """A host array of ``spec``'s shape and dtype, 0.5 (floats) or 0: noise for a call whose
+    time does not depend on its values (no PRNG program compiled to draw it)."""
+    return np.full(spec.shape, 0.5 if jnp.issubdtype(spec.dtype, jnp.floating) else 0, spec.dtype)
 
 
 def quant_metrics(agent: Agent, agent_state: Any, actor_params: Any, obs: Array) -> Metrics:
@@ -149,8 +156,9 @@ class DeviceSource(StepSource):
     def pieces(self, state: TrainState) -> dict[str, Any]:
         """The update's phases compiled ahead of time for their devices (once per source).
 
-        ``actor_params`` and ``learn`` run on the learner device; ``noise`` (one acting
-        call's), ``act`` and ``rollout`` on the actor device. ``learn`` takes the state without
+        ``actor_params`` and ``learn`` run on the learner device; ``act`` and ``rollout`` on
+        the actor device; ``noise`` is the shapes of one acting call's noise (the probe fills
+        them with :func:`neutral` values: nothing compiled to draw them). ``learn`` takes the state without
         its envs (``rollout=None``) and is only compiled where the source executes it
         (:attr:`learns_in_pieces`). Only ``state``'s shapes, dtypes and devices are read (it
         may be abstract).
@@ -185,13 +193,10 @@ class DeviceSource(StepSource):
         actor_params = placed(jax.eval_shape(lambda agent: self.agent.actor_params(agent, self.precision), state.agent), on_actor)
         key = placed(state.key, on_actor)
 
-        def draw_noise(key: Array) -> Any:  # one acting call's noise (the probe times that call)
-            return self.agent.noise(key, self.num_envs)
-
-        noise = placed(jax.eval_shape(draw_noise, state.key), on_actor)
+        noise = placed(jax.eval_shape(lambda k: self.agent.noise(k, self.num_envs), state.key), on_actor)
         pieces = {
             "actor_params": params_exec,
-            "noise": untimed(draw_noise).lower(key).compile(),
+            "noise": noise,  # one acting call's noise, its shapes: the act's time does not depend on its values
             "act": compile_cache.jit(self.agent.act).lower(actor_params, state.rollout.obs, noise).compile(),
         }
         if self.rollout_piece:
@@ -289,7 +294,7 @@ class DeviceSource(StepSource):
         pieces = self.pieces(state)
         actor_params = jax.device_put(pieces["actor_params"](state.agent), self.actor_device)
         key = jax.device_put(jax.random.PRNGKey(0), self.actor_device)
-        noise = pieces["noise"](key)  # one step's; the act's time does not depend on its values
+        noise = jax.device_put(jax.tree.map(neutral, pieces["noise"]), self.actor_device)
         obs = state.rollout.obs
         jax.block_until_ready(pieces["act"](actor_params, obs, noise))  # warm caches before timing
         times = []

@@ -20,9 +20,9 @@ back: the pool keeps ``threads`` threads, and they run on any CPU (threads that 
 keep their masks). Only the CPU client starts under the mask (its factory in JAX's registry is
 wrapped for the start): a GPU client sizes its own thread pools from the mask as well, and
 under a one-CPU mask an H200 compiled rlaccel's CartPole chunk in 52 s instead of 4.7
-(``docs/benchmarks.md``, "On a GPU"). Linux only (``os.sched_setaffinity``); elsewhere, or once JAX's backends run (a
-process that used JAX before the run), the pool stays as it is: :func:`start` says so in its
-return value.
+(``docs/benchmarks.md``, "On a GPU"). Linux only (``os.sched_setaffinity``); elsewhere, or
+once JAX's backends run (a process that used JAX before the run), the pool stays as it is:
+:func:`start` says so in its return value.
 """
 
 from __future__ import annotations

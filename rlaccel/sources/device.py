@@ -158,9 +158,9 @@ class DeviceSource(StepSource):
 
         ``actor_params`` and ``learn`` run on the learner device; ``act`` and ``rollout`` on
         the actor device; ``noise`` is the shapes of one acting call's noise (the probe fills
-        them with :func:`neutral` values: nothing compiled to draw them). ``learn`` takes the state without
-        its envs (``rollout=None``) and is only compiled where the source executes it
-        (:attr:`learns_in_pieces`). Only ``state``'s shapes, dtypes and devices are read (it
+        them with :func:`neutral` values: nothing compiled to draw them). ``learn`` takes the
+        state without its envs (``rollout=None``) and is only compiled where the source
+        executes it (:attr:`learns_in_pieces`). Only ``state``'s shapes, dtypes and devices are read (it
         may be abstract).
         """
         if self._pieces_thread is not None:  # compiling beside the chunk (:meth:`compile_pieces_beside`)

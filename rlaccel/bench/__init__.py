@@ -3,6 +3,7 @@ each placement costs, and the deployment latency of exported policies.
 
     rlaccel bench                                   # every row: prints a table, writes benchmarks/cartpole_cpu.json
     rlaccel bench --rows fused_fp32,fused_int8      # a subset (names: rlaccel.bench.rows.ROWS)
+    rlaccel bench --row-timeout 150 --out X.json    # a row killed after 150 s is an error; X.json holds each finished row
     rlaccel bench latency                           # the deployment latency table (also: --latency)
     rlaccel bench pipeline                          # do actor and learner devices overlap? (split placement)
     rlaccel bench int8                              # int8 vs fp32 matmuls: XLA, onnxruntime, OpenVINO

@@ -131,14 +131,14 @@ class FusedSource(DeviceSource):
         ``state``: go on with the one returned), timed per step without the program's fixed
         cost per call (:func:`rlaccel.sources.device.seconds_per_step`)."""
         executable = self.compile(state, 1)
-        held = [state]
 
         def run(steps: int) -> Array:
-            held[0], _, obs = jax.block_until_ready(executable(held[0], np.int32(steps), np.bool_(True)))
+            nonlocal state  # each call donates the state it is given and hands it back
+            state, _, obs = jax.block_until_ready(executable(state, np.int32(steps), np.bool_(True)))
             return obs
 
         seconds, obs = seconds_per_step(run, many=3)
-        return held[0], seconds, obs, None
+        return state, seconds, obs, None
 
 
 def make_train(config: Any) -> Any:

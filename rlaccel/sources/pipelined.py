@@ -121,9 +121,9 @@ class OneProgram:
         """One device's share of a chunk (inside ``shard_map``): ``(learner state, envs,
         metrics [length], the last rollout's observations as the learner received them)``;
         each side's own state is the one kept (:meth:`run`), its scalars made the same on both
-        devices, the metrics the learner's. With ``act_only`` the learner makes no update and
-        every rollout acts from the envs as they came in: the state leaves as it entered (the
-        probe's timing of acting, ``SplitSource.timed_rollout``)."""
+        devices, the metrics the learner's. With ``act_only`` the learner makes no update and the
+        envs the rollouts stepped are dropped at the end, once: the state leaves as it entered
+        (the probe's timing of acting, ``SplitSource.timed_rollout``)."""
         src = self.source
         params_spec = jax.eval_shape(lambda agent: src.agent.actor_params(agent, src.precision), learner.agent)
         batch_spec = jax.eval_shape(src.act_phase, params_spec, envs, learner.key)[1:]
@@ -154,7 +154,6 @@ class OneProgram:
             def act_side() -> tuple:
                 def act() -> tuple:
                     new_envs, transitions, episodes = src.act_phase(on_actor, envs, keys_rollout[k_act])
-                    new_envs = jax.tree.map(lambda old, new: jnp.where(act_only, old, new), envs, new_envs)
                     return new_envs, (transitions, episodes)
 
                 new_envs, made = jax.lax.cond((k_act >= 0) & (k_act < count), act, lambda: (envs, batch))
@@ -165,7 +164,8 @@ class OneProgram:
             return learner, envs, on_actor, made_params, sent, batch, rows  # rollout k acted with what was sent before it
 
         carry = (learner, envs, params, params, params, batch, rows)
-        learner, envs, _, _, _, batch, rows = jax.lax.fori_loop(0, count + 2, step, carry)
+        learner, stepped, _, _, _, batch, rows = jax.lax.fori_loop(0, count + 2, step, carry)
+        envs = jax.tree.map(lambda entered, out: jnp.where(act_only, entered, out), envs, stepped)  # acting only: as they entered
         # Arrays leave as each device's shard (the source keeps its own side's); scalars leave
         # the same on both devices, each side's sent to the other.
         learner_there, envs_there = _swap(_scalars(learner), _scalars(envs))

@@ -106,11 +106,6 @@ class Evaluator:
         steps = update * self.spu
         return steps // self.freq > self.last_steps // self.freq or update >= self.num_updates
 
-    def reads_state(self, update: int) -> bool:
-        """Whether the call after the chunk ending at ``update`` evaluates (reads the state):
-        ``rlaccel.loop`` then waits for that chunk before dispatching the next one."""
-        return self.due(update)
-
     def __call__(self, end: Any) -> dict[str, float] | None:
         """Evaluate after the chunk ``end`` (a ``loop.ChunkEnd``) when due; returns the ``eval/*`` rows."""
         if not self.due(end.update):

@@ -9,9 +9,7 @@ fused, split, host actor threads; ``rlaccel.sweep``: compiled member groups):
    beside 1 and 2: ``source.compile_ahead``);
 4. chunks of ``logging.log_interval`` updates; after each: NaN / Inf guard, TensorBoard rows,
    probes every ``logging.probe_seconds``, hooks (evaluation, pruning), progress, checkpoint
-   every ``logging.checkpoint_interval`` updates, and the signal flag. Where none of these
-   reads the state after a chunk, the next one is dispatched before its metrics are read
-   (a source that ``dispatches_ahead``), and the host's work overlaps the device's;
+   every ``logging.checkpoint_interval`` updates, and the signal flag;
 5. a final checkpoint (never of a poisoned state), hyperparameters, ``summary.json``.
 
 Signals (``rlaccel.guards.stop_on_signals``): SIGINT / SIGTERM let the chunk in flight finish,
@@ -38,7 +36,6 @@ from rich.console import Console
 from rlaccel import checkpoint, distributed, evaluate, guards, placement
 from rlaccel import clock
 from rlaccel import costs as costs_lib
-from rlaccel import run_summary
 from rlaccel.fileio import atomic_write, write_json
 from rlaccel.logging import MetricLogger, make_progress
 from rlaccel.sources.base import SourceFault, StepSource
@@ -176,7 +173,7 @@ def run(
     # drops events at steps >= purge_step), so curves never show updates that were redone.
     logger = MetricLogger(run_dir if writer else None, tensorboard=log.tensorboard and run_dir is not None and writer, purge_step=start_update * spu + 1 if resume else None)
     exchange = distributed.ChunkExchange(spu, ckpt_dir)  # several processes: speeds and signals, after every chunk
-    costs = run_summary.decision_costs(source, state)
+    costs = _decision_costs(source, state)
     logger.log(start_update * spu, {"time/compile_s": compile_s, **costs})
     meta = {"config": config.to_dict(), "steps_per_update": spu, **source.checkpoint_meta}
 
@@ -192,17 +189,6 @@ def run(
 
     probes: list[dict[str, float]] = []
     last_probe = -math.inf
-
-    def probe_due(u: int) -> bool:
-        return log.probe_seconds is not None and (time.perf_counter() - last_probe >= log.probe_seconds or u >= end_update)
-
-    def save_due(u: int) -> bool:
-        return bool(log.checkpoint_interval) and u - max(last_ckpt, start_update) >= log.checkpoint_interval and u < end_update
-
-    # The next chunk is dispatched before this one's metrics are read, when nothing between
-    # them reads the state (``_may_look_ahead``): the host's logging then overlaps the device.
-    ahead: tuple[Any, Any, int] | None = None
-    ready = 0.0
     last_ckpt = start_update if resume else -1
     train_s = 0.0
     wall_start = time.perf_counter()
@@ -215,23 +201,17 @@ def run(
         if evaluator is not None:
             evaluator.start(state)
         try:
-            while ahead is not None or (update < end_update and not exchange.stop_requested(stop)):
-                if ahead is None:
-                    n = min(chunk, end_update - update)
-                    if n not in compiled:
-                        extra_start = time.perf_counter()
-                        source.compile(state, n)
-                        compile_s += time.perf_counter() - extra_start
-                        compiled.add(n)
-                    start = time.perf_counter()
-                    new_state, metrics = source.run_chunk(state, n)
-                else:  # dispatched before the last chunk's metrics were read: it ran from then on
-                    (new_state, metrics, n), ahead, start = ahead, None, ready
-                if _may_look_ahead(source, update + n, end_update, chunk, compiled, hooks, stop) and not save_due(update + n) and not probe_due(update + n):
-                    ahead = (*source.run_chunk(new_state, chunk), chunk)  # donates new_state: nothing below reads it
+            while update < end_update and not exchange.stop_requested(stop):
+                n = min(chunk, end_update - update)
+                if n not in compiled:
+                    extra_start = time.perf_counter()
+                    source.compile(state, n)
+                    compile_s += time.perf_counter() - extra_start
+                    compiled.add(n)
+                start = time.perf_counter()
+                new_state, metrics = source.run_chunk(state, n)
                 metrics = jax.device_get(metrics)  # blocks: the chunk's time is measured whole
-                ready = time.perf_counter()
-                elapsed = ready - start
+                elapsed = time.perf_counter() - start
                 k = len(next(iter(metrics.values()))) if metrics else 0
                 bad = guards.first_nonfinite(metrics) if source.guard_nonfinite and k else None
                 rows = k if bad is None else bad[0] + 1
@@ -258,7 +238,7 @@ def run(
                 except distributed.ProcessLost as e:
                     failure = e
                     break
-                if ahead is None and probe_due(update):
+                if log.probe_seconds is not None and (time.perf_counter() - last_probe >= log.probe_seconds or update >= end_update):
                     state, measured = source.probe(state, elapsed / k)
                     probes.append(measured)
                     if costs and "time/actor_sps" in probes[-1]:
@@ -278,7 +258,7 @@ def run(
                 if end.stop is not None:
                     stopped_by = end.stop
                     break
-                if ahead is None and save_due(update):
+                if log.checkpoint_interval and update - max(last_ckpt, start_update) >= log.checkpoint_interval and update < end_update:
                     try:
                         save(update)
                     except Exception as e:  # several processes: a save's collective broke
@@ -288,8 +268,6 @@ def run(
                         break
                     last_ckpt = update
         finally:
-            if ahead is not None:  # the loop broke after a NaN: the chunk after it holds the state (never saved)
-                state, ahead = ahead[0], None
             lost = isinstance(failure, distributed.ProcessLost)  # no collective can complete any more
             if lost and not writer:  # it writes nothing, and JAX aborts it once process 0 is gone
                 distributed.exit_lost(failure, ckpt_dir)
@@ -336,12 +314,12 @@ def run(
         **source.summary_extra(),
         **exchange.summary(),
         **costs,
-        **run_summary.probe_medians(probes),
+        **_probe_medians(probes),
         "run_dir": str(run_dir) if run_dir is not None else None,
         "config": config.to_dict(),
     }
     if failure is None and isinstance(summary["final_return"], float):
-        logger.hparams(run_summary.flat_hparams(config), {"final_return": summary["final_return"], "sps": summary["sps"]})
+        logger.hparams(_flat_hparams(config), {"final_return": summary["final_return"], "sps": summary["sps"]})
     logger.close()
     if run_dir is not None and writer:
         write_json(run_dir / "summary.json", summary)
@@ -354,18 +332,6 @@ def run(
     if stopped_by is not None and run_dir is not None:
         console.print(f"stopped by {stopped_by} after update {update}; checkpoint {latest}; continue with --resume {run_dir}")
     return summary
-
-
-def _may_look_ahead(source: StepSource, update: int, end_update: int, chunk: int, compiled: set[int], hooks: Sequence[Hook], stop: Any) -> bool:
-    """Whether the chunk after the one ending at ``update`` may be dispatched before that one's
-    metrics are read: a source whose ``run_chunk`` only dispatches, one process, a whole compiled
-    chunk still to run, no stop asked for, and no hook reading the state after ``update``
-    (``hook.reads_state(update)``; a hook without it is taken to read it)."""
-    if not source.dispatches_ahead or jax.process_count() > 1 or stop.requested:
-        return False
-    if update + chunk > end_update or chunk not in compiled:
-        return False
-    return not any(getattr(hook, "reads_state", lambda _: True)(update) for hook in hooks)
 
 
 def restore_latest(ckpt_dir: Path, template: Any) -> tuple[Any, Path]:
@@ -392,3 +358,38 @@ def open_run_dir(run_dir: Path, config: Any) -> None:
     """Create the run directory and write ``config.yaml`` atomically (the first write of a run)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _decision_costs(source: Any, state: Any) -> dict[str, float]:
+    """``rlaccel.costs.decision_costs`` of the actors' fp32 policy (shapes only), ``{}`` for a
+    policy that is not a flax MLP or a source without one agent (sweeps)."""
+    agent = getattr(source, "agent", None)
+    try:
+        params = jax.eval_shape(lambda a: agent.actor_params(a, "fp32"), state.agent)
+        dims = costs_lib.layer_dims(getattr(params, "policy", None))
+    except Exception:  # noqa: BLE001 - any agent without an MLP policy simply has no cost row
+        return {}
+    return costs_lib.decision_costs(dims) if dims else {}
+
+
+def _probe_medians(probes: list[dict[str, float]]) -> dict[str, float | None]:
+    """Each probe metric's median over the probes (finite values; ``None`` when there is none)."""
+    out = {}
+    for k in dict.fromkeys(k for p in probes for k in p):
+        finite = [p[k] for p in probes if k in p and math.isfinite(p[k])]
+        out[k] = float(np.median(finite)) if finite else None
+    return out
+
+
+def _flat_hparams(config: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"env": config.env, "algo": config.algo, "seed": config.seed}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(config.algo, config.to_dict()[config.algo])
+    return out

@@ -45,10 +45,6 @@ class StepSource:
     probes: bool = True
     """Whether the loop will call :meth:`probe` (``logging.probe_seconds`` not null): a source
     that compiles the probe's pieces ahead of time skips them otherwise."""
-    dispatches_ahead: bool = False
-    """Whether :meth:`run_chunk` only dispatches (its metrics are futures) and may be given the
-    state it returned before those metrics are read: the loop then dispatches the next chunk
-    first and logs this one while it runs."""
     checkpoint_meta: Mapping[str, Any] = {}
     resume_note: str = ""
 

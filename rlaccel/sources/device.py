@@ -97,8 +97,6 @@ class DeviceSource(StepSource):
       learner_device, actor_device: where each side runs (``None``: JAX's default).
     """
 
-    dispatches_ahead = True  # a chunk is dispatched programs (several processes: the loop does not look ahead)
-
     def __init__(
         self,
         agent: Agent,

@@ -133,6 +133,10 @@ def loss_fn(params: Any, mb: Minibatch, clip_range: Array, *, nets: nets_lib.PPO
     )
 
 
+STEP_METRICS = (*losses.LossInfo._fields, "grad_norm")
+"""What :func:`minibatch_update` returns for each step, in order."""
+
+
 def minibatch_update(
     carry: tuple[Any, Any],
     mb: Minibatch,
@@ -142,8 +146,10 @@ def minibatch_update(
     optimizer: optax.GradientTransformation,
     clip_range: Any = None,
     axis_name: str | None = None,
-) -> tuple[tuple[Any, Any], tuple[losses.LossInfo, Array]]:
-    """One gradient step (a scan body over minibatches); also returns the gradients' global norm before clipping.
+) -> tuple[tuple[Any, Any], Array]:
+    """One gradient step (a scan body over minibatches); returns ``[len(STEP_METRICS)]``: the
+    ``LossInfo`` and the gradients' global norm before clipping, stacked (one row written per
+    step, not six).
 
     ``clip_range`` is this update's ratio clip (``cfg.clip_range_at``; ``None``: ``cfg.clip_range``).
 
@@ -163,7 +169,7 @@ def minibatch_update(
     if axis_name is not None:
         grads, info = distributed.pmean((grads, info), axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (info, tree_norm(grads, widths(cfg)))
+    return (optax.apply_updates(params, updates), opt_state), jnp.stack([*info, tree_norm(grads, widths(cfg))])
 
 
 def shuffle_minibatches(data: Minibatch, key: Array, cfg: PPOConfig) -> Minibatch:
@@ -235,14 +241,13 @@ def learner_update(
     clip_range = cfg.clip_range_at(state.step, num_updates)
     minibatch_step = functools.partial(minibatch_update, nets=nets, cfg=cfg, optimizer=optimizer, clip_range=clip_range, axis_name=axis_name)
     minibatches = shuffle_minibatches(data, key, cfg)
-    (params, opt_state), (infos, grad_norms) = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
+    (params, opt_state), rows = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
 
     obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if norm.norm_obs else state.obs_stats
-    metrics = {f"train/{name}": jnp.mean(value) for name, value in infos._asdict().items()}
+    # train/grad_norm: for the driver's non-finite guard (rlaccel.guards.GUARDED_METRICS).
+    metrics = {f"train/{name}": value for name, value in zip(STEP_METRICS, jnp.mean(rows, axis=0))}
     metrics["train/loss"] = metrics["train/policy_gradient_loss"] + cfg.vf_coef * metrics["train/value_loss"] + cfg.ent_coef * metrics["train/entropy_loss"]
     metrics["train/explained_variance"] = explained_variance(values, returns)
-    # For the driver's non-finite guard (rlaccel.guards.GUARDED_METRICS).
-    metrics["train/grad_norm"] = jnp.mean(grad_norms)
     metrics["train/param_max_abs"] = tree_norm(params, widths(cfg), ord="inf")
     metrics["train/learning_rate"] = lr_schedule(state.step * cfg.n_epochs * cfg.num_minibatches)
     metrics["train/clip_range"] = jnp.asarray(clip_range, jnp.float32)

@@ -186,7 +186,7 @@ class DeviceSource(StepSource):
 
         learner_state = state.replace(rollout=None)
         # Pieces a probe runs once and does not time compile fast (compile_cache.jit_once):
-        # the noise, the quantisation metrics, and the re-quantisation unless chunks run it.
+        # the quantisation metrics, and the re-quantisation unless chunks run it.
         untimed = compile_cache.jit_once
         requantise = compile_cache.jit if self.learns_in_pieces else untimed
         params_exec = requantise(self.agent.actor_params, static_argnums=1).lower(state.agent, self.precision).compile()

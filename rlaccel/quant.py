@@ -283,10 +283,11 @@ def _tanh(y: Array, in_scale: Array) -> Array:
 
     The same integers as the table, entry for entry: ``y s`` is exact (``s`` a power of two),
     and of the 768 entries ``128 tanh(y s)`` comes no nearer than 0.0026 to a rounding tie, so
-    any float32 ``tanh`` within ``2e-5`` of the true value rounds the same way (XLA's is within
-    ~1e-6; ``tests/test_quant.py`` compares every entry on the running backend). A lookup
-    (gather) kept XLA's CPU from vectorising the layer's fused output stage: on an AVX2 EPYC a
-    CartPole update with int8 actors took 3.7-3.9 ms instead of 4.0-4.6 (fp32 actors 3.4-3.8).
+    any float32 ``tanh`` within ``2e-5`` of the true value rounds the same way (XLA's was
+    within 3.2e-7 on CPUs and an H200; ``tests/test_quant.py`` compares every entry on the
+    running backend). A lookup (gather) kept XLA's CPU from vectorising the layer's fused
+    output stage: on an AVX2 EPYC a CartPole update with int8 actors took 3.7-3.9 ms instead
+    of 4.0-4.6 (fp32 actors 3.4-3.8).
     """
     v = jnp.tanh(y.astype(jnp.float32) * in_scale) * 128.0
     return jnp.clip(jnp.round(v), -128, 127).astype(jnp.int32)

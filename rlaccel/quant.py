@@ -8,7 +8,8 @@ here in JAX, bit for bit: int32 arithmetic (no float64), and small dots as fp32 
 same integers, exact below ``2**24`` (:func:`int8_dot`):
 
 * ``tflite`` (default): per-channel symmetric weights, asymmetric int8 activations,
-  fixed-point multiplier and shift; TANH by TFLite Micro's table; ReLU a clamp.
+  fixed-point multiplier and shift; TANH as TFLite Micro's (its table's integers, computed
+  as a rounded float tanh: ``_tanh``); ReLU a clamp.
 * ``pow2``: per-tensor power-of-two scales, shift-only requantisation (fixed-point NPUs).
 
 Calibration (what the actors saw, decayed running ranges) sets the scales: per-feature input
@@ -294,7 +295,8 @@ def _tanh(y: Array, in_scale: Array) -> Array:
 
 
 def tanh_table(in_scale: Array) -> Array:
-    """TANH's 256 int8 outputs ``[256]`` (int32) for a ``TANH_IN_SCALES`` input scale."""
+    """TANH's 256 int8 outputs ``[256]`` (int32) for a ``TANH_IN_SCALES`` input scale (the
+    threshold search of ``rlaccel.quant_tables`` starts from it; acting computes ``_tanh``)."""
     row = -significand(in_scale)[1] - 4  # 2**-k has frexp exponent 1 - k; TANH_IN_SCALES[0] = 2**-5
     return jnp.asarray(TANH_LUTS)[row]
 

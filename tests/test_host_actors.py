@@ -70,6 +70,55 @@ def test_gym_ids():
         envs.make("gym:CartPol-v1")
 
 
+class _ReplayActor:
+    """A numpy actor whose actions come from a seeded generator (what EnvStepper needs of one)."""
+
+    version = 0
+
+    def __init__(self, space: gymnasium.Space, seed: int):
+        self.space, self.rng = space, np.random.default_rng(seed)
+
+    def noise(self, rng, num_steps, num_envs):
+        return [None] * num_steps
+
+    def act(self, obs, noise):
+        b = obs.shape[0]
+        if isinstance(self.space, gymnasium.spaces.Discrete):
+            return self.rng.integers(self.space.n, size=b).astype(np.int32), ()
+        return self.rng.normal(0, 1.5, (b, *self.space.shape)).astype(np.float32), ()  # beyond the bounds: clipped
+
+
+@pytest.mark.parametrize("gym_id", ["CartPole-v1", "Pendulum-v1"])
+def test_env_stepper_steps_as_gymnasiums_same_step_vector_env(gym_id):
+    """The host actors' stepping (envs in turn, reset in the ending step) gives what gymnasium's
+    ``SyncVectorEnv`` gives in ``SAME_STEP`` mode with the same seeds and actions: observations,
+    true last observations, rewards, terminations and truncations, over episodes that end by
+    termination (CartPole) and by the time limit (Pendulum, 200 steps)."""
+    from rlaccel.sources.host.stepping import EnvStepper
+
+    env, b, T = envs.make(f"gym:{gym_id}"), 3, 450
+    stepper = EnvStepper(env.make_envs(b), env.action_space, env.obs_dim, seed=7)
+    got = stepper.collect(_ReplayActor(env.action_space, 1), np.random.default_rng(0), T)
+    stepper.close()
+    venv, actor = env.make_vector(b, seed=7), _ReplayActor(env.action_space, 1)
+    obs, _ = venv.reset(seed=7)
+    box = isinstance(env.action_space, gymnasium.spaces.Box)
+    for t in range(T):
+        np.testing.assert_array_equal(got.obs[t], obs.astype(np.float32))
+        a, _ = actor.act(obs.astype(np.float32), None)
+        np.testing.assert_array_equal(got.action[t], a)
+        obs, rew, term, trunc, info = venv.step(np.clip(a, env.action_space.low, env.action_space.high) if box else a)
+        final = obs.copy()
+        for i in np.flatnonzero(info.get("_final_obs", [])):
+            final[i] = info["final_obs"][i]
+        np.testing.assert_array_equal(got.next_obs[t], final.astype(np.float32))
+        np.testing.assert_array_equal(got.reward[t], rew.astype(np.float32))
+        np.testing.assert_array_equal(got.terminated[t], term)
+        np.testing.assert_array_equal(got.truncated[t], trunc)
+    venv.close()
+    assert got.terminated.any() if gym_id == "CartPole-v1" else got.truncated.sum() == 2 * b
+
+
 def test_misspelt_gym_id_exits_2(tmp_path, cartpole_yaml):
     rc, _, err = run_main(["--config", str(cartpole_yaml), "--set", "env=gym:CartPol-v1", "--run-dir", str(tmp_path / "run")])
     assert rc == 2 and err.count("\n") == 1 and "gym:CartPole-v1" in err

@@ -1,6 +1,6 @@
 """Host actor threads: gymnasium vector envs stepped with the published policy.
 
-Each :class:`ActorThread` steps ``b`` copies of a gymnasium env and acts with the newest
+Each :class:`ActorThread` steps ``b`` copies of a gymnasium env (``stepping.EnvStepper``) and acts with the newest
 policy on the :class:`ParamBoard` (the algorithm's numpy actor, ``rlaccel.registry``; by
 default acting with the int8 reference of ``rlaccel.reference``, so a decision needs no device
 round trip). Every ``T`` steps it pushes a :class:`Batch` (``Transition [T, b]``, episode
@@ -143,7 +143,7 @@ class ActorThread(threading.Thread):
     def run(self) -> None:
         stepper = None
         try:
-            stepper = EnvStepper(self.env.make_vector(self.num_envs, self.seed), self.env.action_space, self.env.obs_dim, self.seed)
+            stepper = EnvStepper(self.env.make_envs(self.num_envs), self.env.action_space, self.env.obs_dim, self.seed)
             self._loop(stepper)
         except BaseException as e:  # noqa: BLE001 - whatever kills an actor must reach the learner
             self.faults.append((self.index, e, traceback.format_exc()))

@@ -32,7 +32,7 @@ from rlaccel import registry
 from rlaccel.lookup import thresholds
 from rlaccel.reference import Int8Tables
 from rlaccel.schema import ConfigError
-from rlaccel.sources.host.stepping import EnvStepper, Steps, vector_env
+from rlaccel.sources.host.stepping import EnvStepper, Steps, gym_envs
 
 __all__ = ["ActorPool", "Int8Payload", "ProcessDied", "RemoteActor", "unpack"]
 
@@ -109,7 +109,7 @@ class RemoteActor:
         if self.stepper is None:
             gym_id, kwargs, space, obs_dim, b = self.env_args
             seed = self.seed + 7919 * self.fresh_envs
-            self.stepper = EnvStepper(vector_env(gym_id, kwargs, b, seed), space, obs_dim, seed)
+            self.stepper = EnvStepper(gym_envs(gym_id, kwargs, b), space, obs_dim, seed)
         try:
             return self.stepper.collect(self.actor, self.rng, self.num_steps)
         except BaseException:

@@ -1,11 +1,18 @@
 """One actor's env stepping, shared by actor threads and Ray actor processes (no JAX here).
 
-:class:`EnvStepper` owns a gymnasium vector env of ``b`` copies and its episode counters;
+:class:`EnvStepper` owns ``b`` gymnasium envs and their episode counters;
 ``collect(actor, rng, T)`` steps it ``T`` times with a numpy actor (``noise(rng, T, b)``,
 ``act(obs [b, obs_dim], noise[t]) -> (action, extras)``) and returns :class:`Steps`, plain
 numpy arrays. Actor threads (``actors.py``) wrap them in a ``Batch`` of ``Transition``s; Ray
 actor processes (``ray_cluster.py``) send them back as they are, so an actor process imports
 numpy, gymnasium and the algorithm's numpy actor, never JAX.
+
+The envs are stepped one after the other and reset in the step that ends an episode, as
+gymnasium's ``SyncVectorEnv`` does in its ``SAME_STEP`` mode (same seeds, same casts, the
+same numbers), without what it adds per step that the actors never read: every step's
+``info`` dict gathered into arrays and masks, the observations concatenated and deep-copied
+through the space's ``singledispatch`` helpers. On HalfCheetah-v5 (one env, whose own step
+is ~100-130 us on a 2-core EPYC) that was 60-90 us a step (``docs/benchmarks.md``, host actors).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["EnvStepper", "Steps", "stack_extras", "vector_env"]
+__all__ = ["EnvStepper", "Steps", "gym_envs", "stack_extras"]
 
 
 class Steps(NamedTuple):
@@ -37,40 +44,38 @@ class Steps(NamedTuple):
     collect_s: float  # wall time of the whole batch
 
 
-def vector_env(gym_id: str, kwargs: dict[str, Any], num_envs: int, seed: int) -> gymnasium.vector.VectorEnv:
-    """gymnasium's synchronous vector env of ``num_envs`` copies, auto-resetting in the same
-    step: what ``rlaccel.envs.gym.GymEnv.make_vector`` makes, without importing ``rlaccel.envs``
-    (whose JAX envs a Ray actor process does not need)."""
-    venv = gymnasium.make_vec(
-        gym_id, num_envs=num_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP}, **kwargs
-    )
-    venv.action_space.seed(seed)
-    return venv
+def gym_envs(gym_id: str, kwargs: dict[str, Any], num_envs: int) -> list[gymnasium.Env]:
+    """``num_envs`` copies of a gymnasium env (what ``rlaccel.envs.gym.GymEnv.make_envs``
+    makes, without importing ``rlaccel.envs``, whose JAX envs a Ray actor process does not need)."""
+    return [gymnasium.make(gym_id, **kwargs) for _ in range(num_envs)]
 
 
 class EnvStepper:
-    """A vector env stepped batch after batch (episodes carry over between batches).
+    """``b`` gymnasium envs stepped batch after batch (episodes carry over between batches).
 
     Args:
-      venv: a ``SAME_STEP``-autoresetting gymnasium vector env of ``num_envs`` copies.
+      envs: the ``b`` envs (:func:`gym_envs`); copy ``i`` is first reset with ``seed + i``,
+        as ``SyncVectorEnv.reset(seed=seed)`` seeds them.
       action_space: the single env's action space (continuous actions are clipped to it
         before ``env.step``; the sampled action is what the learner sees).
       obs_dim: observation size.
       seed: seeds the first reset.
     """
 
-    def __init__(self, venv: Any, action_space: Any, obs_dim: int, seed: int):
-        self.venv, self.obs_dim = venv, obs_dim
-        self.num_envs = venv.num_envs
+    def __init__(self, envs: list[Any], action_space: Any, obs_dim: int, seed: int):
+        self.envs, self.obs_dim = envs, obs_dim
+        self.num_envs = len(envs)
         box = isinstance(action_space, spaces.Box)
         self._bounds = (action_space.low, action_space.high) if box else None
-        self.obs, _ = venv.reset(seed=seed)
+        self.obs = np.empty((self.num_envs, obs_dim), np.float32)
+        for i, env in enumerate(envs):
+            self.obs[i] = env.reset(seed=seed + i)[0]
         self.ep_ret = np.zeros(self.num_envs, np.float32)
         self.ep_len = np.zeros(self.num_envs, np.int32)
 
     def collect(self, actor: Any, rng: np.random.Generator, num_steps: int, stopped: Callable[[], bool] = lambda: False) -> Steps | None:
         """``num_steps`` steps acting with ``actor``; ``None`` if ``stopped()`` turns true first."""
-        venv, b, T = self.venv, self.num_envs, num_steps
+        envs, b, T = self.envs, self.num_envs, num_steps
         o = np.empty((T, b, self.obs_dim), np.float32)
         next_o = np.empty((T, b, self.obs_dim), np.float32)
         rew = np.empty((T, b), np.float32)
@@ -81,21 +86,22 @@ class EnvStepper:
         lat = np.empty(T, np.float64)
         actions, extras = [], []
         noise = actor.noise(rng, T, b)
+        obs, bounds = self.obs, self._bounds
         start = time.perf_counter()
         for t in range(T):
             if stopped():
                 return None
-            o[t] = self.obs
+            o[t] = obs
             t0 = time.perf_counter()
             a, x = actor.act(o[t], noise[t])
             lat[t] = time.perf_counter() - t0
             actions.append(a)
             extras.append(x)
-            self.obs, rew[t], term[t], trunc[t], info = venv.step(np.clip(a, *self._bounds) if self._bounds else a)
-            next_o[t] = self.obs
-            if "final_obs" in info:  # SAME_STEP autoreset: obs is the next episode's first
-                for i in np.flatnonzero(info["_final_obs"]):
-                    next_o[t, i] = info["final_obs"][i]
+            sent = np.clip(a, *bounds) if bounds else a
+            for i, env in enumerate(envs):  # SyncVectorEnv.step in SAME_STEP mode
+                next_o[t, i], rew[t, i], term[t, i], trunc[t, i], _ = env.step(sent[i])
+                # an episode's last step: next_o keeps its true last observation, obs the next one's first
+                obs[i] = env.reset()[0] if term[t, i] or trunc[t, i] else next_o[t, i]
             self.ep_ret += rew[t]
             self.ep_len += 1
             ret[t], length[t] = self.ep_ret, self.ep_len
@@ -108,7 +114,8 @@ class EnvStepper:
         )  # fmt: skip
 
     def close(self) -> None:
-        self.venv.close()
+        for env in self.envs:
+            env.close()
 
 
 def stack_extras(items: list[Any]) -> Any:

@@ -10,7 +10,7 @@ Each row is one block of the zoo's ``hyperparams/ppo.yml`` or ``dqn.yml``, read 
 :data:`ZOO_COMMIT`), built as ``rlaccel train --zoo FILE --env ID`` builds it
 (``rlaccel.zoo.block_from_file``) and trained with ``rlaccel.train`` at the block's
 ``n_timesteps`` (times ``--budget-scale``), int8 actors, once per seed (0, 1, ...), one seed
-after the other, each in a fresh interpreter (``rlaccel.bench.zoo_work``; its peak RSS is its
+after the other (``--jobs``: several at once), each in a fresh interpreter (``rlaccel.bench.zoo_work``; its peak RSS is its
 own, and JAX's persistent compilation cache is off, so compiles count). Evaluation as the zoo's
 ``train.py`` does it: every 25,000 env steps (``--eval-freq``) and after the last update,
 5 deterministic episodes (``--eval-episodes``), of the int8 policy and of its fp32 source.
@@ -37,6 +37,10 @@ rows that must pass.
 torch runs on one thread (``--sb3-threads``): on a busy 2-core machine SB3's HalfCheetah block
 took 16x longer on two threads than on one (46 s against 2.9 s for 1,024 env steps).
 
+``--jobs N`` runs up to N seeds (of any rows, SB3's included) at once, each its own process:
+for a machine with a core for each (a GPU host has 16; on 2 cores runs side by side slow
+each other, and an SB3 ratio assumes each side had its own core). The report records N.
+
 Writes ``benchmarks/zoo_cpu.json`` (CPU model and flags as ``rlaccel bench``), a Markdown copy
 of the table beside it (``.md``) and the eval curves (``.png``, ``rlaccel.bench.zoo_report``).
 Exit code 1 when a run failed (after everything is written), 2 for bad arguments.
@@ -45,6 +49,7 @@ Exit code 1 when a run failed (after everything is written), 2 for bad arguments
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import json
@@ -95,6 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sb3-seeds", dest="zoo_sb3_seeds", type=positive_int, default=1, metavar="N", help="seeds per SB3 row, 0..N-1 (default %(default)s)")
     p.add_argument("--sb3-threads", dest="zoo_sb3_threads", type=int, default=1, metavar="N", help="torch threads of the SB3 rows (default %(default)s; 0: torch's default, one per core)")
     p.add_argument("--set", dest="zoo_set", action="append", default=[], metavar="KEY=VALUE", help="an override for every rlaccel run (repeatable), e.g. logging.log_interval=32")
+    p.add_argument("--jobs", dest="zoo_jobs", type=positive_int, default=1, metavar="N", help="runs (seeds of rows, SB3's included) at once, each its own process (default %(default)s: one after the other); for a machine with a core per run to spare, e.g. a GPU host")
     p.add_argument("--warm-cache", dest="zoo_warm_cache", action="store_true", help="warm starts: each rlaccel row runs its seed 0 once, unmeasured, to fill a fresh compilation cache that every measured run then uses (default: cold, no cache)")
     p.add_argument("--runs-dir", dest="zoo_runs_dir", metavar="DIR", help="keep each run's directory (TensorBoard, checkpoints) under DIR/<row>_s<seed>; default: deleted")
     p.add_argument("--merge", dest="zoo_merge", nargs="+", metavar="JSON", help="run nothing: combine the rows of earlier runs' JSON files (a later file wins a row; each row keeps its source) into --out, with table, curves and verdict")
@@ -280,7 +286,7 @@ def _params(args: argparse.Namespace, name: str, seed: int, cache: str | None) -
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the rows' seeds one after the other (or ``--merge`` earlier reports), print the table,
+    """Run the rows' seeds (one after the other, or ``--jobs`` at once; or ``--merge`` earlier reports), print the table,
     write JSON, Markdown and PNG; 0, 1 if a run failed (after writing), 2 for bad arguments
     (nothing run or written)."""
     try:
@@ -295,27 +301,30 @@ def run(args: argparse.Namespace) -> int:
         args.zoo_eval_freq, args.zoo_eval_episodes = first["eval"]["freq"], first["eval"]["episodes"]
         args.zoo_budget_scale, args.zoo_seeds, args.zoo_sb3_seeds = first["budget_scale"], first["seeds"], first.get("sb3_seeds", 1)
         args.zoo_set, args.zoo_sb3_threads = first.get("overrides", []), first.get("sb3_torch_threads", 1)
-        args.zoo_warm_cache = first.get("compile_cache") == "warm"
+        args.zoo_warm_cache, args.zoo_jobs = first.get("compile_cache") == "warm", first.get("jobs", 1)
         return write_report(results, args, total_s, machine_info=first["machine"])
     scale, started = args.zoo_budget_scale, time.perf_counter()
-    results = {}
     with tempfile.TemporaryDirectory(prefix="rlaccel_zoo_cache_") as tmp:
         cache = tmp if args.zoo_warm_cache else None
-        for name in names:
-            row = ROWS[name]
-            if cache is not None and isinstance(row, ZooRow):  # seed 0 once, unmeasured: every seed's programs
+        if cache is not None:  # seed 0 of each rlaccel row once, unmeasured: every seed's programs
+            for name in (n for n in names if isinstance(ROWS[n], ZooRow)):
                 print(f"running {name} seed 0 to fill the compilation cache (not measured) ...", file=sys.stderr, flush=True)
                 run_one({**_params(args, name, 0, cache), "run_dir": None})
-            runs = []
-            for seed in range(args.zoo_sb3_seeds if isinstance(row, SB3Row) else args.zoo_seeds):
-                start = time.perf_counter()
-                print(f"running {name} seed {seed} ...", file=sys.stderr, flush=True)
-                r = run_one(_params(args, name, seed, cache))
-                runs.append(r)
-                said = f"error: {r['error']}" if "error" in r else f"{r.get('env_steps', 0):,} env steps, eval {r.get('eval_return')}"
-                print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s, {said}", file=sys.stderr, flush=True)
-            results[name] = aggregate(name, runs, scale)
+        jobs = [(name, seed) for name in names for seed in range(args.zoo_sb3_seeds if isinstance(ROWS[name], SB3Row) else args.zoo_seeds)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.zoo_jobs) as pool:  # each job is a process
+            done = dict(zip(jobs, pool.map(lambda job: _run_logged(args, *job, cache), jobs)))
+    results = {name: aggregate(name, [r for (n, _), r in done.items() if n == name], scale) for name in names}
     return write_report(results, args, time.perf_counter() - started)
+
+
+def _run_logged(args: argparse.Namespace, name: str, seed: int, cache: str | None) -> dict[str, Any]:
+    """:func:`run_one` with a line to stderr when it starts and when it ends."""
+    start = time.perf_counter()
+    print(f"running {name} seed {seed} ...", file=sys.stderr, flush=True)
+    r = run_one(_params(args, name, seed, cache))
+    said = f"error: {r['error']}" if "error" in r else f"{r.get('env_steps', 0):,} env steps, eval {r.get('eval_return')}"
+    print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s, {said}", file=sys.stderr, flush=True)
+    return r
 
 
 def write_report(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s: float, machine_info: dict[str, Any] | None = None) -> int:
@@ -344,6 +353,7 @@ def write_report(results: dict[str, dict[str, Any]], args: argparse.Namespace, t
         "eval": {"freq": args.zoo_eval_freq, "episodes": args.zoo_eval_episodes, "deterministic": True},
         "overrides": list(args.zoo_set),
         "sb3_torch_threads": args.zoo_sb3_threads,
+        "jobs": getattr(args, "zoo_jobs", 1),
         "compile_cache": "warm" if getattr(args, "zoo_warm_cache", False) else "cold",
         "total_s": total_s,
         "sb3_ratio": ratios,

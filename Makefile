@@ -42,13 +42,19 @@ train: $(VENV)/.installed
 # make test-fast took 280 s here against 347 s (cold JAX cache both times).
 TEST_ENV := PYTHONDONTWRITEBYTECODE=
 
+# pytest-xdist's loadscope hands out modules in the order tests/conftest.py sorts them (the
+# longest first); by default (3.5+) it hands out the modules with the most tests first, which
+# left test_learning_dqn.py (2 tests, ~150 s) for last: 776 s against 703 s for the two
+# workers' longer share of one measured run.
+XDIST := -n auto --dist loadscope --no-loadscope-reorder
+
 ## Run the whole test suite (learning tests included), on every core (pytest-xdist).
 test: $(VENV)/.installed-dev
-	$(TEST_ENV) $(BIN)/python -m pytest -n auto --dist loadscope $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 ## The inner loop: unit tests and CLI smoke tests, no learning.
 test-fast: $(VENV)/.installed-dev
-	$(TEST_ENV) $(BIN)/python -m pytest -n auto --dist loadscope -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks: `rlaccel bench` (rlaccel/bench/), then `rlaccel bench latency`; prints the tables and
 ## writes benchmarks/*.json. ARGS go to the main table (e.g. ARGS="--rows purejaxrl_1,fused_int8").

@@ -58,8 +58,8 @@ def cartpole_yaml() -> Path:
 # The longest modules first (measured: CPU seconds per module in a full run), so the two
 # workers of `make test` do not end with one of them alone on a long module.
 LONGEST_FIRST = (
-    "test_learning", "test_learning_dqn", "test_distributed", "test_reliability", "test_deploy", "test_host_actors", "test_sweep", "test_pipeline",
-    "test_ray", "test_brax", "test_gsde", "test_eval", "test_cli", "test_reference", "test_quant", "test_placement",
+    "test_learning", "test_learning_dqn", "test_pipeline", "test_distributed", "test_host_actors", "test_ray", "test_deploy", "test_placement",
+    "test_reference", "test_reliability", "test_quant", "test_gsde", "test_envs", "test_sweep", "test_eval", "test_qat", "test_brax", "test_cli",
 )  # fmt: skip
 
 
@@ -84,7 +84,7 @@ def pytest_runtest_setup(item):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """The longest modules first, each module's tests together and in order: ``make test``
-    runs with pytest-xdist's ``--dist loadscope``, one module per worker at a time, so a module
+    runs with pytest-xdist's ``--dist loadscope --no-loadscope-reorder`` (the Makefile), one module per worker at a time, so a module
     fixture (a trained run, resumed runs) is built once, not once per worker."""
     module = lambda item: item.module.__name__.rpartition(".")[2]  # noqa: E731
     first = {}

@@ -130,13 +130,44 @@ def test_markdown_and_png_from_a_report(tmp_path):
 
 @pytest.mark.parametrize(
     "args, key",
-    [(["--rows", "ppo_cartpole,nope"], "--rows"), (["--seeds", "0"], "--seeds"), (["--budget-scale", "0"], "--budget-scale"), (["--set", "seed"], "--set")],
+    [
+        (["--rows", "ppo_cartpole,nope"], "--rows"), (["--seeds", "0"], "--seeds"), (["--budget-scale", "0"], "--budget-scale"), (["--set", "seed"], "--set"),
+        (["--jobs", "0"], "--jobs"),
+    ],  # fmt: skip
 )
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, key):
     rc, out, err = run_main(["bench", "zoo", *args, "--out", str(tmp_path / "zoo.json")])
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {key}")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_jobs_run_seeds_side_by_side_and_keep_each_rows_seeds_in_order(tmp_path, monkeypatch, jobs):
+    """``--jobs N``: up to N runs at once (each fake run takes 0.2 s; the most running at one
+    time is counted: 1, or all 3); every row gets its seeds in order; the report records N."""
+    import threading
+    import time
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fake_run_one(params):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return {"env_steps": 1000, "wall_s": 1.0, "sps": 1000.0, "eval_return": float(params["seed"]), "curve": []}
+
+    monkeypatch.setattr(zoo, "run_one", fake_run_one)
+    monkeypatch.setattr(zoo_report, "plot", lambda report, path: path)
+    out = tmp_path / "zoo.json"
+    rc, _, _ = run_main(["bench", "zoo", "--rows", "ppo_cartpole,sb3_ppo_pendulum", "--seeds", "2", "--jobs", str(jobs), "--budget-scale", "0.01", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert rc == 0 and report["jobs"] == jobs and peak[0] == min(jobs, 3)
+    assert [s["eval_return"] for s in report["rows"]["ppo_cartpole"]["seeds"]] == [0.0, 1.0]
+    assert [s["eval_return"] for s in report["rows"]["sb3_ppo_pendulum"]["seeds"]] == [0.0]
 
 
 def test_main_table_markdown_has_each_row_and_its_same_run_ratio():

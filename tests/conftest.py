@@ -84,8 +84,9 @@ def pytest_runtest_setup(item):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """The longest modules first, each module's tests together and in order: ``make test``
-    runs with pytest-xdist's ``--dist loadscope --no-loadscope-reorder`` (the Makefile), one module per worker at a time, so a module
-    fixture (a trained run, resumed runs) is built once, not once per worker."""
+    runs with pytest-xdist's ``--dist loadscope --no-loadscope-reorder`` (the Makefile), one
+    module per worker at a time, so a module fixture (a trained run, resumed runs) is built
+    once, not once per worker."""
     module = lambda item: item.module.__name__.rpartition(".")[2]  # noqa: E731
     first = {}
     for i, item in enumerate(items):

@@ -10,8 +10,9 @@ Each row is one block of the zoo's ``hyperparams/ppo.yml`` or ``dqn.yml``, read 
 :data:`ZOO_COMMIT`), built as ``rlaccel train --zoo FILE --env ID`` builds it
 (``rlaccel.zoo.block_from_file``) and trained with ``rlaccel.train`` at the block's
 ``n_timesteps`` (times ``--budget-scale``), int8 actors, once per seed (0, 1, ...), one seed
-after the other (``--jobs``: several at once), each in a fresh interpreter (``rlaccel.bench.zoo_work``; its peak RSS is its
-own, and JAX's persistent compilation cache is off, so compiles count). Evaluation as the zoo's
+after the other (``--jobs``: several at once), each in a fresh interpreter
+(``rlaccel.bench.zoo_work``; its peak RSS is its own, and JAX's persistent compilation cache
+is off, so compiles count). Evaluation as the zoo's
 ``train.py`` does it: every 25,000 env steps (``--eval-freq``) and after the last update,
 5 deterministic episodes (``--eval-episodes``), of the int8 policy and of its fp32 source.
 
@@ -286,9 +287,9 @@ def _params(args: argparse.Namespace, name: str, seed: int, cache: str | None) -
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the rows' seeds (one after the other, or ``--jobs`` at once; or ``--merge`` earlier reports), print the table,
-    write JSON, Markdown and PNG; 0, 1 if a run failed (after writing), 2 for bad arguments
-    (nothing run or written)."""
+    """Run the rows' seeds (one after the other, or ``--jobs`` at once; or ``--merge`` earlier
+    reports), print the table, write JSON, Markdown and PNG; 0, 1 if a run failed (after
+    writing), 2 for bad arguments (nothing run or written)."""
     try:
         if args.zoo_merge:
             results, first, total_s = merge(args.zoo_merge)

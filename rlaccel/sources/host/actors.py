@@ -1,7 +1,7 @@
-"""Host actor threads: gymnasium vector envs stepped with the published policy.
+"""Host actor threads: gymnasium envs stepped with the published policy.
 
-Each :class:`ActorThread` steps ``b`` copies of a gymnasium env (``stepping.EnvStepper``) and acts with the newest
-policy on the :class:`ParamBoard` (the algorithm's numpy actor, ``rlaccel.registry``; by
+Each :class:`ActorThread` steps ``b`` copies of a gymnasium env (``stepping.EnvStepper``) and
+acts with the newest policy on the :class:`ParamBoard` (the algorithm's numpy actor, ``rlaccel.registry``; by
 default acting with the int8 reference of ``rlaccel.reference``, so a decision needs no device
 round trip). Every ``T`` steps it pushes a :class:`Batch` (``Transition [T, b]``, episode
 info, per-decision latencies, the parameter version it acted with) into its bounded queue; a

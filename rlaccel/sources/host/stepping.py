@@ -11,8 +11,9 @@ The envs are stepped one after the other and reset in the step that ends an epis
 gymnasium's ``SyncVectorEnv`` does in its ``SAME_STEP`` mode (same seeds, same casts, the
 same numbers), without what it adds per step that the actors never read: every step's
 ``info`` dict gathered into arrays and masks, the observations concatenated and deep-copied
-through the space's ``singledispatch`` helpers. On HalfCheetah-v5 (one env, whose own step
-is ~100-130 us on a 2-core EPYC) that was 60-90 us a step (``docs/benchmarks.md``, host actors).
+through the space's ``singledispatch`` helpers. On HalfCheetah-v5 (one env) the actor thread
+steps 21-28 % more env steps per second without them on a 2-core EPYC (``docs/benchmarks.md``,
+host actors).
 """
 
 from __future__ import annotations

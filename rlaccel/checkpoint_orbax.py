@@ -155,16 +155,33 @@ def _orbax_restore(path: Path, item: Any, restore_args: Any) -> Any:
     raise DamagedCheckpointError(f"{path}: checkpoint is damaged ({fmt.STATE}/ is unreadable: {reason})")
 
 
+ABANDONED_READ = "_read_array_index_and_device_put"  # orbax's coroutine reading one array's shard
+
+
 def _collect_quietly() -> None:
-    """When one array fails to read, orbax abandons the reads of the others mid-flight;
-    collect those coroutines now, without the "Exception ignored" reports they would print
-    whenever the garbage collector met them (the error is already the one line we raise)."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda _: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+    """When one array fails to read, orbax abandons the reads of the others mid-flight: each
+    such coroutine reports its ``GeneratorExit`` ("Exception ignored in: <coroutine object
+    _read_array_index_and_device_put ...>", a traceback each) whenever the garbage collector
+    meets it, and its event loop may let go of it long after the restore failed. The error is
+    already the one line we raise, so :func:`quiet_abandoned_reads` drops those reports (only
+    those) from now on, and the ones collectable now are collected."""
+    quiet_abandoned_reads()
+    gc.collect()
+
+
+def quiet_abandoned_reads() -> None:
+    """Wrap ``sys.unraisablehook`` once so that it drops the reports of orbax's abandoned shard
+    reads (:data:`ABANDONED_READ` coroutines) and passes every other report on unchanged."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_rlaccel_quiet_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if getattr(getattr(unraisable.object, "cr_code", None), "co_name", None) != ABANDONED_READ:
+            previous(unraisable)
+
+    hook._rlaccel_quiet_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _one_line(e: BaseException) -> str:

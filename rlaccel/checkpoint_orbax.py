@@ -17,7 +17,6 @@ first save or restore (the layout and the header are ``rlaccel.checkpoint_format
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import os
 import sys
@@ -151,27 +150,22 @@ def _orbax_restore(path: Path, item: Any, restore_args: Any) -> Any:
         return ocp.PyTreeCheckpointer().restore(_state_dir(path), args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
     except Exception as e:  # noqa: BLE001 - orbax / tensorstore raise many types for damaged files
         reason = _one_line(e)
-    _collect_quietly()
+    quiet_abandoned_reads()  # the reads orbax abandoned mid-flight report nothing when collected
     raise DamagedCheckpointError(f"{path}: checkpoint is damaged ({fmt.STATE}/ is unreadable: {reason})")
 
 
 ABANDONED_READ = "_read_array_index_and_device_put"  # orbax's coroutine reading one array's shard
 
 
-def _collect_quietly() -> None:
-    """When one array fails to read, orbax abandons the reads of the others mid-flight: each
-    such coroutine reports its ``GeneratorExit`` ("Exception ignored in: <coroutine object
-    _read_array_index_and_device_put ...>", a traceback each) whenever the garbage collector
-    meets it, and its event loop may let go of it long after the restore failed. The error is
-    already the one line we raise, so :func:`quiet_abandoned_reads` drops those reports (only
-    those) from now on, and the ones collectable now are collected."""
-    quiet_abandoned_reads()
-    gc.collect()
-
-
 def quiet_abandoned_reads() -> None:
     """Wrap ``sys.unraisablehook`` once so that it drops the reports of orbax's abandoned shard
-    reads (:data:`ABANDONED_READ` coroutines) and passes every other report on unchanged."""
+    reads (:data:`ABANDONED_READ` coroutines) and passes every other report on unchanged.
+
+    When one array of a damaged checkpoint fails to read, orbax abandons the reads of the
+    others mid-flight; each such coroutine reports its ``GeneratorExit`` ("Exception ignored
+    in: <coroutine object _read_array_index_and_device_put ...>", a traceback each) whenever
+    the garbage collector meets it, which can be long after the restore failed. The error is
+    already the one line :class:`DamagedCheckpointError` carries."""
     previous = sys.unraisablehook
     if getattr(previous, "_rlaccel_quiet_reads", False):
         return

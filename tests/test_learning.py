@@ -45,8 +45,8 @@ def test_ppo_cartpole_learns(precision: str, profile: str) -> None:
         # seed's policy on 1,000 steps of its 4 envs, pooled (12,000 states). One seed's
         # 4,000 states move by ~0.3-0.5 % between CPUs whose float rounding differs: seed 0
         # read 0.9895 (tflite) and 0.9893 (pow2) on an AVX2 EPYC, where earlier CI machines
-        # passed with it alone; pooled there 0.9911 and 0.9906. One program: op by op, the rollout and
-        # the metrics took 7.7 s here against 2.2 s.
+        # passed with it alone; pooled there 0.9911 and 0.9906. One program: op by op, the
+        # rollout and the metrics took 7.7 s here against 2.2 s.
         @compile_cache.jit
         def agreements(states):
             def one(state):

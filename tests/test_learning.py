@@ -149,8 +149,9 @@ def test_onnxruntime_and_openvino_agree_and_return_as_the_reference(exported, na
     without it OpenVINO's int8 matmuls saturate (measured on an AVX2 EPYC: the CartPole heads
     exact on 28 % of states, as onnxruntime's without its precision option) and OpenVINO has no
     option to avoid it (its documented workaround is 7-bit weights)."""
-    import openvino as ov
+    from rlaccel.bench.int8 import import_openvino
 
+    ov = import_openvino()  # without its telemetry's fork of this JAX process
     env_id = ENV_IDS[name]
     ref = load_policy(exported[name] / "policy.rlpolicy", "numpy-int8")
     ort = load_policy(exported[name] / "policy_int8.onnx", "onnx-int8")

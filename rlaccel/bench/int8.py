@@ -205,17 +205,34 @@ def _call_us(call: Any, x: Any, reps: int) -> float:
     return statistics.median(times) / 1e3
 
 
+def import_openvino() -> Any:
+    """``import openvino``, without its telemetry.
+
+    Importing openvino imports ``openvino.tools.ovc``, which starts ``openvino_telemetry``:
+    unless the user has opted out (OpenVINO's ``opt_in_out --opt_out``, or ``CI=true``), it
+    sends a Google Analytics event from a ``multiprocessing`` child forked from the importing
+    process, and waits for it. Here that process runs JAX, whose threads make a fork unsafe
+    (JAX warns "this will likely lead to a deadlock"), and a benchmark has no business on the
+    network. OpenVINO falls back to its own no-op stub when the telemetry package cannot be
+    imported; ``None`` in ``sys.modules`` makes it so for this process (only if openvino was
+    not imported yet: then it already ran)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 def runtime_rows(policies: dict, batches: list[int], reps: int) -> list[dict]:
     """onnxruntime and OpenVINO (CPU plugin), the QDQ int8 model against the fp32 one."""
     import numpy as np
     import onnxruntime as ort
-    import openvino as ov
 
     from rlaccel.deploy.artifact import read
     from rlaccel.deploy.onnx_model import build_model
     from rlaccel.deploy.runtime import ort_options
 
-    core, rows = ov.Core(), []
+    core, rows = import_openvino().Core(), []
     rng = np.random.default_rng(0)
     for w, path in policies.items():
         art = read(path)

@@ -30,10 +30,11 @@ ov.Core()
 """
 
 
-@pytest.mark.parametrize("how, forks", [("rlaccel", 0), ("plain", 1)])
-def test_openvino_is_imported_without_its_telemetry(tmp_path: Path, how: str, forks: int) -> None:
+@pytest.mark.parametrize("how", ["rlaccel", "plain"])
+def test_openvino_is_imported_without_its_telemetry(tmp_path: Path, how: str) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "CI": "", "PYTHONWARNINGS": "ignore"}
     out = subprocess.run([sys.executable, "-c", PROBE, how], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[-1] == f"forks {forks}", out.stdout
+    forks = int(out.stdout.splitlines()[-1].removeprefix("forks "))
+    assert (forks == 0) if how == "rlaccel" else (forks >= 1), out.stdout
     assert (tmp_path / "intel").exists() == (how == "plain")

@@ -2,8 +2,8 @@
 
 A gymnasium env is stateful Python (or C, for MuJoCo), so it cannot live inside a compiled
 rollout: it is described here by a :class:`GymEnv` (id, spaces, time limit) that the host
-source (``rlaccel.sources.host``) uses to build each actor's envs (``make_envs``), and a
-factory for gymnasium vector envs of it::
+source (``rlaccel.sources.host``) uses to build each actor's envs (``gym_id``, ``kwargs``),
+and a factory for gymnasium vector envs of it::
 
     env = envs.make("gym:HalfCheetah-v5")
     env.kind                                  # "gym": the driver picks host actors
@@ -73,11 +73,6 @@ class GymEnv:
     obs_dim = Env.obs_dim
     num_actions = Env.num_actions
     action_dim = Env.action_dim
-
-    def make_envs(self, num_envs: int) -> list[gymnasium.Env]:
-        """``num_envs`` copies of the env, what host actors step (``rlaccel.sources.host.stepping``
-        resets each and steps them in turn, as a ``SAME_STEP`` vector env does)."""
-        return [gymnasium.make(self.gym_id, **self.kwargs) for _ in range(num_envs)]
 
     def make_vector(self, num_envs: int, seed: int) -> gymnasium.vector.VectorEnv:
         """A synchronous vector env of ``num_envs`` copies, auto-resetting in the same step.

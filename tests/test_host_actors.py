@@ -94,10 +94,10 @@ def test_env_stepper_steps_as_gymnasiums_same_step_vector_env(gym_id):
     ``SyncVectorEnv`` gives in ``SAME_STEP`` mode with the same seeds and actions: observations,
     true last observations, rewards, terminations and truncations, over episodes that end by
     termination (CartPole) and by the time limit (Pendulum, 200 steps)."""
-    from rlaccel.sources.host.stepping import EnvStepper
+    from rlaccel.sources.host.stepping import EnvStepper, gym_envs
 
     env, b, T = envs.make(f"gym:{gym_id}"), 3, 450
-    stepper = EnvStepper(env.make_envs(b), env.action_space, env.obs_dim, seed=7)
+    stepper = EnvStepper(gym_envs(env.gym_id, env.kwargs, b), env.action_space, env.obs_dim, seed=7)
     got = stepper.collect(_ReplayActor(env.action_space, 1), np.random.default_rng(0), T)
     stepper.close()
     venv, actor = env.make_vector(b, seed=7), _ReplayActor(env.action_space, 1)

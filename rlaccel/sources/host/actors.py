@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rlaccel.rollout import EpisodeInfo, Transition
-from rlaccel.sources.host.stepping import EnvStepper, Steps
+from rlaccel.sources.host.stepping import EnvStepper, Steps, gym_envs
 
 __all__ = ["POLL_S", "ActorThread", "Batch", "JaxActor", "ParamBoard", "join", "to_batch"]
 
@@ -143,7 +143,7 @@ class ActorThread(threading.Thread):
     def run(self) -> None:
         stepper = None
         try:
-            stepper = EnvStepper(self.env.make_envs(self.num_envs), self.env.action_space, self.env.obs_dim, self.seed)
+            stepper = EnvStepper(gym_envs(self.env.gym_id, self.env.kwargs, self.num_envs), self.env.action_space, self.env.obs_dim, self.seed)
             self._loop(stepper)
         except BaseException as e:  # noqa: BLE001 - whatever kills an actor must reach the learner
             self.faults.append((self.index, e, traceback.format_exc()))

@@ -46,8 +46,9 @@ class Steps(NamedTuple):
 
 
 def gym_envs(gym_id: str, kwargs: dict[str, Any], num_envs: int) -> list[gymnasium.Env]:
-    """``num_envs`` copies of a gymnasium env (what ``rlaccel.envs.gym.GymEnv.make_envs``
-    makes, without importing ``rlaccel.envs``, whose JAX envs a Ray actor process does not need)."""
+    """``num_envs`` copies of a gymnasium env, what actor threads and Ray actor processes step
+    (from a ``GymEnv``'s ``gym_id`` and ``kwargs``; no ``rlaccel.envs`` import, whose JAX envs
+    a Ray actor process does not need)."""
     return [gymnasium.make(gym_id, **kwargs) for _ in range(num_envs)]
 
 

@@ -283,3 +283,22 @@ def test_each_finished_row_is_in_the_json_before_the_next_runs_and_a_slow_row_ti
     assert "partial" not in final and final["rows"]["fused_fp32"] == {"error": "timed out after 7 s"}
     monkeypatch.undo()  # a real row's process, killed at its timeout
     assert table.run_row("fused_fp32", timeout_s=1) == {"error": "timed out after 1 s (--row-timeout)"}
+
+
+def test_a_killed_rows_temporary_files_are_removed(tmp_path, monkeypatch):
+    """A row's process makes its temporary files (its run directory) under ``TMPDIR``, which
+    ``run_row`` points into its own temporary directory: a row killed at its timeout leaves
+    nothing in the system's (the real row of the test above left its run directory in /tmp)."""
+    import subprocess
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+
+    def fake_run(cmd, env, timeout, **kwargs):  # a row that made its run directory, then hung
+        made.append(Path(tempfile.mkdtemp(prefix="rlaccel_bench_", dir=env["TMPDIR"])))
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(table.subprocess, "run", fake_run)
+    assert table.run_row("fused_fp32", timeout_s=1) == {"error": "timed out after 1 s (--row-timeout)"}
+    assert made and not made[0].exists() and list(tmp_path.iterdir()) == []

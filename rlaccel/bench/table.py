@@ -41,7 +41,8 @@ def run_row(name: str, timesteps: int | None = None, compile_cache: str | None =
     """One row in a fresh interpreter; its JSON, or ``{"error": ...}`` (the last line of its
     stderr; the last 30 are echoed to this process's stderr; or the timeout, after which the
     row's process is killed). Without ``compile_cache`` the row compiles everything (a cold
-    start, part of time_to_result_s)."""
+    start, part of time_to_result_s). The row's temporary files (its run directory) are made
+    in this call's own (``TMPDIR``), removed when it returns, a killed row's too."""
     from rlaccel.compile_cache import bench_env
 
     env = bench_env(os.environ, compile_cache)
@@ -54,6 +55,7 @@ def run_row(name: str, timesteps: int | None = None, compile_cache: str | None =
         env["JAX_PLATFORMS"] = opts["platforms"]
     with tempfile.TemporaryDirectory(prefix="rlaccel_bench_") as tmp:
         result = Path(tmp) / "result.json"
+        env["TMPDIR"] = tmp  # the row's own temporary files (its run directory) go here, removed below even after a kill
         try:
             proc = subprocess.run([sys.executable, "-c", _WORKER, name, str(result)], check=False, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

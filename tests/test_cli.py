@@ -132,6 +132,7 @@ def test_missing_device_exits_2_with_one_line_and_writes_nothing(tmp_path, monke
         (["bench", "int8", "--widths", "64,x"], "--widths"),
         (["bench", "int8", "--batches", "0"], "--batches"),
         (["bench", "int8", "--reps", "-3"], "--reps"),
+        (["bench", "int8", "--fused-rounds", "0"], "--fused-rounds"),
         (["bench", "latency", "--calls", "0"], "--calls"),
         (["bench", "pipeline", "--updates", "0"], "--updates"),
         (["bench", "parallel", "--timesteps", "-1"], "--timesteps"),

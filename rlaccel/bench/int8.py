@@ -22,6 +22,11 @@ to dominate):
   fp32), median µs of a blocking call (OpenVINO through ``set_input_tensor`` / ``infer()``, its
   cheapest Python path).
 
+* **The fused update** (``rlaccel.bench.int8_fused``): ``configs/ppo_cartpole.yaml``'s and
+  ``configs/dqn_cartpole.yaml``'s whole update (re-quantise, roll out, learn) with fp32 and with
+  int8 actors, ``--fused-rounds`` samples of each alternated in one process; µs per update.
+  The main table's ``fused_int8`` / ``fused_fp32`` ratio, without its run-to-run noise.
+
 The policies are trained for a few updates first (``rlaccel.train`` + ``export``: shapes, not
 skill, decide speed). Each part runs in its own process; peak RSS is that process's. Prints the
 CPU model and flags, a table and the cases where int8 is >= 10 % faster, and writes
@@ -45,8 +50,9 @@ from typing import Any
 from rlaccel.argtypes import positive_int, positive_ints
 from rlaccel.bench.rows import CONFIGS, ROOT, finish, peak_rss_mib
 
-DESCRIPTION = "int8 vs fp32 on this CPU: XLA dot_general and policy heads, onnxruntime and OpenVINO, at batch 1, 64, 1024."
+DESCRIPTION = "int8 vs fp32 on this CPU: XLA dot_general and policy heads, onnxruntime and OpenVINO, at batch 1, 64, 1024; the fused update alternated."
 DEFAULT_OUT = ROOT / "benchmarks" / "int8_cpu.json"
+FUSED_CONFIGS = ("ppo_cartpole.yaml", "dqn_cartpole.yaml")
 XLA_SETTINGS = {"ynnpack": "", "xla": "--xla_cpu_experimental_ynn_fusion_type="}
 FASTER = 1.10  # int8 counts as faster from 10 % up
 _WORKER = "import sys, json; from rlaccel.bench.int8 import worker_main; sys.exit(worker_main(sys.argv[1]))"
@@ -56,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", type=positive_ints, default="64,512", help="hidden widths w of the 4 -> w -> w -> 2 MLPs (default %(default)s)")
     p.add_argument("--batches", type=positive_ints, default="1,64,1024", help="batch sizes (default %(default)s)")
     p.add_argument("--reps", type=positive_int, default=200, help="matmul chains per compiled loop / runtime calls per batch (default %(default)s)")
+    p.add_argument("--fused-rounds", type=positive_int, default=20, help="alternated fp32 / int8 samples of the fused update, per config (default %(default)s)")
     p.add_argument("--out", dest="int8_out", metavar="OUT", help=f"JSON output path (default {DEFAULT_OUT.relative_to(ROOT)})")
 
 
@@ -91,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         res = _subprocess({"job": "runtimes", "policies": policies, "batches": batches, "reps": args.reps})
         rows += res["rows"] if res else []
         failed += [] if res else ["runtimes"]
+    print("measuring the fused update, fp32 and int8 actors alternated ...", file=sys.stderr, flush=True)
+    res = _subprocess({"job": "fused", "configs": list(FUSED_CONFIGS), "rounds": args.fused_rounds})
+    rows += res["rows"] if res else []
+    failed += [] if res else ["fused"]
     info = cpu_info()
     print_rows(rows)
     print(f"machine: {describe_cpu(info)}; load average {os.getloadavg()}")
@@ -232,7 +243,8 @@ def runtime_rows(policies: dict, batches: list[int], reps: int) -> list[dict]:
     from rlaccel.deploy.onnx_model import build_model
     from rlaccel.deploy.runtime import ort_options
 
-    core, rows = import_openvino().Core(), []
+    ov = import_openvino()
+    core, rows = ov.Core(), []
     rng = np.random.default_rng(0)
     for w, path in policies.items():
         art = read(path)
@@ -261,11 +273,15 @@ def runtime_rows(policies: dict, batches: list[int], reps: int) -> list[dict]:
 
 
 def worker_main(params_json: str) -> int:
-    """Entry of a worker process: one job (``export``, ``xla`` or ``runtimes``), its JSON."""
+    """Entry of a worker process: one job (``export``, ``xla``, ``runtimes`` or ``fused``), its JSON."""
     p = json.loads(params_json)
     policies = {int(k): v for k, v in p.get("policies", {}).items()}
     if p["job"] == "export":
         out: dict = {"path": export_policy(p["width"], p["dir"])}
+    elif p["job"] == "fused":
+        from rlaccel.bench.int8_fused import fused_rows
+
+        out = {"rows": [row for name in p["configs"] for row in fused_rows(CONFIGS / name, p["rounds"])]}
     elif p["job"] == "xla":
         out = {"rows": xla_rows(p["setting"], policies, p["widths"], p["batches"], p["reps"])}
     else:

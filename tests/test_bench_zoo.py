@@ -288,7 +288,8 @@ def test_each_finished_row_is_in_the_json_before_the_next_runs_and_a_slow_row_ti
 def test_a_killed_rows_temporary_files_are_removed(tmp_path, monkeypatch):
     """A row's process makes its temporary files (its run directory) under ``TMPDIR``, which
     ``run_row`` points into its own temporary directory: a row killed at its timeout leaves
-    nothing in the system's (the real row of the test above left its run directory in /tmp)."""
+    nothing in the system's (the real row of the test above left an empty ``rlaccel_bench_*``
+    directory in /tmp at every run: its process made it, then was killed)."""
     import subprocess
     import tempfile
 

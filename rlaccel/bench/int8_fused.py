@@ -1,5 +1,5 @@
-"""``rlaccel bench int8``'s fused rows: one PPO update of a config, fp32 actors against int8
-actors, alternated in one process.
+"""``rlaccel bench int8``'s fused rows: a config's fused update (PPO's or DQN's), fp32 actors
+against int8 actors, alternated in one process.
 
 The main table's ``fused_fp32`` and ``fused_int8`` rows are whole runs, each in its own
 process, one after the other; on a 2-core VM their per-round ratio moved from 0.81 to 1.03
@@ -73,6 +73,7 @@ def fused_rows(config_path: Path, rounds: int, updates: int = 64) -> list[dict]:
 
     base = config_lib.load(config_path)
     placement.start_backend(base.placement, "jax")
+    # precision -> [compiled chunk, its state (donated: replaced by each call's), network, untimed chunks]
     programs = {p: list(_chunk(config_path, p, updates)) for p in ("fp32", "int8")}
     for entry in programs.values():  # untimed chunks: first-call costs out of the figures, DQN learning
         for _ in range(entry[3]):

@@ -31,15 +31,15 @@ def _chunk(config_path: Path, precision: str, updates: int) -> tuple[Any, Any, s
     import jax
     import jax.numpy as jnp
 
-    from rlaccel import agent as agent_lib
     from rlaccel import config as config_lib
-    from rlaccel import envs
+    from rlaccel import sources
     from rlaccel.sources.fused import FusedSource
 
     config = config_lib.load(config_path, [f"placement.actor.precision={precision}"])
-    env = envs.make(config.env, auto_reset=True, **config.env_kwargs)
-    spec = agent_lib.make(config, env)
-    source = FusedSource(spec.agent, env, spec.num_envs, spec.num_steps, precision=precision)
+    source = sources.make(config)  # the source `rlaccel train` builds for it
+    if not isinstance(source, FusedSource):
+        raise ValueError(f"{config_path}: its placement is not fused (actors on the learner's device)")
+    env = source.env
     state = jax.tree.map(jnp.copy, source.init(jax.random.PRNGKey(config.seed)))  # donated: one buffer per leaf (DQN's target starts as the online network's)
     program = jax.jit(functools.partial(source.train_chunk, num_updates=updates), donate_argnums=0)
     kwargs = getattr(config, config.algo).policy_kwargs

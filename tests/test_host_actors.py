@@ -138,10 +138,11 @@ def test_host_actors_learn_gym_cartpole(tmp_path):
     on the deployed int8 policy's deterministic evaluation at the end (``eval_return``, 10
     episodes on separate envs, as the RL Zoo judges).
 
-    The actor thread runs 0-3 updates ahead of the learner as the OS schedules it, so a run is
-    not reproducible and its training-time return (a stochastic policy, the last logged
-    episodes) moves with the machine's load: 500 in 6 runs beside one or two busy loops, 443.5
-    once in the full suite beside the other worker's compiles. It must still be >= 400.
+    The config caps the actor at one update ahead of the learner (``actors.max_policy_lag: 1``);
+    uncapped it ran 0-3 ahead as the OS scheduled it, and this test failed in 2 of 13 runs
+    (greedy evaluations of 352.7 and 411.8, the second in a full suite). The run is still not
+    bit-reproducible (whether the actor is 0 or 1 update ahead depends on the schedule), so its
+    training-time return (a stochastic policy, the last logged episodes) must be >= 400, not 500.
     """
     run_dir = tmp_path / "run"
     rc, _, err = run_main(["--config", GYM_CARTPOLE, "--run-dir", str(run_dir), "--no-progress"])
@@ -150,7 +151,7 @@ def test_host_actors_learn_gym_cartpole(tmp_path):
     assert summary["status"] == "completed" and summary["env_steps"] >= 149_000
     assert summary["eval_return"] >= 475, (summary["eval_return"], summary["final_return"])
     assert summary["final_return"] >= 400, summary["final_return"]
-    assert 0 <= summary["actor/policy_lag"] <= 3
+    assert 0 <= summary["actor/policy_lag"] <= 1
     for key in ("actor/decision_latency_us_p50", "actor/decision_latency_us_p99", "time/actor_sps", "time/learner_sps", "actor/queue_fill"):
         assert summary[key] is not None and summary[key] >= 0, key
     assert not actor_threads()

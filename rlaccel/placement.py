@@ -132,11 +132,12 @@ def learner_devices(config: PlacementConfig) -> tuple[jax.Device, ...]:
 
 def start_backend(config: PlacementConfig, env_kind: str | None = None) -> str | None:
     """Start JAX's backends as ``config`` asks (``cpu_threads``; ``auto``: one thread for a
-    JAX-native env, ``env_kind == "jax"``); a no-op once they run. Returns a one-line notice
-    where the setting could not apply (``rlaccel.cpu_threads``)."""
+    JAX-native classic-control env or a ``gym:`` env, ``env_kind`` ``"jax"`` or ``"gym"``,
+    XLA's pool for ``brax:``); a no-op once they run. Returns a one-line notice where the
+    setting could not apply (``rlaccel.cpu_threads``)."""
     threads = config.cpu_threads
     if threads == "auto":
-        threads = 1 if env_kind == "jax" else None
+        threads = 1 if env_kind in ("jax", "gym") else None
     return cpu_threads.start(threads)
 
 

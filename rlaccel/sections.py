@@ -64,9 +64,10 @@ class PlacementConfig:
     """Threads of XLA's CPU thread pool, where every CPU program's kernels run (at least one per
     CPU device). ``null``: XLA's default, one per core. ``1`` suits small networks and classic
     control, whose updates are chains of microsecond kernels (``rlaccel.cpu_threads``).
-    ``auto``: ``1`` for rlaccel's JAX-native classic-control envs, XLA's default for ``brax:``
-    and ``gym:`` envs. Set when rlaccel starts JAX; a process that used JAX before keeps its
-    pool."""
+    ``auto``: ``1`` for rlaccel's JAX-native classic-control envs and for ``gym:`` envs (the
+    learner's SB3-sized minibatches; host actor threads or Ray processes need the other
+    cores), XLA's default for ``brax:`` envs (thousands of envs, big networks). Set when
+    rlaccel starts JAX; a process that used JAX before keeps its pool."""
 
     def __post_init__(self) -> None:
         ok = self.cpu_threads in (None, "auto") or (isinstance(self.cpu_threads, int) and self.cpu_threads >= 1)

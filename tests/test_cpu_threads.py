@@ -73,9 +73,10 @@ def test_only_the_cpu_backend_starts_under_the_mask():
 
 
 @needs_two_cpus
-def test_auto_is_one_thread_for_jax_native_envs_and_xlas_pool_for_others():
+def test_auto_is_one_thread_for_jax_native_and_gym_envs_and_xlas_pool_for_brax():
     assert probe("placement.cpu_threads=auto")["pool"] == 1  # CartPole-v1, JAX-native
-    assert probe("placement.cpu_threads=auto", "env=gym:CartPole-v1")["pool"] == CPUS
+    assert probe("placement.cpu_threads=auto", "env=gym:CartPole-v1")["pool"] == 1
+    assert probe("placement.cpu_threads=auto", "env=brax:inverted_pendulum")["pool"] == CPUS
     assert PlacementConfig().cpu_threads == "auto"
 
 

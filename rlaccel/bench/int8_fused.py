@@ -72,7 +72,7 @@ def fused_rows(config_path: Path, rounds: int, updates: int = 64) -> list[dict]:
     from rlaccel.bench.rows import peak_rss_mib
 
     base = config_lib.load(config_path)
-    placement.start_backend(base.placement, "jax")
+    placement.start_backend(base.placement, base.env_kind)
     # precision -> [compiled chunk, its state (donated: replaced by each call's), network, untimed chunks]
     programs = {p: list(_chunk(config_path, p, updates)) for p in ("fp32", "int8")}
     for entry in programs.values():  # untimed chunks: first-call costs out of the figures, DQN learning

@@ -114,6 +114,11 @@ class Config:
             )
         if getattr(self.agent, "qat", False):
             _check(self.placement.actor.precision == "int8", f"{self.algo}.qat", "quantisation-aware training needs int8 actors (placement.actor.precision: int8)")
+        _check(
+            not self.eval.background or self.env_kind == "gym",
+            "eval.background",
+            f"only gym: envs evaluate in a thread beside training ({self.env} evaluates in a compiled program on the training device; set null or false)",
+        )
         if self.env_kind == "gym":
             _check(
                 self.agent.n_envs % self.actors.num_actors == 0,

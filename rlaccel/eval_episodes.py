@@ -248,7 +248,15 @@ class HostEpisodes:
         self.program.start(agent_state)
 
     def __call__(self, agent_state: Any, update: int) -> dict[str, Episodes]:
-        params = jax.device_get(self.program(agent_state))
+        return self.play(self.params(agent_state), update)
+
+    def params(self, agent_state: Any) -> dict[str, Any]:
+        """The actors' parameters of ``agent_state`` per precision, numpy leaves (JAX: the caller's thread)."""
+        return jax.device_get(self.program(agent_state))
+
+    def play(self, params: dict[str, Any], update: int) -> dict[str, Episodes]:
+        """The episodes of :meth:`params`' result for the evaluation after ``update`` (numpy and
+        gymnasium only: any thread, one at a time)."""
         seeds = eval_seeds(self.seed, update, len(self.envs))
         out = {}
         for precision, p in params.items():

@@ -21,7 +21,15 @@ hook (``rlaccel.loop.run`` adds :func:`for_run`'s :class:`Evaluator` when ``eval
   ``rlaccel.checkpoint.save``; its header's ``eval`` holds the figures, so the best survives
   ``--resume``);
 * ``summary.json``: ``eval_return``, ``eval_return_std``, ``eval_return_fp32``, ``eval_ep_len``
-  (the last evaluation), ``eval_best_return``, ``eval_best_env_steps``, ``eval_best_checkpoint``.
+  (the last evaluation), ``eval_best_return``, ``eval_best_env_steps``, ``eval_best_checkpoint``;
+* ``eval.background`` (on for ``gym:`` envs): the episodes run in a thread beside the next
+  chunks, as RLlib's ``evaluation_parallel_to_training``. When an evaluation is due the loop
+  copies the state (for ``best/``) and computes the actors' parameters, then goes on training;
+  the result is taken at the first chunk end after it is in (or when the next evaluation is
+  due, or the run ends) and logged at the step it evaluated. One evaluation is in flight at a
+  time. The figures are those of an evaluation in turn (same parameters, same seeds);
+  ``eval/seconds`` is then the thread's time, and ``eval_wait_s`` what the loop spent on
+  evaluation (parameters, copies, waiting for a result).
 
 Episodes draw their randomness from the run's seed and the update number (never from the
 training key), so a resumed run evaluates exactly as an uninterrupted one would.
@@ -29,12 +37,15 @@ training key), so a resumed run evaluates exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from rlaccel import checkpoint
@@ -56,6 +67,16 @@ def summarize(results: dict[str, Episodes], acting: str) -> dict[str, float]:
     }
 
 
+@dataclasses.dataclass
+class _Due:
+    """An evaluation scheduled after update ``update`` (its result pending in background mode)."""
+
+    update: int
+    env_steps: int
+    state: Any  # the run's state at that update (a copy in background mode), for ``best/``
+    result: Future | None = None  # background: ``(results, seconds)``
+
+
 class Evaluator:
     """The loop's evaluation hook (``rlaccel.loop.Hook``): see the module docstring.
 
@@ -64,16 +85,18 @@ class Evaluator:
       source: the run's step source (``steps_per_update``, ``num_updates``, ``checkpoint_meta``).
       episodes: ``(agent_state, update) -> {precision: Episodes}`` with ``start(agent_state)``
         (compile beside the loop) and a ``program`` (``compile_cache.AheadProgram``: its
-        ``compile_s``, and ``blocked_s``, excluded from ``eval/seconds``).
+        ``compile_s``, and ``blocked_s``, excluded from ``eval/seconds``); in background mode
+        also ``params(agent_state)`` and ``play(params, update)``, its two halves.
       acting: the actors' precision (``int8`` or ``fp32``): what ``eval/mean_reward`` reports.
       run_dir: where ``best/`` goes (``None``: nowhere).
       start_update: the update the run starts (or resumes) at.
       resume: read the best evaluation so far from ``run_dir/best``.
+      background: play the episodes in a thread beside training (``eval.background``).
     """
 
     name = "evaluation"  # how a failure of it is named (``loop.run`` stops as on a source fault)
 
-    def __init__(self, config: Any, source: Any, episodes: Callable[[Any, int], dict[str, Episodes]], acting: str, run_dir: Path | None, start_update: int, resume: bool):
+    def __init__(self, config: Any, source: Any, episodes: Any, acting: str, run_dir: Path | None, start_update: int, resume: bool, background: bool = False):
         self.freq = config.eval.freq
         self.num_episodes = config.eval.episodes
         self.stop_at_return = config.eval.stop_at_return
@@ -87,7 +110,12 @@ class Evaluator:
         self.last: dict[str, float] | None = None
         self.best: dict[str, Any] | None = _read_best(self.best_dir) if resume and self.best_dir is not None else None
         self.seconds = 0.0
+        self.wait_s = 0.0
         self.count = 0
+        self.error: str | None = None  # a background evaluation that failed after the loop ended
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rlaccel-eval") if background else None
+        self._pending: _Due | None = None
+        self._log: Callable[[int, Mapping[str, float]], None] = lambda step, rows: None
 
     def start(self, state: Any) -> None:
         """Compile the evaluation in a thread beside the training loop, called once the chunk
@@ -98,8 +126,18 @@ class Evaluator:
         self.episodes.start(state.agent)
 
     def close(self) -> None:
-        """Wait for :meth:`start`'s compile if it is still running."""
+        """Wait for :meth:`start`'s compile if it is still running, and for an evaluation in
+        flight (the loop ended early: a signal, a fault, a stop): its rows are logged, and a
+        failure of it is kept in ``summary.json``'s ``eval_error`` rather than raised."""
         self.episodes.program.wait()
+        if self._pending is not None:
+            update = self._pending.update
+            try:
+                self._finish(None)
+            except Exception as e:  # noqa: BLE001 - the run is ending for another reason already
+                self.error = f"evaluation after update {update}: {type(e).__name__}: {e}"
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def due(self, update: int) -> bool:
         """Whether the chunk that ended at ``update`` crossed a multiple of ``freq`` or ended the run."""
@@ -107,27 +145,62 @@ class Evaluator:
         return steps // self.freq > self.last_steps // self.freq or update >= self.num_updates
 
     def __call__(self, end: Any) -> dict[str, float] | None:
-        """Evaluate after the chunk ``end`` (a ``loop.ChunkEnd``) when due; returns the ``eval/*`` rows."""
-        if not self.due(end.update):
-            return None
-        start, blocked_s = time.perf_counter(), self.episodes.program.blocked_s
-        results = self.episodes(end.state.agent, end.update)
-        seconds = time.perf_counter() - start - (self.episodes.program.blocked_s - blocked_s)  # compiling is not evaluating
+        """After the chunk ``end`` (a ``loop.ChunkEnd``): take a background result that is in,
+        and evaluate when due; returns the ``eval/*`` rows of an evaluation in turn (a background
+        one's are logged through ``end.log`` at the step it evaluated)."""
+        self._log = end.log
+        due = self.due(end.update)
+        if self._pending is not None and (due or self._pending.result.done()):
+            self._finish(end)  # a due evaluation waits for the one in flight: one at a time
+        if not due or end.stop is not None:
+            return None  # (a background result just ended the run: its agent is the result)
+        self.last_steps = end.update * self.spu
+        if self._pool is None:
+            start, blocked_s = time.perf_counter(), self.episodes.program.blocked_s
+            results = self.episodes(end.state.agent, end.update)
+            seconds = time.perf_counter() - start - (self.episodes.program.blocked_s - blocked_s)  # compiling is not evaluating
+            return self._record(_Due(end.update, end.env_steps, end.state), results, seconds, end)
+        start = time.perf_counter()
+        state = jax.tree.map(lambda x: x.copy() if isinstance(x, (jax.Array, np.ndarray)) else x, end.state) if self.best_dir is not None else None  # the next chunk may donate end.state
+        params = self.episodes.params(end.state.agent)
+        self._pending = _Due(end.update, end.env_steps, state, self._pool.submit(self._play, params, end.update))
+        self.wait_s += time.perf_counter() - start
+        if end.update >= self.num_updates:
+            self._finish(end)  # the run's last evaluation is its result: wait for it
+        return None
+
+    def _play(self, params: Any, update: int) -> tuple[dict[str, Episodes], float]:
+        """The episodes of ``params`` (in the evaluation thread), and their seconds."""
+        start = time.perf_counter()
+        results = self.episodes.play(params, update)
+        return results, time.perf_counter() - start
+
+    def _finish(self, end: Any) -> None:
+        """Wait for the evaluation in flight and record it, its rows logged at its own step."""
+        pending, start, self._pending = self._pending, time.perf_counter(), None  # taken, whatever it raises
+        results, seconds = pending.result.result()
+        self.wait_s += time.perf_counter() - start
+        rows = self._record(pending, results, seconds, end)
+        self._log(pending.env_steps, rows)
+
+    def _record(self, at: _Due, results: dict[str, Episodes], seconds: float, end: Any) -> dict[str, float]:
+        """Record the evaluation of update ``at.update``: last and best figures, ``best/``, the
+        stop at ``eval.stop_at_return`` (``end``'s, when there is a chunk end to stop); its rows."""
         metrics = summarize(results, self.acting)
-        self.last_steps, self.count, self.seconds = end.update * self.spu, self.count + 1, self.seconds + seconds
-        self.last = {**metrics, "env_steps": end.env_steps}
+        self.count, self.seconds = self.count + 1, self.seconds + seconds
+        self.last = {**metrics, "env_steps": at.env_steps}
         if self.best is None or metrics["eval/mean_reward"] > self.best["mean_reward"]:
             self.best = {
                 "mean_reward": metrics["eval/mean_reward"],
                 "std_reward": metrics["eval/std_reward"],
                 "mean_reward_fp32": metrics["eval/mean_reward_fp32"],
-                "env_steps": end.env_steps,
+                "env_steps": at.env_steps,
                 "checkpoint": None,
             }
             if self.best_dir is not None:
-                path = checkpoint.save(self.best_dir, end.update, end.state, {**self.meta, "update": end.update, "eval": self.best}, keep=1)
+                path = checkpoint.save(self.best_dir, at.update, at.state, {**self.meta, "update": at.update, "eval": self.best}, keep=1)
                 self.best["checkpoint"] = str(path)
-        if self.stop_at_return is not None and metrics["eval/mean_reward"] >= self.stop_at_return:
+        if end is not None and self.stop_at_return is not None and metrics["eval/mean_reward"] >= self.stop_at_return:
             end.stop = "eval.stop_at_return"
         if self.count == 1:
             metrics["eval/compile_s"] = self.episodes.program.compile_s
@@ -149,8 +222,11 @@ class Evaluator:
             "eval_episodes": self.num_episodes,
             "evaluations": self.count,
             "eval_s": self.seconds,
+            "eval_background": self._pool is not None,
+            "eval_wait_s": self.wait_s if self._pool is not None else self.seconds,
             "eval_compile_s": self.episodes.program.compile_s,  # in its thread, beside the first chunks
             "eval_compile_wait_s": self.episodes.program.blocked_s,  # the loop waiting for it
+            **({"eval_error": self.error} if self.error else {}),
         }
 
 
@@ -184,4 +260,5 @@ def for_run(config: Any, source: Any, run_dir: str | Path | None, start_update: 
         episodes: Any = HostEpisodes(config, agent, precisions)
     else:
         episodes = JaxEpisodes(config, agent, precisions)
-    return Evaluator(config, source, episodes, acting, Path(run_dir) if run_dir is not None else None, start_update, resume)
+    background = config.env_kind == "gym" and config.eval.background is not False
+    return Evaluator(config, source, episodes, acting, Path(run_dir) if run_dir is not None else None, start_update, resume, background)

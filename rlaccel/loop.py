@@ -56,6 +56,8 @@ class ChunkEnd:
       metrics: the chunk's host metrics ``{name: [k]}``.
       train_s: training seconds so far (compile excluded).
       stop: set it to a reason (e.g. ``"pruned"``) to end the run after this chunk.
+      log: ``log(env_steps, rows)`` writes rows at an earlier step (an evaluation that
+        finished in the background logs at the update it evaluated).
     """
 
     update: int
@@ -64,6 +66,7 @@ class ChunkEnd:
     metrics: Mapping[str, np.ndarray]
     train_s: float
     stop: str | None = None
+    log: Callable[[int, Mapping[str, float]], None] = lambda step, rows: None
 
 
 Hook = Callable[[ChunkEnd], "Mapping[str, float] | None"]
@@ -245,7 +248,7 @@ def run(
                         probes[-1].update(costs_lib.ops_per_s(costs, probes[-1]["time/actor_sps"]))
                     logger.log(update * spu, probes[-1])
                     last_probe = time.perf_counter()
-                end = ChunkEnd(update=update, env_steps=update * spu, state=state, metrics=metrics, train_s=train_s)
+                end = ChunkEnd(update=update, env_steps=update * spu, state=state, metrics=metrics, train_s=train_s, log=logger.log)
                 try:
                     for hook in hooks:
                         logger.log(update * spu, hook(end) or {})
@@ -275,6 +278,8 @@ def run(
                 console.print(f"[yellow]warning[/]: {warning}")
             if evaluator is not None:
                 evaluator.close()
+                if evaluator.error:  # a background evaluation that failed as the loop was ending anyway
+                    console.print(f"[yellow]warning[/]: {evaluator.error}")
             if saver is not None and not lost:
                 saver.wait()  # a save in flight commits, whatever ends the loop
 

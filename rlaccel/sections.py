@@ -187,6 +187,14 @@ class EvalConfig:
     """End the run once an evaluation's ``eval/mean_reward`` (the actors' policy) reaches this
     return, as SB3's ``StopTrainingOnRewardThreshold`` (status ``stopped``, exit code 0,
     checkpoint written); null = train the whole budget."""
+    background: Optional[bool] = None
+    """``gym:`` envs: play the episodes in a thread beside training (RLlib's
+    ``evaluation_parallel_to_training``) instead of between chunks. The parameters of update
+    ``u`` are copied when the evaluation is due; the episodes run while the next chunks train,
+    and their rows are logged at ``u``'s step, the same figures as in turn. The last
+    evaluation is waited for; ``stop_at_return`` and ``best/`` act on a result when it is in.
+    null = on for ``gym:`` envs. JAX-native and brax envs evaluate in a compiled program on
+    the training device, in turn (true is an error there)."""
 
     def __post_init__(self) -> None:
         _check(self.freq >= 0, "eval.freq", f"must be >= 0 env steps (0 = no evaluation), got {self.freq}")

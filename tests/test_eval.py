@@ -8,6 +8,9 @@
   policy's on gymnasium's env from the same seeds (``rlaccel.deploy.evaluate``).
 * ``eval.stop_at_return``: a threshold every evaluation reaches ends the run after the first,
   one none can reach never does.
+* ``eval.background`` (``gym:`` episodes in a thread beside training): the same rows, steps,
+  summary and ``best/`` as in turn; an evaluation in flight when the run stops is kept; a
+  background ``stop_at_return`` stops at the next chunk end.
 * The evaluation compiles beside the first chunks: a run stopped before its first evaluation
   returns only once that compile is done.
 * Bad ``eval:`` input: one line, exit 2, nothing written.
@@ -225,7 +228,66 @@ def test_host_mode_eval_is_the_deployed_policy_on_gymnasium(tmp_path):
     assert episode_returns(policy, "CartPole-v1", 3, seed=seed0).mean() == meta["eval"]["mean_reward"]
 
 
+def _gym_run(tmp_path, name: str, background: bool, *extra: str, stop_at: int | None = None) -> tuple[dict, dict]:
+    """``gym:CartPole-v1`` (host actors, no policy lag: the same run whatever the timing), 4
+    updates of 512 env steps, evaluating 3 episodes after each; its summary and eval rows."""
+    import rlaccel
+
+    overrides = ["total_timesteps=2048", "ppo.n_epochs=1", "logging.log_interval=1", "logging.probe_seconds=0", "actors.max_policy_lag=0", "eval.freq=512", "eval.episodes=3", f"eval.background={str(background).lower()}", *extra]
+    run = rlaccel.train("configs/ppo_gym_cartpole.yaml", overrides=overrides, run_dir=tmp_path / name, progress=False, stop_at=stop_at)
+    return run.summary, scalars(tmp_path / name)
+
+
+def test_background_evaluation_gives_the_figures_of_an_evaluation_in_turn(tmp_path):
+    """``eval.background`` (on for ``gym:`` envs) plays the episodes in a thread beside the next
+    chunks: the same rows at the same steps, the same summary and the same ``best/`` as
+    evaluating in turn; only the seconds differ."""
+    fg, fg_tags = _gym_run(tmp_path, "in_turn", False)
+    bg, bg_tags = _gym_run(tmp_path, "background", True)
+    assert (fg["eval_background"], bg["eval_background"]) == (False, True)
+    assert fg["evaluations"] == bg["evaluations"] == 4 and fg["final_return"] == bg["final_return"]
+    for tag in EVAL_TAGS[:-1]:
+        assert [s for s, _ in bg_tags[tag]] == [512, 1024, 1536, 2048], tag
+        assert bg_tags[tag] == fg_tags[tag], tag
+    for key in ("eval_return", "eval_return_std", "eval_return_fp32", "eval_ep_len", "eval_env_steps", "eval_best_return", "eval_best_env_steps"):
+        assert bg[key] == fg[key], key
+    assert checkpoint.read_meta(bg["eval_best_checkpoint"])["update"] == checkpoint.read_meta(fg["eval_best_checkpoint"])["update"]
+    assert 0 <= bg["eval_wait_s"] and fg["eval_wait_s"] == fg["eval_s"]
+
+
+def test_background_evaluation_in_flight_when_the_run_stops_is_kept(tmp_path):
+    """A run stopped after update 2 (``stop_at``) with the evaluation of update 2 still in
+    flight: the loop waits for it, and its rows and summary figures are there."""
+    summary, tags = _gym_run(tmp_path, "stopped", True, stop_at=2)
+    assert summary["status"] == "stopped" and summary["updates"] == 2 and summary["evaluations"] == 2
+    assert [s for s, _ in tags["eval/mean_reward"]] == [512, 1024] and summary["eval_env_steps"] == 1024
+
+
+def test_background_evaluation_failing_as_the_run_stops_is_reported(tmp_path, monkeypatch):
+    """The evaluation in flight when the run stops (``stop_at``) raises: the run still stops
+    as asked, and the failure is in ``summary.json``'s ``eval_error``, not lost."""
+    from rlaccel import eval_episodes
+
+    def exploding(*args, **kwargs):
+        raise RuntimeError("simulator exploded")
+
+    monkeypatch.setattr(eval_episodes, "gym_episodes", exploding)
+    summary, _ = _gym_run(tmp_path, "failing", True, stop_at=1)
+    assert summary["status"] == "stopped" and summary["updates"] == 1 and summary["evaluations"] == 0
+    assert summary["eval_error"] == "evaluation after update 1: RuntimeError: simulator exploded"
+
+
+def test_background_stop_at_return_stops_at_the_next_chunk_end(tmp_path):
+    """``stop_at_return`` on a background evaluation: the result of update 1 is taken at the
+    chunk end of update 2, which ends the run without evaluating again; ``best/`` holds update 1."""
+    summary, tags = _gym_run(tmp_path, "stop", True, "eval.stop_at_return=1")
+    assert summary["status"] == "stopped" and summary["stopped_by"] == "eval.stop_at_return" and summary["updates"] == 2
+    assert [s for s, _ in tags["eval/mean_reward"]] == [512] and summary["evaluations"] == 1
+    assert checkpoint.read_meta(summary["eval_best_checkpoint"])["update"] == 1
+
+
 BAD_EVAL = {
+    "background_on_a_jax_env": ("eval.background=true", ["eval.background:", "only gym: envs"]),
     "negative_freq": ("eval.freq=-1", ["eval.freq:", "must be >= 0"]),
     "no_episodes": ("eval.episodes=0", ["eval.episodes:", "must be >= 1"]),
     "typo": ("eval.episode=5", ["unknown key 'eval.episode'", "did you mean 'eval.episodes'?"]),

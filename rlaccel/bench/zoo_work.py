@@ -65,7 +65,7 @@ def work_rlaccel(zoo_file: str, block: str, seed: int, budget_scale: float, eval
     s = run.summary
     if s.get("status") != "completed":
         raise RuntimeError(f"run {run_dir} ended {s.get('status')}: {s.get('error')}")
-    keys = ("env_steps", "wall_s", "sps", "compile_s", "time_to_result_s", "eval_return", "eval_return_std", "eval_return_fp32", "eval_best_return", "eval_best_env_steps", "evaluations", "eval_s", "eval_compile_s", "probe_compile_s", "final_return", "time/actor_sps", "time/learner_sps")
+    keys = ("env_steps", "wall_s", "sps", "compile_s", "time_to_result_s", "eval_return", "eval_return_std", "eval_return_fp32", "eval_best_return", "eval_best_env_steps", "evaluations", "eval_s", "eval_wait_s", "eval_compile_s", "probe_compile_s", "final_return", "time/actor_sps", "time/learner_sps")
     return {
         **{k: s.get(k) for k in keys},
         "env": s["config"]["env"],

@@ -33,7 +33,13 @@ from rlaccel import registry
 from rlaccel.schema import ConfigError, check
 from rlaccel.zoo_kwargs import parse_call_string
 
-__all__ = ["UNSUPPORTED", "block_from_file", "lift_n_timesteps", "prepare", "resolve_env", "translate"]
+__all__ = ["EVAL_EPISODES", "EVAL_FREQ", "UNSUPPORTED", "block_from_file", "lift_n_timesteps", "prepare", "resolve_env", "translate"]
+
+EVAL_FREQ = 25_000
+"""``rl_zoo3/train.py``'s ``--eval-freq`` default (env steps over all envs): how often a zoo
+run evaluates, what ``rlaccel train --zoo`` and ``rlaccel bench zoo`` do too."""
+EVAL_EPISODES = 5
+"""``rl_zoo3/train.py``'s ``--eval-episodes`` default."""
 
 UNSUPPORTED: dict[str, str] = {
     "env_wrapper": "gymnasium env wrappers are not supported (rlaccel steps the env as registered)",
@@ -211,8 +217,10 @@ def block_from_file(data: dict[str, Any], source: str, env_id: str, algo: str | 
       algo: the algorithm, if the caller knows it (``--set algo=NAME``).
 
     Returns:
-      ``({"env": ..., "algo": ..., <algo>: block, "total_timesteps": ...}, note)``, ``note``
-      the one line saying how the env id was mapped (``None`` if unchanged).
+      ``({"env": ..., "algo": ..., <algo>: block, "total_timesteps": ..., "eval": ...}, note)``,
+      ``note`` the one line saying how the env id was mapped (``None`` if unchanged). ``eval``
+      is the zoo's ``train.py`` default: :data:`EVAL_EPISODES` deterministic episodes every
+      :data:`EVAL_FREQ` env steps (its ``EvalCallback``; ``--set eval.freq=0`` turns it off).
 
     Raises:
       ConfigError: no block for ``env_id``, a block that is not a mapping, an algorithm that
@@ -228,7 +236,8 @@ def block_from_file(data: dict[str, Any], source: str, env_id: str, algo: str | 
     stem = source.rsplit("/", 1)[-1].split(".", 1)[0]
     algo = algo or _algo_of(block, stem)
     env, note = resolve_env(env_id)
-    return lift_n_timesteps({"env": env, "algo": algo, algo: dict(block)}, algo), note
+    data = {"env": env, "algo": algo, algo: dict(block), "eval": {"freq": EVAL_FREQ, "episodes": EVAL_EPISODES}}
+    return lift_n_timesteps(data, algo), note
 
 
 def resolve_env(zoo_id: str) -> tuple[str, str | None]:

@@ -156,7 +156,8 @@ def test_cli_zoo_check_prints_the_resolved_config_and_writes_nothing(tmp_path, m
     rc, out, err = run_main(["train", "--zoo", str(DATA / f"{algo}.yml"), "--env", env, "--check"])
     assert rc == 0, err
     resolved = config_lib.build(yaml.safe_load(out))
-    assert resolved == same_block_pasted
+    assert (resolved.eval.freq, resolved.eval.episodes) == (25_000, 5)  # rl_zoo3/train.py's EvalCallback defaults
+    assert resolved.to_dict() == {**same_block_pasted.to_dict(), "eval": resolved.to_dict()["eval"]} and same_block_pasted.eval.freq == 0
     assert_zoo_values(resolved, algo, zoo_block(algo, env))
     mapped = zoo.resolve_env(env)
     assert resolved.env == mapped[0] and (mapped[1] is None or f"# {mapped[1]}\n" in out)
@@ -167,11 +168,12 @@ def test_cli_zoo_check_prints_the_resolved_config_and_writes_nothing(tmp_path, m
 def test_cli_zoo_overrides_apply_on_top(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--zoo", str(DATA / "ppo.yml"), "--env", "Pendulum-v1", "--check"]
-    rc, out, err = run_main([*args, *set_args(["total_timesteps=8192", "ppo.n_epochs=3"]), "--seed", "7"])
+    rc, out, err = run_main([*args, *set_args(["total_timesteps=8192", "ppo.n_epochs=3", "eval.freq=0"]), "--seed", "7"])
     assert rc == 0, err
     resolved = yaml.safe_load(out)
     block = zoo_block("ppo", "Pendulum-v1")
     assert resolved["total_timesteps"] == 8192 != block["n_timesteps"] and resolved["seed"] == 7
+    assert resolved["eval"]["freq"] == 0 and resolved["eval"]["episodes"] == 5  # the zoo's evaluation, turned off
     assert resolved["ppo"]["n_epochs"] == 3 and resolved["ppo"]["n_steps"] == block["n_steps"]
 
 

@@ -80,11 +80,10 @@ from rlaccel.bench.zoo_rows import (  # noqa: F401 - re-exported: the rows are p
     block_row,
 )
 from rlaccel.fileio import atomic_write, write_json
+from rlaccel.zoo import EVAL_EPISODES, EVAL_FREQ  # rl_zoo3/train.py's --eval-freq / --eval-episodes defaults
 
 DESCRIPTION = "RL Zoo blocks verbatim at the zoo's budgets, 3 seeds, int8 actors: deterministic eval against the zoo's benchmark.md, and SB3's wall clock."
 DEFAULT_OUT = ROOT / "benchmarks" / "zoo_cpu.json"
-EVAL_FREQ = 25_000  # rl_zoo3/train.py: --eval-freq default (env steps over all envs)
-EVAL_EPISODES = 5  # rl_zoo3/train.py: --eval-episodes default
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 _WORKER = "import sys; from rlaccel.bench.zoo_work import worker_main; sys.exit(worker_main(sys.argv[1:]))"

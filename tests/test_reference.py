@@ -93,6 +93,7 @@ def test_all_int8_paths_are_bit_exact(policies):
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(net.forward(obs[:300]), expected[:300])  # another batch size
         np.testing.assert_array_equal(np.stack([net.forward_one(o).copy() for o in obs]), expected)
+        np.testing.assert_array_equal(np.concatenate([net.forward(o[None]) for o in obs[:500]]), expected[:500])  # a row: forward_one's way, per thread
         assert not np.any(expected[:, 1])  # the all-zero head
         # Without a normaliser the (far out of range) inputs go in as they are.
         plain = np.asarray(_apply(qp, obs))
@@ -167,6 +168,9 @@ def test_network_forward_is_thread_safe(policies):
             rows = obs[(k * 997 + i * 16) % 4000 :][:16]
             if not np.array_equal(net.forward(rows), expected[(k * 997 + i * 16) % 4000 :][:16]):
                 errors.append((k, i))
+            row = (k * 997 + i) % 4000  # and one row at a time (its own batch-1 buffers)
+            if not np.array_equal(net.forward(obs[row : row + 1]), expected[row : row + 1]):
+                errors.append((k, i, "row"))
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:

@@ -22,6 +22,10 @@ hook (``rlaccel.loop.run`` adds :func:`for_run`'s :class:`Evaluator` when ``eval
   ``--resume``);
 * ``summary.json``: ``eval_return``, ``eval_return_std``, ``eval_return_fp32``, ``eval_ep_len``
   (the last evaluation), ``eval_best_return``, ``eval_best_env_steps``, ``eval_best_checkpoint``;
+* ``<run_dir>/evaluations.npz``, SB3's ``EvalCallback`` log (what the RL Zoo's plot scripts
+  read): ``timesteps [n]``, ``results [n, K]`` and ``ep_lengths [n, K]`` of the actors' policy,
+  plus ``results_fp32`` and ``ep_lengths_fp32``; rewritten (atomically) after each evaluation,
+  a resumed run keeping the evaluations before its checkpoint;
 * ``eval.background`` (on for ``gym:`` envs): the episodes run in a thread beside the next
   chunks, as RLlib's ``evaluation_parallel_to_training``. When an evaluation is due the loop
   copies the state (for ``best/``) and computes the actors' parameters, then goes on training;
@@ -38,6 +42,7 @@ training key), so a resumed run evaluates exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -48,7 +53,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlaccel import checkpoint
+from rlaccel import checkpoint, distributed
+from rlaccel.fileio import atomic_write
 from rlaccel.agent import Agent
 from rlaccel.eval_episodes import Episodes, HostEpisodes, JaxEpisodes
 
@@ -116,6 +122,8 @@ class Evaluator:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rlaccel-eval") if background else None
         self._pending: _Due | None = None
         self._log: Callable[[int, Mapping[str, float]], None] = lambda step, rows: None
+        self.log_path = Path(run_dir) / LOG_FILE if run_dir is not None and distributed.is_writer() else None
+        self.history: dict[str, list] = _read_history(self.log_path, self.last_steps) if resume and self.log_path is not None else {k: [] for k in LOG_KEYS}
 
     def start(self, state: Any) -> None:
         """Compile the evaluation in a thread beside the training loop, called once the chunk
@@ -188,6 +196,7 @@ class Evaluator:
         stop at ``eval.stop_at_return`` (``end``'s, when there is a chunk end to stop); its rows."""
         metrics = summarize(results, self.acting)
         self.count, self.seconds = self.count + 1, self.seconds + seconds
+        self._write_log(at.env_steps, results)
         self.last = {**metrics, "env_steps": at.env_steps}
         if self.best is None or metrics["eval/mean_reward"] > self.best["mean_reward"]:
             self.best = {
@@ -205,6 +214,18 @@ class Evaluator:
         if self.count == 1:
             metrics["eval/compile_s"] = self.episodes.program.compile_s
         return {**metrics, "eval/seconds": seconds}
+
+    def _write_log(self, env_steps: int, results: dict[str, Episodes]) -> None:
+        """Add an evaluation to ``evaluations.npz`` (SB3's ``EvalCallback`` format) and rewrite it."""
+        if self.log_path is None:
+            return
+        rows = {"timesteps": env_steps, "results": results[self.acting].returns, "ep_lengths": results[self.acting].lengths}
+        rows.update(results_fp32=results["fp32"].returns, ep_lengths_fp32=results["fp32"].lengths)
+        for key in LOG_KEYS:
+            self.history[key].append(rows[key])
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v, np.int64 if k == "timesteps" or k.startswith("ep_lengths") else np.float64) for k, v in self.history.items()})
+        atomic_write(self.log_path, buf.getvalue())
 
     def summary(self) -> dict[str, Any]:
         """``summary.json``'s eval keys (``None`` where no evaluation happened)."""
@@ -228,6 +249,22 @@ class Evaluator:
             "eval_compile_wait_s": self.episodes.program.blocked_s,  # the loop waiting for it
             **({"eval_error": self.error} if self.error else {}),
         }
+
+
+LOG_FILE = "evaluations.npz"
+LOG_KEYS = ("timesteps", "results", "ep_lengths", "results_fp32", "ep_lengths_fp32")
+"""``evaluations.npz``'s arrays: SB3's three (the actors' policy), then the fp32 source's."""
+
+
+def _read_history(path: Path, upto_steps: int) -> dict[str, list]:
+    """The evaluations a resumed run keeps from ``path``: those at or before ``upto_steps``
+    (its checkpoint; later ones are redone). Missing or unreadable: none."""
+    try:
+        with np.load(path) as log:
+            keep = np.asarray(log["timesteps"]) <= upto_steps
+            return {k: list(np.asarray(log[k])[keep]) for k in LOG_KEYS}
+    except (OSError, KeyError, ValueError):
+        return {k: [] for k in LOG_KEYS}
 
 
 def _read_best(best_dir: Path) -> dict[str, Any] | None:

@@ -83,6 +83,34 @@ def test_eval_metrics_in_tensorboard_and_summary(eval_run):
     assert summary["train_s"] + summary["eval_s"] + summary["eval_compile_wait_s"] + summary["compile_s"] <= summary["wall_s"]
 
 
+def test_evaluations_npz_is_sb3s_eval_log(eval_run):
+    """``evaluations.npz`` as SB3's ``EvalCallback`` writes it (the RL Zoo's plots read it):
+    per evaluation its step and every episode's return and length, the int8 policy's under
+    SB3's keys and the fp32 source's beside them; the same figures as TensorBoard's rows."""
+    tags = scalars(eval_run["dir"])
+    with np.load(eval_run["dir"] / "evaluations.npz") as log:
+        assert sorted(log.files) == ["ep_lengths", "ep_lengths_fp32", "results", "results_fp32", "timesteps"]
+        assert log["timesteps"].tolist() == [512, 1024] and log["results"].shape == log["ep_lengths"].shape == (2, 4)
+        for key, tag in (("results", "eval/mean_reward"), ("results_fp32", "eval/mean_reward_fp32")):
+            np.testing.assert_allclose(log[key].mean(axis=1), [v for _, v in tags[tag]], rtol=1e-6)
+        np.testing.assert_array_equal(log["results"], log["ep_lengths"])  # CartPole: 1 a step
+
+
+def test_evaluations_npz_has_the_arrays_of_sb3s_own(eval_run, tmp_path):
+    """The keys SB3's ``EvalCallback`` writes, with its dtypes and ranks (SB3 itself, where installed)."""
+    pytest.importorskip("torch")
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    import gymnasium
+
+    callback = EvalCallback(gymnasium.make("CartPole-v1"), n_eval_episodes=2, eval_freq=64, log_path=str(tmp_path), verbose=0)
+    PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, n_epochs=1, device="cpu").learn(128, callback=callback)
+    with np.load(tmp_path / "evaluations.npz") as theirs, np.load(eval_run["dir"] / "evaluations.npz") as ours:
+        for key in theirs.files:
+            assert (ours[key].dtype, ours[key].ndim) == (theirs[key].dtype, theirs[key].ndim), key
+
+
 def test_best_checkpoint_holds_the_best_int8_evaluation(eval_run):
     run_dir, summary = eval_run["dir"], eval_run["summary"]
     best = checkpoint.list_checkpoints(run_dir / "best")
@@ -155,6 +183,8 @@ def test_resume_keeps_the_best(eval_run, tmp_path):
     best = checkpoint.list_checkpoints(run_dir / "best")
     assert len(best) == 1 and checkpoint.read_meta(best[0])["update"] == (6 if new > before["eval_best_return"] else before["eval_best_env_steps"] // 256)
     assert [step for step, _ in scalars(run_dir)["eval/mean_reward"]] == [512, 1024, 1536]
+    with np.load(run_dir / "evaluations.npz") as log:  # the interrupted run's evaluations kept, the new one added
+        assert log["timesteps"].tolist() == [512, 1024, 1536] and log["results"].shape == (3, 4)
 
 
 def test_compiled_episodes_match_a_step_by_step_loop():

@@ -26,8 +26,9 @@ hook (``rlaccel.loop.run`` adds :func:`for_run`'s :class:`Evaluator` when ``eval
   read): ``timesteps [n]``, ``results [n, K]`` and ``ep_lengths [n, K]`` of the actors' policy,
   plus ``results_fp32`` and ``ep_lengths_fp32``; rewritten (atomically) after each evaluation,
   a resumed run keeping the evaluations before its checkpoint;
-* ``eval.background`` (on for ``gym:`` envs): the episodes run in a thread beside the next
-  chunks, as RLlib's ``evaluation_parallel_to_training``. When an evaluation is due the loop
+* ``eval.background`` (by default on for gymnasium's MuJoCo envs, off for other ``gym:``
+  envs; measured, see ``EvalConfig.background``): the episodes run in a thread beside the
+  next chunks, as RLlib's ``evaluation_parallel_to_training``. When an evaluation is due the loop
   copies the state (for ``best/``) and computes the actors' parameters, then goes on training;
   the result is taken at the first chunk end after it is in (or when the next evaluation is
   due, or the run ends) and logged at the step it evaluated. One evaluation is in flight at a
@@ -297,5 +298,5 @@ def for_run(config: Any, source: Any, run_dir: str | Path | None, start_update: 
         episodes: Any = HostEpisodes(config, agent, precisions)
     else:
         episodes = JaxEpisodes(config, agent, precisions)
-    background = config.env_kind == "gym" and config.eval.background is not False
+    background = config.eval.background if config.eval.background is not None else config.env_kind == "gym" and episodes.mujoco
     return Evaluator(config, source, episodes, acting, Path(run_dir) if run_dir is not None else None, start_update, resume, background)

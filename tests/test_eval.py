@@ -285,6 +285,20 @@ def test_background_evaluation_gives_the_figures_of_an_evaluation_in_turn(tmp_pa
     assert 0 <= bg["eval_wait_s"] and fg["eval_wait_s"] == fg["eval_s"]
 
 
+@pytest.mark.parametrize("config, default", [("configs/ppo_halfcheetah.yaml", True), ("configs/ppo_gym_cartpole.yaml", False)])
+def test_background_evaluation_is_on_by_default_for_mujoco_envs_only(config, default):
+    """``eval.background: null``: a thread for gymnasium's MuJoCo envs (C steps, long learner
+    phases), in turn for Python envs such as CartPole (whose steps need the actors' GIL);
+    ``true`` / ``false`` decide either way."""
+    from rlaccel import evaluate, sources
+
+    for setting, expected in (("null", default), ("true", True), ("false", False)):
+        cfg = config_lib.load(config, ["eval.freq=1000", f"eval.background={setting}"])
+        evaluator = evaluate.for_run(cfg, sources.make(cfg), None, 0)
+        assert evaluator.summary()["eval_background"] is expected, setting
+        evaluator.close()
+
+
 def test_background_evaluation_in_flight_when_the_run_stops_is_kept(tmp_path):
     """A run stopped after update 2 (``stop_at``) with the evaluation of update 2 still in
     flight: the loop waits for it, and its rows and summary figures are there."""

@@ -59,7 +59,11 @@ from rlaccel.fileio import atomic_write
 from rlaccel.agent import Agent
 from rlaccel.eval_episodes import Episodes, HostEpisodes, JaxEpisodes
 
-__all__ = ["Evaluator", "for_run", "summarize"]
+__all__ = ["LOG_FILE", "LOG_KEYS", "Evaluator", "for_run", "summarize"]
+
+LOG_FILE = "evaluations.npz"
+LOG_KEYS = ("timesteps", "results", "ep_lengths", "results_fp32", "ep_lengths_fp32")
+"""``evaluations.npz``'s arrays: SB3's three (the actors' policy), then the fp32 source's."""
 
 
 def summarize(results: dict[str, Episodes], acting: str) -> dict[str, float]:
@@ -250,11 +254,6 @@ class Evaluator:
             "eval_compile_wait_s": self.episodes.program.blocked_s,  # the loop waiting for it
             **({"eval_error": self.error} if self.error else {}),
         }
-
-
-LOG_FILE = "evaluations.npz"
-LOG_KEYS = ("timesteps", "results", "ep_lengths", "results_fp32", "ep_lengths_fp32")
-"""``evaluations.npz``'s arrays: SB3's three (the actors' policy), then the fp32 source's."""
 
 
 def _read_history(path: Path, upto_steps: int) -> dict[str, list]:

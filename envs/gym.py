@@ -31,6 +31,14 @@ from .core import Env, UnknownEnvError
 PREFIX = "gym"
 
 
+def is_mujoco(gym_id: str) -> bool:
+    """Whether ``gym_id`` is one of gymnasium's own MuJoCo envs (its entry point is under
+    ``gymnasium.envs.mujoco``): stepped in C, with the GIL released."""
+    spec = gymnasium.registry.get(gym_id)
+    entry = spec.entry_point if spec is not None else None
+    return isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
+
+
 class GymEnv:
     """Static description of a gymnasium env, and a factory for its vector envs.
 
@@ -41,6 +49,7 @@ class GymEnv:
       observation_space: ``Box`` float32 ``[obs_dim]``.
       action_space: ``Discrete`` or ``Box``.
       max_episode_steps: the registered time limit (``None`` when there is none).
+      mujoco: one of gymnasium's MuJoCo envs (:func:`is_mujoco`).
     """
 
     kind = "gym"
@@ -50,6 +59,7 @@ class GymEnv:
         self.gym_id = gym_id
         self.id = f"{PREFIX}:{gym_id}"
         self.kwargs = kwargs
+        self.mujoco = is_mujoco(gym_id)
         try:
             probe = gymnasium.make(gym_id, **kwargs)
         except gymnasium.error.Error as e:  # unregistered id, missing dependency, bad version

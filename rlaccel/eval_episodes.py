@@ -241,9 +241,7 @@ class HostEpisodes:
         self.seed = config.seed
         self.section = config.agent
         self.actor_cls = registry.load(registry.get(config.algo).numpy_actor)
-        entry = gymnasium.registry[gym_env.gym_id].entry_point if gym_env.gym_id in gymnasium.registry else None
-        self.mujoco = isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
-        """A gymnasium MuJoCo env: where ``eval.background`` is on by default (``rlaccel.evaluate``)."""
+        self.mujoco = gym_env.mujoco  # where eval.background is on by default (rlaccel.evaluate)
         self.program = compile_cache.AheadProgram(compile_cache.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions}), "rlaccel-eval-compile")
 
     def start(self, agent_state: Any) -> None:

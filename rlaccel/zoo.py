@@ -257,6 +257,8 @@ def resolve_env(zoo_id: str) -> tuple[str, str | None]:
     import gymnasium
     from gymnasium.envs.registration import find_highest_version, parse_env_id
 
+    from rlaccel.envs.gym import is_mujoco
+
     spec = gymnasium.registry.get(zoo_id)
     if spec is None:
         close = difflib.get_close_matches(zoo_id, [*envs.registered_ids(), *gymnasium.registry], n=3, cutoff=0.6)
@@ -266,7 +268,6 @@ def resolve_env(zoo_id: str) -> tuple[str, str | None]:
     newest = find_highest_version(namespace, name)
     if version is not None and newest is not None and newest > version:
         newest_id = f"{name}-v{newest}" if namespace is None else f"{namespace}/{name}-v{newest}"
-        entry = gymnasium.registry[newest_id].entry_point  # v2 / v3 entry points only raise (mujoco-py is retired)
-        if isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco"):
+        if is_mujoco(newest_id):  # (v2 / v3 entry points only raise: mujoco-py is retired)
             return f"gym:{newest_id}", f"env: the zoo's {zoo_id} runs as gym:{newest_id} (gymnasium's maintained MuJoCo version)"
     return f"gym:{zoo_id}", None

@@ -300,3 +300,13 @@ def test_fused_chunk_compiled_ahead_from_shapes_is_the_one_run(cartpole_yaml, mo
     other.compile_ahead(key, 4)
     with pytest.raises(TypeError, match="invalid PRNG key data"):  # the key with an extra axis
         other.compile(state, 4)
+
+
+def test_seconds_per_step_never_asks_for_more_steps_than_most():
+    """A step too short to resolve: the calls grow fourfold up to ``most`` and stop there (a
+    pipelined program compiles again for a call longer than its chunk)."""
+    from rlaccel.sources.device import seconds_per_step
+
+    asked: list[int] = []
+    seconds, first = seconds_per_step(lambda steps: asked.append(steps) or steps, many=9, most=100, resolve_s=10.0)
+    assert max(asked) == 100 and sorted(set(asked)) == [1, 9, 36, 100] and first == 1 and seconds >= 0

@@ -65,7 +65,7 @@ def seconds_per_step(run: Callable[[int], Any], many: int = 3, repeats: int = 2,
     """Seconds one step of a compiled program takes, without its fixed cost per call: the
     fastest of ``repeats`` blocking calls of ``run(many)`` against ``run(1)``, their difference
     over ``many - 1``; ``many`` grows fourfold until the difference spans ``resolve_s`` (or
-    reaches ``most``), so a step far shorter than the call's cost is still resolved. Also
+    reaches ``most``, where it stops: ``2 <= many <= most``), so a step far shorter than the call's cost is still resolved. Also
     returns what the first call gave back.
 
     ``run(steps)`` makes one blocking call (a probe's acting-only chunk: ~0.2 ms of fixed cost
@@ -82,7 +82,7 @@ def seconds_per_step(run: Callable[[int], Any], many: int = 3, repeats: int = 2,
         low, high = min(times[1]), min(times[many])
         if high - low >= resolve_s or many >= most:
             return ((high - low) / (many - 1) if high > low else high / many), first
-        many *= 4
+        many = min(4 * many, most)
 
 
 class DeviceSource(StepSource):

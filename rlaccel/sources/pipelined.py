@@ -188,6 +188,12 @@ class OneProgram:
             self._executables = {length: compile_cache.jit(program).lower(learner, envs, key, count, act_only).compile()}
         return self._executables[length]
 
+    @property
+    def length(self) -> int:
+        """The compiled program's chunk length (0 before the first compile): a call of up to
+        this many updates runs it, a longer one compiles it again."""
+        return max(self._executables, default=0)
+
     # -- running it --------------------------------------------------------------------------
 
     def _on_mesh(self, x: Any) -> jax.ShapeDtypeStruct:

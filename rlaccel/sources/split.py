@@ -115,10 +115,13 @@ class SplitSource(DeviceSource):
         """With one program: the program acting only (``OneProgram.run``'s ``act_only``), timed
         per step without its fixed cost per call (``seconds_per_step``, 9 steps against 1: the
         call costs ~3 ms for CartPole's state, a step ~0.5 ms; each step's exchange of
-        parameters and trajectories counted as acting); else the ``rollout`` piece."""
+        parameters and trajectories counted as acting), never more steps than the chunk's
+        compiled length (a longer call would compile the program again: 6-7 s each for
+        Pendulum's chunks of 8, two of them per probe before); else the ``rollout`` piece."""
         if self._program is None:
             return super().timed_rollout(state, pieces, actor_params, key)
-        seconds, obs = seconds_per_step(lambda steps: jax.block_until_ready(self._program.run(state, steps, act_only=True))[2], many=9)
+        most = max(2, self._program.length)
+        seconds, obs = seconds_per_step(lambda steps: jax.block_until_ready(self._program.run(state, steps, act_only=True))[2], many=min(9, most), most=most)
         return state, seconds, obs, None
 
     def describe(self) -> str:

@@ -2,7 +2,8 @@
 
 * Bad input: ``placement.learner.devices`` and the multi-process flags, one line, exit code 2.
 * Two forced CPU devices (``tests/conftest.py``) against one: the first update sees the same
-  data and ends with the same parameters (float tolerance); both learn CartPole-v1 (slow).
+  data and ends with the same parameters (float tolerance). One device learning is
+  ``tests/test_learning.py``'s; two devices learn CartPole-v1 in the two-process test below.
 * Two real processes on 127.0.0.1 with one CPU device each (gloo): they learn CartPole-v1 and
   end with the parameters of one process on two devices (slow); one of them SIGKILLed makes
   the other stop within a bound, with one line, exit code 1 and a usable last checkpoint;
@@ -125,32 +126,6 @@ def test_first_update_is_the_same_on_one_and_two_devices(cartpole_yaml):
         np.testing.assert_allclose(metrics_1[name], metrics_2[name], rtol=1e-4, err_msg=name)
 
 
-_RUNS: dict[str, object] = {}
-
-
-def trained(devices: int, cartpole_yaml: Path, root: Path):
-    """CartPole (:data:`LEARN`) trained through ``rlaccel.train`` on ``devices`` devices (once)."""
-    key = f"devices{devices}"
-    if key not in _RUNS:
-        _RUNS[key] = rlaccel.train(cartpole_yaml, overrides=[*LEARN, f"placement.learner.devices={devices}"], run_dir=root / key, progress=False)
-    return _RUNS[key]
-
-
-@pytest.fixture(scope="module")
-def runs_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("parallel_runs")
-
-
-@pytest.mark.slow
-@pytest.mark.optimized  # learns: XLA's default effort, as users run
-def test_one_and_two_devices_both_learn_cartpole(cartpole_yaml, runs_root):
-    for devices in (1, 2):
-        summary = trained(devices, cartpole_yaml, runs_root).summary
-        assert summary["status"] == "completed"
-        assert summary["final_return"] >= 475, (devices, summary["final_return"])
-    assert trained(2, cartpole_yaml, runs_root).summary["devices"] == 2
-
-
 # --------------------------------------------------------------------------------------------
 # Two processes on 127.0.0.1, one CPU device each.
 
@@ -205,7 +180,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.optimized  # learns: XLA's default effort, as users run
-def test_two_processes_learn_and_match_one_process_on_two_devices(cartpole_yaml, runs_root, tmp_path):
+def test_two_processes_learn_and_match_one_process_on_two_devices(cartpole_yaml, tmp_path):
     run_dir = tmp_path / "two_processes"
     results = finish(launch(run_dir, list(LEARN), cartpole_yaml), timeout=600)
     for i, (code, _, stderr) in enumerate(results):
@@ -214,8 +189,10 @@ def test_two_processes_learn_and_match_one_process_on_two_devices(cartpole_yaml,
     assert summary["final_return"] >= 475, summary["final_return"]
     assert summary["placement"] == "learner 2 x cpu on 2 processes fp32, actors on each int8 (data parallel)"
     assert summary["processes"] == 2 and len(summary["process_sps"]) == 2 and all(s > 0 for s in summary["process_sps"])
-    # One process on two devices ran the same program: the same final parameters.
-    two_devices = trained(2, cartpole_yaml, runs_root)
+    # One process on two devices ran the same program: it learns, to the same final parameters.
+    two_devices = rlaccel.train(cartpole_yaml, overrides=[*LEARN, "placement.learner.devices=2"], run_dir=tmp_path / "two_devices", progress=False)
+    assert two_devices.summary["status"] == "completed" and two_devices.summary["devices"] == 2
+    assert two_devices.summary["final_return"] >= 475, two_devices.summary["final_return"]
     mine = checkpoint.read_arrays(checkpoint.latest(run_dir / "checkpoints"))
     theirs = checkpoint.read_arrays(checkpoint.latest(two_devices.run_dir / "checkpoints"))
     assert sorted(mine) == sorted(theirs)

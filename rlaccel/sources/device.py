@@ -65,8 +65,8 @@ def seconds_per_step(run: Callable[[int], Any], many: int = 3, repeats: int = 2,
     """Seconds one step of a compiled program takes, without its fixed cost per call: the
     fastest of ``repeats`` blocking calls of ``run(many)`` against ``run(1)``, their difference
     over ``many - 1``; ``many`` grows fourfold until the difference spans ``resolve_s`` (or
-    reaches ``most``, where it stops: ``2 <= many <= most``), so a step far shorter than the call's cost is still resolved. Also
-    returns what the first call gave back.
+    reaches ``most``, never passing it), so a step far shorter than the call's cost is still
+    resolved. Also returns what the first call gave back.
 
     ``run(steps)`` makes one blocking call (a probe's acting-only chunk: ~0.2 ms of fixed cost
     for CartPole's fused program, half a PPO rollout, ~20 DQN steps; ~3 ms for the pipelined

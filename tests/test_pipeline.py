@@ -197,13 +197,12 @@ def test_the_probe_times_acting_with_the_one_program_and_changes_nothing(pipelin
     before = leaves(state)
     program = source._program
     if program is not None:  # chunks of 3 compiled, as a run compiles before its first probe
-        program.compile(state, 3)
-        compiled = dict(program._executables)
+        compiled = program.compile(state, 3)
     after, out = source.probe(state, seconds_per_update=1.0, num_calls=2)
     for got, want in zip(leaves(after), before, strict=True):
         np.testing.assert_array_equal(got, want)
     if program is not None:  # it timed calls of at most the compiled length: nothing compiled again
-        assert program._executables == compiled and program.length >= 3
+        assert program.compile(state, program.length) is compiled and program.length >= 3
     assert ("rollout" in source.pieces(state)) == (source._program is None)
     assert out["time/actor_sps"] > 0 and 0.5 <= out["quant/action_agreement"] <= 1.0
 

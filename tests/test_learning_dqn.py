@@ -32,7 +32,7 @@ def test_dqn_cartpole_eval_return() -> None:
     networks' fp32 evaluations. The training-time ``rollout/ep_rew_mean`` includes 5 % random
     actions.
     """
-    _, _, _, history = train_dqn()
+    _, history = train_dqn()
     evals = {p: np.asarray([h[p] for h in history]).T for p in ("int8", "fp32")}  # [seeds, evaluations]
     best, late = evals["int8"].max(axis=1), {p: e[:, -5:].mean() for p, e in evals.items()}
     print(f"DQN last eval (int8) per seed {evals['int8'][:, -1]}, fp32 {evals['fp32'][:, -1]}, best {best}, last 5 evals' mean int8 {late['int8']:.1f} fp32 {late['fp32']:.1f}")

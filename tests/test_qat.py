@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rlaccel.agents.dqn import train as dqn_train
 
-from rlaccel import qat, quant
+from rlaccel import compile_cache, qat, quant
 
 PROFILES = ("tflite", "pow2")
 
@@ -93,7 +93,7 @@ def test_dqn_update_learns_through_the_int8_kernels_only_with_int8_actors(precis
         cfg = DQNConfig(n_envs=2, train_freq=4, gradient_steps=2, buffer_size=64, learning_starts=0, batch_size=8, qat=on, policy_kwargs=QNetKwargs(net_arch=(16, 16)))
         agent = dqn_train.make_agent(cfg, env, total_timesteps=64, num_updates=8, calibrate=precision == "int8")
         source = FusedSource(agent, env, cfg.n_envs, cfg.train_freq, precision=precision)
-        out[on] = jax.jit(source.update_step)(source.init(jax.random.PRNGKey(0)))[0]
+        out[on] = compile_cache.jit(source.update_step)(source.init(jax.random.PRNGKey(0)))[0]  # the test's effort
     np.testing.assert_array_equal(np.asarray(out[False].rollout.obs), np.asarray(out[True].rollout.obs))
     same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out[False].agent.params), jax.tree.leaves(out[True].agent.params))]
     assert all(same) if precision == "fp32" else not any(same)

@@ -91,7 +91,8 @@ def train_dqn() -> tuple[Path, list[dict[str, np.ndarray]]]:
     """
     if "dqn" not in _TRAINED:
         run_dir = Path(tempfile.mkdtemp(prefix="rlaccel-test-dqn-"))
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+        env = {**os.environ, "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=1"])}
         args = [sys.executable, "-c", _DQN_SCRIPT, str(REPO / "configs" / "dqn_cartpole.yaml"), str(DQN_SEEDS), str(run_dir)]
         try:
             done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)

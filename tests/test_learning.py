@@ -47,7 +47,8 @@ def test_ppo_cartpole_learns(precision: str, profile: str) -> None:
         # read 0.9895 (tflite) and 0.9893 (pow2) on an AVX2 EPYC, where earlier CI machines
         # passed with it alone; pooled there 0.9911 and 0.9906. One program: op by op, the
         # rollout and the metrics took 7.7 s here against 2.2 s. Run once, so compiled fast
-        # (``jit_once``): int8 actions are integer arithmetic either way.
+        # (``jit_once``): the int8 heads are integers either way, the fp32 ones the same up
+        # to their last float bits.
         @compile_cache.jit_once
         def agreements(states):
             def one(state):

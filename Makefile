@@ -44,7 +44,7 @@ TEST_ENV := PYTHONDONTWRITEBYTECODE=
 
 # pytest-xdist's loadscope hands out modules in the order tests/conftest.py sorts them (the
 # longest first); by default (3.5+) it hands out the modules with the most tests first, which
-# leaves test_learning_dqn.py (2 tests, ~150 s) for last. On one run's per-module times the
+# leaves test_learning_dqn.py (2 tests, ~130 s) for last. On one run's per-module times the
 # busier worker's share is 776 s in xdist's order and 703 s longest first (2-core EPYC).
 XDIST := -n auto --dist loadscope --no-loadscope-reorder
 

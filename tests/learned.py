@@ -60,18 +60,18 @@ def _train_seeds(path: str, precision: str, profile: str) -> tuple:
 _DQN_SCRIPT = """
 import json, sys
 from pathlib import Path
-import jax, numpy as np
-from rlaccel import checkpoint, placement
+import numpy as np
+from rlaccel import placement
 from rlaccel import config as config_lib
 from rlaccel.bench import qat as qat_bench
 config_file, seeds, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+from learned import save_seed0
 config = config_lib.load(config_file)
 notice = placement.start_backend(config.placement, config.env_kind)  # as `rlaccel train` starts it
 assert notice is None, notice
 states, _, history = qat_bench.train_seeds(config, seeds)
-state = jax.tree.map(lambda x: x[0], states)  # seed 0, a run directory to export
-checkpoint.save(out / "checkpoints", int(state.update), state, {"config": config.to_dict()})
-(out / "config.yaml").write_text(json.dumps(config.to_dict()))
+save_seed0(out, config, states)
 (out / "history.json").write_text(json.dumps([{p: np.asarray(r).tolist() for p, r in h.items()} for h in history]))
 """
 
@@ -93,7 +93,7 @@ def train_dqn() -> tuple[Path, list[dict[str, np.ndarray]]]:
         run_dir = Path(tempfile.mkdtemp(prefix="rlaccel-test-dqn-"))
         flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
         env = {**os.environ, "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=1"])}
-        args = [sys.executable, "-c", _DQN_SCRIPT, str(REPO / "configs" / "dqn_cartpole.yaml"), str(DQN_SEEDS), str(run_dir)]
+        args = [sys.executable, "-c", _DQN_SCRIPT, str(REPO / "configs" / "dqn_cartpole.yaml"), str(DQN_SEEDS), str(run_dir), str(REPO / "tests")]
         try:
             done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
             assert done.returncode == 0, done.stderr[-3000:]
@@ -112,16 +112,22 @@ def export_seed0(name: str, root: Path) -> Path:
     ``policy_int8.tflite``."""
     run_dir = root / name
     if name == "dqn":
-        shutil.copytree(train_dqn()[0], run_dir)  # seed 0's checkpoint and config, from its own process
+        shutil.copytree(train_dqn()[0], run_dir)  # written by save_seed0 in the training's own process
     else:
         train_seeds(RUNS[name], "int8")
         config, states, _, _ = _TRAINED[(RUNS[name], "int8", "tflite")]
-        state = jax.tree.map(lambda x: x[0], states)
-        checkpoint.save(run_dir / "checkpoints", int(state.update), state, {"config": config.to_dict()})
-        (run_dir / "config.yaml").write_text(json.dumps(config.to_dict()))
+        save_seed0(run_dir, config, states)
     for fmt in ("rlpolicy", "onnx-int8", "tflite"):
         export(run_dir, fmt=fmt)
     return run_dir
+
+
+def save_seed0(run_dir: Path, config: config_lib.Config, states: object) -> None:
+    """Seed 0 of ``states`` (leaves ``[seeds, ...]``) as a run directory ``rlaccel export``
+    reads: its checkpoint and ``config.yaml``."""
+    state = jax.tree.map(lambda x: x[0], states)
+    checkpoint.save(run_dir / "checkpoints", int(state.update), state, {"config": config.to_dict()})
+    (run_dir / "config.yaml").write_text(json.dumps(config.to_dict()))
 
 
 def trajectories(policy, env_id: str, min_obs: int, seed: int = 500) -> np.ndarray:

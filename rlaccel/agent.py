@@ -65,6 +65,7 @@ class AgentSpec(NamedTuple):
     num_envs: int
     num_steps: int  # rollout length per update
     num_updates: int
+    learner_sharding: Any = None  # where the learner's state lives if not on one device (PPO's towers split: both, replicated)
 
     @property
     def steps_per_update(self) -> int:

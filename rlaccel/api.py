@@ -86,7 +86,7 @@ def validate(config: Config) -> None:
     """
     from rlaccel import envs, placement
 
-    placement.start_backend(config.placement, config.env_kind)  # before an env (brax) or a device starts JAX
+    placement.start(config)  # before an env (brax) or a device starts JAX
     try:
         env = envs.make(config.env, **config.env_kwargs)
     except envs.UnknownEnvError as e:
@@ -106,6 +106,8 @@ def validate(config: Config) -> None:
         from rlaccel.sources.host import ray_cluster
 
         ray_cluster.check(config.actors)  # ray installed; a cluster address: token, reachable
+    if config.env_kind == "gym":
+        placement.actor_runtime(config)  # actors.policy c / auto: the C kernel compiled (cached) before anything is written
 
 
 def default_run_dir(config: Config) -> Path:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from rlaccel import compile_cache, quant_tables, registry
+from rlaccel import compile_cache, placement, quant, quant_tables, registry
 from rlaccel.agent import Agent
 
 __all__ = ["EVAL_TAG", "Episodes", "HostEpisodes", "JaxEpisodes", "eval_key", "eval_seeds", "gym_episodes", "keyed", "make_program", "policy_action", "run_episodes"]
@@ -242,7 +242,9 @@ class HostEpisodes:
         self.section = config.agent
         self.actor_cls = registry.load(registry.get(config.algo).numpy_actor)
         self.mujoco = gym_env.mujoco  # where eval.background is on by default (rlaccel.evaluate)
-        self.program = compile_cache.AheadProgram(compile_cache.jit(lambda state: {p: quant_tables.with_tables(agent.actor_params(state, p)) for p in precisions}), "rlaccel-eval-compile")
+        self.c_kernel = placement.actor_runtime(config) == "c"  # int8 through the actors' C kernel, else the numpy reference's tables
+        host = (lambda params: params) if self.c_kernel else quant_tables.with_tables
+        self.program = compile_cache.AheadProgram(compile_cache.jit(lambda state: {p: host(agent.actor_params(state, p)) for p in precisions}), "rlaccel-eval-compile")
 
     def start(self, agent_state: Any) -> None:
         """Compile the parameter program beside the caller, for ``agent_state``'s shapes."""
@@ -253,7 +255,8 @@ class HostEpisodes:
 
     def params(self, agent_state: Any) -> dict[str, Any]:
         """The actors' parameters of ``agent_state`` per precision, numpy leaves (JAX: the caller's thread)."""
-        return jax.device_get(self.program(agent_state))
+        params = jax.device_get(self.program(agent_state))
+        return quant.payloads(params) if self.c_kernel else params
 
     def play(self, params: dict[str, Any], update: int) -> dict[str, Episodes]:
         """The episodes of :meth:`params`' result for the evaluation after ``update`` (numpy and

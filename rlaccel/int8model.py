@@ -30,7 +30,7 @@ import numpy as np
 
 from rlaccel import intmath
 
-__all__ = ["ACTIVATIONS", "Int8Model", "hidden_input_zero", "head", "int8_hidden", "preprocess", "requantize"]
+__all__ = ["ACTIVATIONS", "Int8Model", "Int8Payload", "hidden_input_zero", "head", "int8_hidden", "preprocess", "requantize"]
 
 ACTIVATIONS = ("tanh", "relu")  # hidden activations with an integer kernel in both profiles
 
@@ -66,6 +66,16 @@ class Int8Model(NamedTuple):
     out_zero: tuple[Any, ...]
     act_min: tuple[Any, ...]
     act_max: tuple[Any, ...]
+
+
+class Int8Payload(NamedTuple):
+    """An int8 policy as numpy actors receive it without threshold tables: the ``Int8Model`` and
+    how to run it. Ray actor processes tabulate it (``rlaccel.sources.host.ray_pool.unpack``);
+    ``actors.policy: c`` runs it through the compiled kernel (``rlaccel.deploy.c_kernel``)."""
+
+    model: Any
+    activation: str
+    profile: str
 
 
 def preprocess(obs: np.ndarray, gain: np.ndarray, mean: Any = None, inv_std: Any = None, clip: float | None = None) -> np.ndarray:

@@ -159,7 +159,7 @@ def run(
     if run_dir is not None and writer:
         open_run_dir(run_dir, config)  # only now, with the checkpoint accepted
     console.print(f"placement: {source.describe()}")
-    notice = placement.start_backend(config.placement, config.env_kind)  # a line where cpu_threads could not apply
+    notice = placement.start(config)  # a line where cpu_threads could not apply
     if notice:
         console.print(f"[yellow]note[/]: {notice}")
     if resume:

@@ -11,11 +11,16 @@
 Same device for both: the fused runner (one compiled program). Different devices: the
 split runner (rollouts on the actor device, updates on the learner device), pipelined unless
 ``placement.pipeline: false`` (rollout k+1 runs while update k does; ``rlaccel.sources.split``).
+
+Host actors' PPO learner on a CPU may train its policy and value towers on two CPU devices
+(``placement.learner.towers``, :func:`tower_devices`; ``agents/ppo/towers.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Any
 
 import jax
 
@@ -128,6 +133,89 @@ def learner_devices(config: PlacementConfig) -> tuple[jax.Device, ...]:
     for d in sorted((d for d in jax.devices() if d.platform == platform), key=lambda d: (d.process_index, d.id)):
         by_process.setdefault(d.process_index, []).append(d)
     return tuple(d for p in sorted(by_process) for d in by_process[p][:per_process])
+
+
+def towers_wanted(config: Any) -> bool:
+    """Whether a run (a whole config) trains its policy and value towers on two devices
+    (``placement.learner.towers``; no JAX started: :func:`start` reads it to ask for the devices).
+
+    Raises:
+      PlacementError: ``split`` asked where it cannot apply, the line naming why.
+    """
+    towers = config.placement.learner.towers
+    if towers == "together":
+        return False
+    why = _towers_blocker(config)
+    if towers == "split" and why:
+        raise PlacementError(f"placement.learner.towers: split: {why}")
+    return why is None
+
+
+def _towers_blocker(config: Any) -> str | None:
+    if config.env_kind != "gym":
+        return f"only the learner of host actors (gym: envs) splits its towers; {config.env} runs in JAX"
+    if config.placement.learner.devices != 1:
+        return "data parallelism (placement.learner.devices) keeps both towers on every device"
+    blocker = getattr(config.agent, "towers_blocker", None)
+    if blocker is None:
+        return f"{config.algo} has no separate policy and value towers"
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < 2:
+        return "this process may run on one CPU core only"
+    return blocker()
+
+
+def tower_devices(config: Any) -> tuple[jax.Device, ...]:
+    """The two CPU devices the towers train on (the learner's first), or ``()``
+    (:func:`towers_wanted` false, a learner on a GPU, or a process started with one CPU device).
+
+    Raises:
+      PlacementError: ``split`` where it cannot apply.
+    """
+    if not towers_wanted(config):
+        return ()
+    split = config.placement.learner.towers == "split"
+    learner = device(config.placement.learner.device, "placement.learner.device")
+    cpus = _devices("cpu")
+    if learner.platform != "cpu" or len(cpus) < 2:
+        if split:
+            why = f"the learner is on {_name(learner)}" if learner.platform != "cpu" else "JAX runs with one CPU device in this process"
+            raise PlacementError(f"placement.learner.towers: split needs two CPU devices for a CPU learner; {why}")
+        return ()
+    return (learner, next(d for d in cpus if d != learner))
+
+
+def actor_runtime(config: Any) -> str:
+    """What host actor threads compute their policy with (``actors.policy``): ``numpy``, ``c``
+    or ``jax``. ``auto``: ``c`` for an int8 policy on actor threads where the C kernel compiles
+    on this host (``rlaccel.deploy.c_kernel``, compiled once and cached), else ``numpy``.
+
+    Raises:
+      PlacementError: ``c`` where the kernel cannot be built (no C compiler), naming the key.
+    """
+    policy = config.actors.policy
+    if policy in ("numpy", "jax"):
+        return policy
+    if config.placement.actor.precision != "int8" or config.actors.backend != "thread":
+        return "numpy"  # the kernel is int8's; Ray actor processes tabulate the model
+    from rlaccel.deploy import c_kernel  # ctypes and a C compiler: only for an int8 policy
+
+    why = c_kernel.unavailable(config.placement.actor.int8_profile)
+    if why is not None and policy == "c":
+        raise PlacementError(f"actors.policy: c: {why}")
+    return "numpy" if why else "c"
+
+
+def start(config: Any) -> str | None:
+    """:func:`start_backend` for a run: with two CPU devices where its towers split
+    (:func:`towers_wanted`) and JAX's CPU backend has not started (a count set in ``XLA_FLAGS``
+    stands)."""
+    if towers_wanted(config):
+        from jax._src import xla_bridge  # no public way to ask whether the backends run
+
+        forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+        if not xla_bridge.backends_are_initialized() and not forced and jax.config.jax_num_cpu_devices < 2:
+            jax.config.update("jax_num_cpu_devices", 2)
+    return start_backend(config.placement, config.env_kind)
 
 
 def start_backend(config: PlacementConfig, env_kind: str | None = None) -> str | None:

@@ -25,7 +25,7 @@ table of accumulator thresholds, from which ``rlaccel.reference.Int8Network`` ac
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ import numpy as np
 from flax import struct
 
 from rlaccel import intmath
-from rlaccel.int8model import Int8Model
+from rlaccel.int8model import Int8Model, Int8Payload
 from rlaccel.quant_scales import asymmetric, multipliers, pow2_up, quantize_multiplier, round_half_away, round_scale, significand
 from rlaccel.networks import ACTIVATIONS
 from rlaccel.reference import Int8Tables, dense_layers
@@ -79,6 +79,13 @@ class QuantParams:
     model: Int8Model
     activation: str = struct.field(pytree_node=False, default="tanh")
     profile: str = struct.field(pytree_node=False, default="tflite")
+
+
+def payloads(tree: Any) -> Any:
+    """``tree`` (host copies, e.g. ``jax.device_get`` of ``ActorParams``) with every
+    :class:`QuantParams` as the ``Int8Payload`` numpy actors build from (no threshold tables)."""
+    pack = lambda x: Int8Payload(x.model, x.activation, x.profile) if isinstance(x, QuantParams) else x  # noqa: E731
+    return jax.tree.map(pack, tree, is_leaf=lambda x: isinstance(x, QuantParams))
 
 
 def init(in_dim: int, num_layers: int, input_absmax: float = 10.0) -> Calibration:

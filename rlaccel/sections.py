@@ -29,6 +29,13 @@ class LearnerPlacement:
     (``rlaccel.distributed``) spans every process's devices."""
     dtype: Literal["float32"] = "float32"
     """Learner arithmetic; fp32 is the only supported choice."""
+    towers: Literal["auto", "split", "together"] = "auto"
+    """PPO with host actors (``gym:`` envs) on a CPU learner: ``split`` trains the policy tower
+    on one CPU device and the value tower on a second (two cores at once, one collective per
+    minibatch step for the global-norm clip; ``agents/ppo/towers.py``), ``together`` on one.
+    ``auto`` splits where it was measured to pay: both towers the same shape, 256 wide or
+    more (the RL Zoo's MuJoCo blocks), no gSDE, two cores; the process then starts JAX with
+    two CPU devices. ``split`` where that cannot apply is an error."""
 
     def __post_init__(self) -> None:
         _check(self.devices == "all" or self.devices >= 1, "placement.learner.devices", f"must be >= 1 or all, got {self.devices!r}")
@@ -82,9 +89,13 @@ class ActorsConfig:
     """Actor threads; each steps a gymnasium vector env of ``n_envs / num_actors`` copies."""
     queue_size: int = 1
     """Trajectory batches each actor's queue holds; a full queue blocks the actor (bounds the policy lag)."""
-    policy: Literal["numpy", "jax"] = "numpy"
-    """Acting runtime: ``numpy`` on the actor thread (no device round trip), or ``jax``: the
-    agent's compiled ``act`` on ``placement.actor.device``."""
+    policy: Literal["auto", "numpy", "c", "jax"] = "auto"
+    """Acting runtime: ``numpy`` on the actor thread (no device round trip); ``c``, the same
+    with an int8 policy computed by the C export's integer kernels, compiled once on this host
+    (needs a C compiler; ``rlaccel.deploy.c_kernel``, bit for bit the numpy reference); ``jax``:
+    the agent's compiled ``act`` on ``placement.actor.device``. ``auto``: ``c`` for an int8
+    policy on actor threads where a C compiler builds the kernel, else ``numpy``
+    (``rlaccel.placement.actor_runtime``)."""
     timeout_s: float = 60.0
     """Seconds without any trajectory batch, or for a thread to stop, before an env counts as stuck."""
     max_policy_lag: Optional[int] = None
@@ -111,7 +122,7 @@ class ActorsConfig:
     """Ray backend: an env that raises gets a fresh env (fresh episodes) instead of stopping the run."""
 
     def __post_init__(self) -> None:
-        _check(self.backend != "ray" or self.policy == "numpy", "actors.policy", "the ray backend acts with the numpy actor; use policy: numpy")
+        _check(self.backend != "ray" or self.policy in ("auto", "numpy"), "actors.policy", "the ray backend acts with the numpy actor; use policy: numpy or auto")
         _check(self.address is None or (isinstance(self.address, str) and self.address.strip() != ""), "actors.address", "expected 'auto' or host:port")
         _check(self.address is None or self.backend == "ray", "actors.address", "needs actors.backend: ray")
         _check(self.num_cpus >= 0, "actors.num_cpus", "must be >= 0")

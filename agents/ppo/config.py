@@ -10,6 +10,11 @@ from rlaccel.schema import PolicyKwargs, parse_learning_rate, parse_schedule
 from rlaccel.schema import check as _check
 
 
+SPLIT_FROM = 256
+"""Narrowest hidden layer whose towers split (``towers_blocker``): ``rlaccel.optim.FLATTEN_BELOW``,
+below which the update runs on one flat vector that mixes both towers."""
+
+
 @dataclasses.dataclass(frozen=True)
 class NormalizeConfig:
     """Running normalisation (SB3's ``VecNormalize`` options)."""
@@ -130,6 +135,18 @@ class PPOConfig:
             f"a VecNormalize gamma other than the section's gamma ({self.gamma}) is not supported, got {getattr(self.normalize, 'gamma', None)}",
         )
         _check(self.sde_sample_freq == -1 or self.sde_sample_freq >= 1, "sde_sample_freq", f"must be -1 (once per rollout) or >= 1, got {self.sde_sample_freq}")
+
+    def towers_blocker(self) -> str | None:
+        """Why the policy and value towers cannot train on two devices (``towers.py``,
+        ``placement.learner.towers``), or ``None``."""
+        pi, vf = self.policy_kwargs.pi_arch, self.policy_kwargs.vf_arch
+        if self.use_sde:
+            return "gSDE's noise reads the policy's latent features; its towers train together"
+        if pi != vf:
+            return f"the towers differ (net_arch pi {list(pi)}, vf {list(vf)}); they split when they have the same shape"
+        if max(pi) < SPLIT_FROM:
+            return f"layers narrower than {SPLIT_FROM} ({list(pi)}) train together (their update runs on one flat vector)"
+        return None
 
     @property
     def normalization(self) -> NormalizeConfig:

@@ -24,15 +24,17 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 from gymnasium import spaces
+from jax.sharding import NamedSharding, PartitionSpec
 from rlaccel.agents.ppo import losses
 from rlaccel.agents.ppo import networks as nets_lib
 from rlaccel.agents.ppo import sde as sde_lib
+from rlaccel.agents.ppo import towers as towers_lib
 from rlaccel.agents.ppo.acting import ActorParams, act, act_sde, actor_features, actor_head, actor_normalizer, policy_head
 from rlaccel.agents.ppo.config import PPOConfig
 
 from rlaccel import distributed
 from rlaccel import normalize as obs_norm_lib
-from rlaccel import quant
+from rlaccel import placement, quant
 from rlaccel import returns as returns_lib
 from rlaccel.agent import Agent, AgentSpec
 from rlaccel.optim import flatten_if_small, tree_norm
@@ -67,14 +69,19 @@ class Minibatch(NamedTuple):
 
 
 def make_optimizer(cfg: PPOConfig, num_updates: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Global-norm clip then Adam, with an optax learning-rate schedule; on one flat vector for
-    networks narrower than 256 (``rlaccel.optim.flatten_if_small``)."""
+    """Global-norm clip then Adam (:func:`make_adam`), with an optax learning-rate schedule; on
+    one flat vector for networks narrower than 256 (``rlaccel.optim.flatten_if_small``)."""
+    adam, lr = make_adam(cfg, num_updates)
+    return flatten_if_small(optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam), widths(cfg)), lr
+
+
+def make_adam(cfg: PPOConfig, num_updates: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimiser's second half, Adam with its learning-rate schedule (``towers.py`` clips on its own)."""
     if cfg.lr_schedule == "linear":
         lr = optax.linear_schedule(cfg.learning_rate, 0.0, transition_steps=num_updates * cfg.n_epochs * cfg.num_minibatches)
     else:
         lr = optax.constant_schedule(cfg.learning_rate)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=cfg.adam_eps))
-    return flatten_if_small(tx, widths(cfg)), lr
+    return optax.adam(lr, eps=cfg.adam_eps), lr
 
 
 def widths(cfg: PPOConfig) -> tuple[int, ...]:
@@ -202,6 +209,7 @@ def learner_update(
     calibrate: bool,
     num_updates: int = 1,
     axis_name: str | None = None,
+    towers: Any = None,
 ) -> tuple[PPOState, dict[str, Array]]:
     """GAE on the rollout, ``n_epochs`` of minibatch steps, then normalisers and calibration.
 
@@ -216,6 +224,8 @@ def learner_update(
     every device and only the minibatch gradients are split (:func:`minibatch_update`).
     The ratio clip follows ``clip_range_schedule`` over the run's ``num_updates`` (SB3's
     ``progress_remaining`` after this update's rollout; ``cfg.clip_range_at``).
+    With ``towers`` (``towers.make_scan``) the minibatch steps train the policy and the value
+    tower on two devices; the rest of the update runs replicated on both.
     """
     norm = cfg.normalization
     obs = normalize_obs(cfg, state.obs_stats, traj.obs)
@@ -241,7 +251,10 @@ def learner_update(
     clip_range = cfg.clip_range_at(state.step, num_updates)
     minibatch_step = functools.partial(minibatch_update, nets=nets, cfg=cfg, optimizer=optimizer, clip_range=clip_range, axis_name=axis_name)
     minibatches = shuffle_minibatches(data, key, cfg)
-    (params, opt_state), rows = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
+    if towers is not None:
+        (params, opt_state), rows = towers(state.params, state.opt_state, minibatches, clip_range)
+    else:
+        (params, opt_state), rows = jax.lax.scan(minibatch_step, (state.params, state.opt_state), minibatches)
 
     obs_stats = obs_norm_lib.update(state.obs_stats, traj.obs) if norm.norm_obs else state.obs_stats
     # train/grad_norm: for the driver's non-finite guard (rlaccel.guards.GUARDED_METRICS).
@@ -267,7 +280,7 @@ def learner_update(
     return new_state, metrics
 
 
-def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = True, profile: str = "tflite") -> Agent:
+def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = True, profile: str = "tflite", tower_devices: tuple[Any, ...] = ()) -> Agent:
     """PPO's pure functions for ``env`` (its spaces decide discrete vs Gaussian).
 
     Args:
@@ -277,11 +290,14 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
       calibrate: measure activation ranges for int8 actors after each update (skip it when
         every actor is fp32).
       profile: the int8 arithmetic (``placement.actor.int8_profile``, ``rlaccel.intmath``).
+      tower_devices: two devices to train the policy and the value tower on (``towers.py``;
+        ``placement.learner.towers``), or ``()``.
     """
     obs_dim = int(env.observation_space.shape[0])
     nets = nets_lib.make_networks(env.observation_space, env.action_space, cfg.policy_kwargs, use_sde=cfg.use_sde)
     optimizer, lr_schedule = make_optimizer(cfg, num_updates)
     activation = cfg.policy_kwargs.activation
+    split = towers_lib.make_scan(nets, cfg, make_adam(cfg, num_updates)[0], towers_lib.mesh(tower_devices)) if tower_devices else None
 
     def init(key: Array) -> PPOState:
         params = nets_lib.init_params(nets, key, obs_dim, cfg.policy_kwargs.log_std_init)
@@ -317,7 +333,7 @@ def make_agent(cfg: PPOConfig, env: Any, num_updates: int, calibrate: bool = Tru
         **acting,
         head=head,
         update=functools.partial(
-            learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule, calibrate=calibrate, num_updates=num_updates
+            learner_update, nets=nets, cfg=cfg, optimizer=optimizer, lr_schedule=lr_schedule, calibrate=calibrate, num_updates=num_updates, towers=split
         ),
         discrete=nets.discrete,
         calibrate=functools.partial(calibrate_int8, cfg=cfg),
@@ -331,8 +347,10 @@ def build(config: Any, env: Any) -> AgentSpec:
         raise ConfigError(f"ppo.use_sde: gSDE needs continuous (Box) actions; {config.env} has {env.action_space}")
     n = num_updates(cfg, config.total_timesteps)
     actor = config.placement.actor
-    agent = make_agent(cfg, env, n, calibrate=actor.precision == "int8", profile=actor.int8_profile)
-    return AgentSpec(agent, cfg.n_envs, cfg.n_steps, n)
+    devices = placement.tower_devices(config)
+    agent = make_agent(cfg, env, n, calibrate=actor.precision == "int8", profile=actor.int8_profile, tower_devices=devices)
+    where = NamedSharding(towers_lib.mesh(devices), PartitionSpec()) if devices else None
+    return AgentSpec(agent, cfg.n_envs, cfg.n_steps, n, learner_sharding=where)
 
 
 def num_updates(cfg: PPOConfig, total_timesteps: int) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from rlaccel import intmath
 from rlaccel.int8model import ACTIVATIONS, Int8Model, hidden_input_zero
 
-__all__ = ["c_sources", "write_c"]
+__all__ = ["c_sources", "kernels", "validate", "write_c"]
 
 
 def _f32(x: Any) -> str:
@@ -124,13 +124,13 @@ static float round_half_away(float v)
 /* QUANTIZE (TFLite's AffineQuantize): float32 division, round half away from zero, + zero
  * point, clamp. v is clamped to [-256, 256] first (any value beyond saturates anyway after
  * the zero point, |in_zero| <= 128), which keeps the float -> int conversion defined; NaN -> -128. */
-static int8_t quantize(float u)
+static int8_t quantize_with(float u, float in_scale, int32_t in_zero)
 {
-    float v = u / RLACCEL_IN_SCALE;
+    float v = u / in_scale;
     int32_t q;
     if (!(v > -256.0f)) v = -256.0f;
     if (v > 256.0f) v = 256.0f;
-    q = (int32_t)round_half_away(v) + RLACCEL_IN_ZERO;
+    q = (int32_t)round_half_away(v) + in_zero;
     return (int8_t)(q < -128 ? -128 : (q > 127 ? 127 : q));
 }
 """
@@ -208,7 +208,8 @@ static inline void fully_connected(const int8_t *x, int in_dim, int out_dim, con
 """
 
 
-def _validate(model: Int8Model, profile: str, activation: str) -> None:
+def validate(model: Int8Model, profile: str, activation: str) -> None:
+    """Raise ``ValueError`` (a one-line message) for a model the C kernels cannot run."""
     if profile not in intmath.PROFILES:
         raise ValueError(f"C export: unknown profile {profile!r}; choose one of {', '.join(intmath.PROFILES)}")
     if activation not in ACTIVATIONS:
@@ -221,9 +222,15 @@ def _validate(model: Int8Model, profile: str, activation: str) -> None:
             raise ValueError(f"C export: layer {i}'s shifts {int(np.min(s))}..{int(np.max(s))} outside [{lo}, 31]")
 
 
+def kernels(profile: str) -> str:
+    """The C every int8 model shares, as the export writes it: QUANTIZE (``quantize_with``), the
+    profile's requantisation and FULLY_CONNECTED (``rlaccel.deploy.c_kernel`` compiles it once)."""
+    return _QUANTIZE + (_TFLITE if profile == "tflite" else _POW2) + _LAYER
+
+
 def c_sources(model: Int8Model, profile: str, activation: str, mean: Any = None, inv_std: Any = None, clip: float | None = None) -> dict[str, str]:
     """The export's text: ``{"policy.h": ..., "policy.c": ..., "main.c": ...}`` (see :func:`write_c`)."""
-    _validate(model, profile, activation)
+    validate(model, profile, activation)
     dims = [int(np.shape(model.w_q[0])[0])] + [int(np.shape(w)[1]) for w in model.w_q]
     L = len(model.w_q)
     desc = f"{'-'.join(map(str, dims))} MLP, {activation}, profile {profile}"
@@ -241,6 +248,7 @@ def c_sources(model: Int8Model, profile: str, activation: str, mean: Any = None,
     out.append(_array("float", "obs_gain", np.asarray(model.gain, np.float32).reshape(dims[0]), 8))
     out.append(f"#define RLACCEL_IN_SCALE {_f32(model.in_scale)}\n#define RLACCEL_IN_ZERO ({int(model.in_zero)})\n")
     out.append(_QUANTIZE)
+    out.append("#define quantize(u) quantize_with((u), RLACCEL_IN_SCALE, RLACCEL_IN_ZERO)\n")
     out.append("\n/* ---- 3. requantisation, profile " + profile + " ---- */\n")
     out.append(_TFLITE if profile == "tflite" else _POW2)
     tables = ["0"] * L  # per layer: the name of its TANH table, "0" (NULL) for none

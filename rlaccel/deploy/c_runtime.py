@@ -32,7 +32,7 @@ from rlaccel.deploy.artifact import PolicyError
 from rlaccel.deploy.c_model import c_sources
 from rlaccel.int8model import Int8Model
 
-__all__ = ["CFLAGS", "CHead", "cache_dir", "find_compiler", "latency_ns"]
+__all__ = ["CFLAGS", "CHead", "cache_dir", "compile_library", "find_compiler", "latency_ns"]
 
 CFLAGS = ("-O2", "-std=c99", "-shared", "-fPIC")
 
@@ -113,7 +113,7 @@ class CHead:
         self.directory = cache_dir() / digest
         self.library_path = self.directory / "policy.so"
         if not self.library_path.exists():
-            _compile(self.directory, sources, command)
+            compile_library(self.directory, sources, command)
         self.lib = ctypes.CDLL(str(self.library_path))
         self.obs_dim = int(np.shape(model.w_q[0])[0])
         self.head_dim = int(np.shape(model.w_q[-1])[1])
@@ -159,7 +159,7 @@ class CHead:
         return float(np.median([self._bench(x.ctypes.data, int(n)) for _ in range(repeats)]))
 
 
-def _compile(directory: Path, sources: dict[str, str], command: list[str]) -> None:
+def compile_library(directory: Path, sources: dict[str, str], command: list[str]) -> None:
     """Write ``sources`` into ``directory`` and compile ``policy.so`` there under a temporary
     name, renamed into place once complete (concurrent loaders never see half a library)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -26,23 +26,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from typing import NamedTuple
-
 from rlaccel import registry
+from rlaccel.int8model import Int8Payload
 from rlaccel.lookup import thresholds
 from rlaccel.reference import Int8Tables
 from rlaccel.schema import ConfigError
 from rlaccel.sources.host.stepping import EnvStepper, Steps, gym_envs
 
 __all__ = ["ActorPool", "Int8Payload", "ProcessDied", "RemoteActor", "unpack"]
-
-
-class Int8Payload(NamedTuple):
-    """An int8 policy as broadcast: the ``Int8Model`` and how to tabulate it (no thresholds)."""
-
-    model: Any
-    activation: str
-    profile: str
 
 
 def unpack(params: Any) -> Any:

@@ -27,8 +27,8 @@ import numpy as np
 from rlaccel.sources.host.actors import Batch, to_batch
 from rlaccel.sources.host.ray_cluster import Cluster
 from rlaccel import quant
-from rlaccel.sources.host.ray_pool import ActorPool, Int8Payload, ProcessDied
-from rlaccel.sources.host.source import ActorFault, HostSource
+from rlaccel.sources.host.ray_pool import ActorPool, ProcessDied
+from rlaccel.sources.host.source import ActorFault, HostSource, learner_name
 from rlaccel.state import TrainState
 
 __all__ = ["RaySource"]
@@ -53,7 +53,7 @@ class RaySource(HostSource):
         cluster = self._cluster.describe() if self._cluster is not None else ("local Ray cluster" if self.config.actors.address is None else f"Ray cluster at {self.config.actors.address}")
         return (
             f"host actors on ray: {self.num_actors} actor process(es) x {self.envs_per_actor} {self.env.gym_id} envs on a {cluster}, "
-            f"{self.where.precision} numpy policy; learner {self.where.learner.platform}:{self.where.learner.id} fp32"
+            f"{self.where.precision} numpy policy; learner {learner_name(self.where.learner, self.spec.learner_sharding)} fp32"
         )
 
     def actor_params(self, agent_state: Any) -> Any:
@@ -64,10 +64,7 @@ class RaySource(HostSource):
     def host_params(self, params: Any) -> Any:
         """What is broadcast: numpy copies, every int8 policy as an :class:`Int8Payload`
         (its ``Int8Model``: int8 weights, int32 biases, scales)."""
-        def pack(x: Any) -> Any:
-            return Int8Payload(x.model, x.activation, x.profile) if isinstance(x, quant.QuantParams) else x
-
-        return jax.tree.map(pack, jax.device_get(params), is_leaf=lambda x: isinstance(x, quant.QuantParams))
+        return quant.payloads(jax.device_get(params))
 
     def start(self, state: TrainState, stop: Any) -> None:
         """Start (or join) the cluster, the actor processes, and publish the first parameters.

@@ -39,7 +39,7 @@ from rich.console import Console
 
 from rlaccel import compile_cache
 from rlaccel import agent as agent_lib
-from rlaccel import envs, quant_tables, registry
+from rlaccel import envs, placement, quant, quant_tables, registry
 from rlaccel.rollout import EpisodeInfo, Transition, acting_noise
 from rlaccel.sources.base import SourceFault, StepSource, latency_percentiles
 from rlaccel.sources.host.actors import POLL_S, ActorThread, Batch, JaxActor, ParamBoard, join
@@ -76,7 +76,8 @@ class HostSource(StepSource):
         self.envs_per_actor = self.spec.num_envs // self.num_actors
         self.steps_per_update = self.spec.steps_per_update
         self.num_updates = self.spec.num_updates
-        self._jax_policy = config.actors.policy == "jax"
+        self._policy = placement.actor_runtime(config)  # numpy, c or jax
+        self._jax_policy = self._policy == "jax"
         self._learn = compile_cache.jit(self.learner_step)
         self._params = compile_cache.jit(self.actor_params)
         self._compiled: Any = None
@@ -86,6 +87,7 @@ class HostSource(StepSource):
         self._halt = threading.Event()
         self._faults: list = []
         self._window = _Window()
+        self._learner_at = self.spec.learner_sharding or where.learner  # PPO's towers split: both devices
 
     # -- pure pieces ----------------------------------------------------------------------
 
@@ -96,9 +98,10 @@ class HostSource(StepSource):
 
     def actor_params(self, agent_state: Any) -> Any:
         """What the actors get: the agent's actor parameters, with every int8 policy as the
-        threshold tables of the numpy reference (``quant_tables.tables``) unless actors run JAX."""
+        threshold tables of the numpy reference (``quant_tables.tables``) for numpy actors;
+        as they are for JAX actors and the C kernel (``actors.policy: c``)."""
         params = self.agent.actor_params(agent_state, self.where.precision)
-        return params if self._jax_policy else quant_tables.with_tables(params)
+        return quant_tables.with_tables(params) if self._policy == "numpy" else params
 
     def learner_step(self, state: TrainState, transitions: Transition, episodes: EpisodeInfo) -> tuple[TrainState, Any, Any]:
         """One update on the actors' batch ``[T, n_envs]`` and the next actor parameters: one
@@ -110,19 +113,19 @@ class HostSource(StepSource):
     # -- the StepSource interface -----------------------------------------------------------
 
     def describe(self) -> str:
-        policy = "jax" if self._jax_policy else "numpy"
+        policy = {"numpy": "numpy", "c": "C kernel", "jax": "jax"}[self._policy]
         return (
             f"host actors: {self.num_actors} thread(s) x {self.envs_per_actor} {self.env.gym_id} envs, "
-            f"{self.where.precision} {policy} policy; learner {self.where.learner.platform}:{self.where.learner.id} fp32"
+            f"{self.where.precision} {policy} policy; learner {learner_name(self.where.learner, self.spec.learner_sharding)} fp32"
         )
 
     def place(self, state: TrainState) -> TrainState:
-        return jax.device_put(state, self.where.learner)
+        return jax.device_put(state, self._learner_at)
 
     def compile(self, state: TrainState, num_updates: int) -> None:
         """The learner step compiled for the learner device (one for every chunk length)."""
         if self._compiled is None:
-            transitions, episodes = jax.device_put(self.empty_batch(state), self.where.learner)
+            transitions, episodes = jax.device_put(self.empty_batch(state), self._learner_at)
             self._compiled = self._learn.lower(state, transitions, episodes).compile()
 
     def start(self, state: TrainState, stop: Any) -> None:
@@ -148,7 +151,7 @@ class HostSource(StepSource):
             got = self._next_batches()
             if got is None:
                 break
-            transitions, episodes = jax.device_put(_concat(got), self.where.learner)
+            transitions, episodes = jax.device_put(_concat(got), self._learner_at)
             t0 = time.perf_counter()
             state, metrics, params = self._compiled(state, transitions, episodes)
             metrics = jax.device_get(metrics)
@@ -184,8 +187,11 @@ class HostSource(StepSource):
     # -- helpers --------------------------------------------------------------------------
 
     def host_params(self, params: Any) -> Any:
-        """What the learner publishes: numpy copies for numpy actors; JAX actors take the arrays."""
-        return params if self._jax_policy else jax.device_get(params)
+        """What the learner publishes: numpy copies for numpy actors (an int8 policy for the C
+        kernel as its ``Int8Payload``); JAX actors take the arrays."""
+        if self._jax_policy:
+            return params
+        return quant.payloads(jax.device_get(params)) if self._policy == "c" else jax.device_get(params)
 
     def make_actor(self, params: Any, version: int) -> Any:
         """An actor object (built on the actor's thread) for published parameters."""
@@ -265,3 +271,11 @@ class _Window:
         out["actor/policy_lag"] = float(np.mean(self.lag)) if self.lag else float("nan")
         out["actor/queue_fill"] = float(np.mean(self.fill)) if self.fill else float("nan")
         return out
+
+
+def learner_name(learner: Any, sharding: Any) -> str:
+    """``cpu:0``, or with the towers split ``cpu:0 (policy) + cpu:1 (value)``."""
+    if sharding is None:
+        return f"{learner.platform}:{learner.id}"
+    policy, value = sharding.mesh.devices
+    return f"{policy.platform}:{policy.id} (policy) + {value.platform}:{value.id} (value)"

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from rlaccel.int8model import Int8Payload
 from rlaccel.lookup import LEVELS, LayerLookup, reach
 
 __all__ = ["ACTIVATIONS", "LEVELS", "Fp32Network", "Int8Network", "Int8Tables", "Normalizer", "dense_layers", "network", "normalize", "reach"]
@@ -325,21 +324,16 @@ class Fp32Network(_Network):
         return forward
 
 
-def network(policy: Any, activation: str, normalizer: Normalizer | None = None, clip_obs: float = 10.0) -> Any:
-    """The host network of an actor's ``policy`` (numpy leaves): :class:`Int8Network` for
-    :class:`Int8Tables`, the compiled C kernel (``rlaccel.deploy.c_kernel.CInt8Network``, the
-    same interface and bits) for an ``rlaccel.int8model.Int8Payload`` (``actors.policy: c``),
-    else :class:`Fp32Network` of a flax MLP's ``Dense_i`` params.
+def network(policy: Any, activation: str, normalizer: Normalizer | None = None, clip_obs: float = 10.0) -> Int8Network | Fp32Network:
+    """The numpy network of an actor's ``policy`` (numpy leaves): :class:`Int8Network` for
+    :class:`Int8Tables`, else :class:`Fp32Network` of a flax MLP's ``Dense_i`` params
+    (``rlaccel.deploy.c_kernel.network`` adds the C kernel for an ``Int8Payload``).
 
     Args:
-      policy: ``Int8Tables``, ``Int8Payload`` or flax params ``{"Dense_0": {"kernel", "bias"}, ...}``.
+      policy: ``Int8Tables`` or flax params ``{"Dense_0": {"kernel", "bias"}, ...}``.
       activation: the hidden activation.
       normalizer, clip_obs: the observation normaliser applied first, or ``None``.
     """
     if isinstance(policy, Int8Tables):
         return Int8Network(policy, activation, normalizer, clip_obs)
-    if isinstance(policy, Int8Payload):
-        from rlaccel.deploy.c_kernel import CInt8Network  # ctypes and a C compiler: only when asked for
-
-        return CInt8Network(policy.model, policy.profile, policy.activation, normalizer, clip_obs)
     return Fp32Network(dense_layers(policy), activation, normalizer, clip_obs)

@@ -25,8 +25,8 @@ from cli_helpers import run_main, set_args
 
 from rlaccel import compile_cache, int8model, intmath, placement, quant
 from rlaccel import config as config_lib
-from rlaccel.deploy.c_kernel import CInt8Network
-from rlaccel.reference import Normalizer, network
+from rlaccel.deploy.c_kernel import CInt8Network, network
+from rlaccel.reference import Normalizer
 
 NEEDS_CC = pytest.mark.skipif(not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")), reason="no C compiler (cc, gcc or $CC)")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

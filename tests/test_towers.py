@@ -73,7 +73,7 @@ def test_split_update_equals_the_one_device_update(action_space):
         traj, key = _rollout(action_space, cfg.n_steps, rng), jax.random.PRNGKey(i)
         a, metrics_one = update_one(a, traj, key)
         b, metrics_split = update_split(b, jax.device_put(traj, both), key)
-        assert {k for k, v in metrics_one.items()} == set(metrics_split)
+        assert set(metrics_one) == set(metrics_split)
         for name in metrics_one:
             np.testing.assert_allclose(float(metrics_split[name]), float(metrics_one[name]), rtol=2e-5, atol=1e-7, err_msg=name)
     assert float(metrics_one["train/grad_norm"]) > cfg.max_grad_norm  # the clip acted

@@ -1,8 +1,9 @@
 """DQN's actor in numpy (host actor threads) and what an exported DQN policy needs. No JAX.
 
 :class:`DQNActor` does what ``train.act`` does: epsilon-greedy on the Q-values, with the
-int8 Q-network computed by ``rlaccel.reference.Int8Network`` (bit-exact with the JAX actors'
-``rlaccel.quant.apply``) or the fp32 one in numpy.
+int8 Q-network computed by ``rlaccel.reference.Int8Network`` or, with ``actors.policy: c``, the
+C kernel (``rlaccel.deploy.c_kernel``; both bit-exact with the JAX actors' ``rlaccel.quant.apply``)
+or the fp32 one in numpy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from rlaccel.reference import Fp32Network, Int8Network, network
+from rlaccel.deploy.c_kernel import CInt8Network, network
+from rlaccel.reference import Fp32Network, Int8Network
 from rlaccel.registry import ExportSpec
 
 __all__ = ["NOISE_DTYPE", "DQNActor", "export_spec"]
@@ -42,7 +44,7 @@ class DQNActor:
     def __init__(self, actor_params: Any, version: int, section: Any):
         self.version = version
         self.epsilon = np.float32(actor_params.epsilon)
-        self.net: Int8Network | Fp32Network = network(actor_params.policy, section.policy_kwargs.activation)  # raw observations
+        self.net: CInt8Network | Int8Network | Fp32Network = network(actor_params.policy, section.policy_kwargs.activation)  # raw observations
         self.num_actions = self.net.out_dim
 
     def head(self, obs: np.ndarray) -> np.ndarray:

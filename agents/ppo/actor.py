@@ -1,8 +1,9 @@
 """PPO's actor in numpy (host actor threads) and what an exported PPO policy needs. No JAX.
 
 :class:`PPOActor` does what ``acting.act`` does: normalise, fp32 or int8 head, sample, record
-the behaviour log-probability. Its int8 head is ``rlaccel.reference.Int8Network``, bit-exact
-with the JAX actors' ``rlaccel.quant.apply``; sampling uses ``networks.sample`` /
+the behaviour log-probability. Its int8 head is ``rlaccel.reference.Int8Network`` or, with
+``actors.policy: c``, the C kernel (``rlaccel.deploy.c_kernel``), both bit-exact with the JAX
+actors' ``rlaccel.quant.apply``; sampling uses ``networks.sample`` /
 ``networks.log_prob``'s formulas, or with gSDE ``sde.py``'s (the latent features from the same
 network, int8 ones dequantised; the ``latent @ exploration matrix`` product in fp32 here, on
 the host). Log-probabilities agree to float rounding: numpy's exp/log are not XLA's.
@@ -15,7 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from rlaccel.reference import Fp32Network, Int8Network, Normalizer, network
+from rlaccel.deploy.c_kernel import CInt8Network, network
+from rlaccel.reference import Fp32Network, Int8Network, Normalizer
 from rlaccel.registry import ExportSpec
 
 __all__ = ["ActorExtras", "PPOActor", "export_spec"]
@@ -30,7 +32,7 @@ class ActorExtras(NamedTuple):
     log_prob: Any  # [B] float32 behaviour log-probability of the sampled action
 
 
-def _network(actor_params: Any, section: Any) -> Int8Network | Fp32Network:
+def _network(actor_params: Any, section: Any) -> CInt8Network | Int8Network | Fp32Network:
     """The head network of ``actor_params`` (numpy leaves) with its normaliser folded in."""
     norm = actor_params.obs_norm
     normalizer = None if norm is None else Normalizer(np.asarray(norm.mean, np.float32), np.asarray(norm.inv_std, np.float32))

@@ -30,9 +30,11 @@ import numpy as np
 from rlaccel import intmath
 from rlaccel.deploy.c_model import kernels, validate
 from rlaccel.deploy.c_runtime import cache_dir, compile_library, find_compiler
-from rlaccel.int8model import Int8Model, hidden_input_zero
+from rlaccel.int8model import Int8Model, Int8Payload, hidden_input_zero
+from rlaccel.reference import Fp32Network, Int8Network
+from rlaccel.reference import network as numpy_network
 
-__all__ = ["CFLAGS", "CInt8Network", "library", "unavailable"]
+__all__ = ["CFLAGS", "CInt8Network", "library", "network", "unavailable"]
 
 CFLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 
@@ -95,15 +97,15 @@ _PRELUDE = """/* rlaccel's host-actor kernel (generated; see rlaccel/deploy/c_ke
 #endif
 """
 
-P = ctypes.c_void_p
+_VOIDP = ctypes.c_void_p
 
 
 class _Model(ctypes.Structure):
     _fields_ = [
         ("n_layers", ctypes.c_int32), ("norm", ctypes.c_int32), ("in_zero", ctypes.c_int32), ("out_zero_last", ctypes.c_int32),
         ("in_scale", ctypes.c_float), ("clip", ctypes.c_float), ("out_scale", ctypes.c_float),
-        ("gain", P), ("mean", P), ("inv_std", P), ("dims", P), ("w", P), ("bias", P), ("mult", P), ("shift", P),
-        ("out_zero", P), ("act_min", P), ("act_max", P), ("tanh_table", P),
+        ("gain", _VOIDP), ("mean", _VOIDP), ("inv_std", _VOIDP), ("dims", _VOIDP), ("w", _VOIDP), ("bias", _VOIDP), ("mult", _VOIDP), ("shift", _VOIDP),
+        ("out_zero", _VOIDP), ("act_min", _VOIDP), ("act_max", _VOIDP), ("tanh_table", _VOIDP),
     ]  # fmt: skip
 
 
@@ -138,7 +140,7 @@ def library(profile: str) -> Any:
             if not (directory / "policy.so").exists():
                 compile_library(directory, {"kernel.c": source}, command)
             lib = ctypes.CDLL(str(directory / "policy.so"))
-            lib.rl_head.argtypes = [ctypes.POINTER(_Model), P, P, P, ctypes.c_int]
+            lib.rl_head.argtypes = [ctypes.POINTER(_Model), _VOIDP, _VOIDP, _VOIDP, ctypes.c_int]
             lib.rl_head.restype = None
             _LIBRARIES[profile] = lib
         return _LIBRARIES[profile]
@@ -156,7 +158,7 @@ def unavailable(profile: str) -> str | None:
 
 
 def _pointers(arrays: list[np.ndarray]) -> Any:
-    return (P * len(arrays))(*[a.ctypes.data for a in arrays])
+    return (_VOIDP * len(arrays))(*[a.ctypes.data for a in arrays])
 
 
 class CInt8Network:
@@ -221,7 +223,7 @@ class CInt8Network:
             m.mult = ctypes.addressof(mult)
         for name, values in (("out_zero", model.out_zero), ("act_min", model.act_min), ("act_max", model.act_max)):
             setattr(m, name, arr([int(v) for v in values], np.int32).ctypes.data)
-        tables = (P * L)(*[t.ctypes.data if t is not None else None for t in tanh])
+        tables = (_VOIDP * L)(*[t.ctypes.data if t is not None else None for t in tanh])
         keep.append(tables)
         m.tanh_table = ctypes.addressof(tables)
         self._model, self._keep = m, keep
@@ -247,3 +249,12 @@ class CInt8Network:
         latent = np.empty((np.shape(x)[0], self._latent_dim), np.int8)
         head = self._run(x, latent)
         return np.multiply(latent.astype(np.float32) - np.float32(self._latent_zero), self._latent_scale, dtype=np.float32), head
+
+
+def network(policy: Any, activation: str, normalizer: Any = None, clip_obs: float = 10.0) -> CInt8Network | Int8Network | Fp32Network:
+    """The network a numpy actor computes ``policy`` (numpy leaves) with: :class:`CInt8Network`
+    for an ``Int8Payload`` (``actors.policy: c``), else ``rlaccel.reference.network`` (the
+    numpy reference's int8 tables or the fp32 MLP). The actors of every algorithm build theirs here."""
+    if isinstance(policy, Int8Payload):
+        return CInt8Network(policy.model, policy.profile, policy.activation, normalizer, clip_obs)
+    return numpy_network(policy, activation, normalizer, clip_obs)

@@ -121,8 +121,12 @@ def tower_loss(tower: dict, mb: Any, clip_range: Array, is_policy: Array, *, net
 
 
 def _local_steps(params: Any, opt_state: Any, minibatches: Any, clip_range: Array, *, nets: nets_lib.PPONetworks, cfg: PPOConfig, adam: optax.GradientTransformation) -> tuple[Any, Any, Array]:
-    """One device's share of the update's steps (inside ``shard_map``): its tower, ``[1, ...]`` slices."""
-    squeeze = lambda t: jax.tree.map(lambda x: x[0] if x.ndim else x, t)
+    """One device's share of the update's steps (inside ``shard_map``): its tower, ``[1, ...]`` slices.
+
+    Every stacked leaf is at least 1-D here (its slice of the tower axis); the only replicated
+    leaves, Adam's step counts, are scalars: so ``ndim`` tells them apart.
+    """
+    squeeze = lambda t: jax.tree.map(lambda x: x[0] if x.ndim else x, t)  # noqa: E731
     params, opt_state = squeeze(params), squeeze(opt_state)
     is_policy = jax.lax.axis_index(AXIS) == 0
     mask = jnp.where(is_policy, POLICY_FIELDS, 1.0 - POLICY_FIELDS)
@@ -140,7 +144,7 @@ def _local_steps(params: Any, opt_state: Any, minibatches: Any, clip_range: Arra
         return (optax.apply_updates(params, updates), (clip_state, adam_state)), jnp.concatenate([shared[:-1], g_norm[None]])
 
     (params, opt_state), rows = jax.lax.scan(step, (params, opt_state), minibatches)
-    expand = lambda t: jax.tree.map(lambda x: x[None] if x.ndim else x, t)
+    expand = lambda t: jax.tree.map(lambda x: x[None] if x.ndim else x, t)  # noqa: E731
     return expand(params), expand(opt_state), rows
 
 

@@ -101,6 +101,8 @@ _VOIDP = ctypes.c_void_p
 
 
 class _Model(ctypes.Structure):
+    """``rl_model`` of :data:`_DRIVER`, field for field (pointers into numpy arrays)."""
+
     _fields_ = [
         ("n_layers", ctypes.c_int32), ("norm", ctypes.c_int32), ("in_zero", ctypes.c_int32), ("out_zero_last", ctypes.c_int32),
         ("in_scale", ctypes.c_float), ("clip", ctypes.c_float), ("out_scale", ctypes.c_float),

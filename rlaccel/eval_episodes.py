@@ -242,9 +242,11 @@ class HostEpisodes:
         self.section = config.agent
         self.actor_cls = registry.load(registry.get(config.algo).numpy_actor)
         self.mujoco = gym_env.mujoco  # where eval.background is on by default (rlaccel.evaluate)
-        self.c_kernel = placement.actor_runtime(config) == "c"  # int8 through the actors' C kernel, else the numpy reference's tables
-        host = (lambda params: params) if self.c_kernel else quant_tables.with_tables
-        self.program = compile_cache.AheadProgram(compile_cache.jit(lambda state: {p: host(agent.actor_params(state, p)) for p in precisions}), "rlaccel-eval-compile")
+        runtime = placement.actor_runtime(config)  # int8 as the actors compute it: the C kernel or the numpy reference's tables
+        runtime = "numpy" if runtime == "jax" else runtime  # (episodes here always run a numpy actor)
+        self.program = compile_cache.AheadProgram(
+            compile_cache.jit(lambda state: {p: quant_tables.for_runtime(agent.actor_params(state, p), runtime) for p in precisions}), "rlaccel-eval-compile"
+        )
 
     def start(self, agent_state: Any) -> None:
         """Compile the parameter program beside the caller, for ``agent_state``'s shapes."""
@@ -255,8 +257,7 @@ class HostEpisodes:
 
     def params(self, agent_state: Any) -> dict[str, Any]:
         """The actors' parameters of ``agent_state`` per precision, numpy leaves (JAX: the caller's thread)."""
-        params = jax.device_get(self.program(agent_state))
-        return quant.payloads(params) if self.c_kernel else params
+        return quant.payloads(jax.device_get(self.program(agent_state)))
 
     def play(self, params: dict[str, Any], update: int) -> dict[str, Episodes]:
         """The episodes of :meth:`params`' result for the evaluation after ``update`` (numpy and

@@ -73,6 +73,14 @@ def _thresholds(qp: QuantParams, i: int, estimate: bool = True) -> Array:
     return jnp.minimum(lo, r + 1).T
 
 
+def for_runtime(tree: Any, runtime: str) -> Any:
+    """``tree`` as host actors of ``runtime`` (``rlaccel.placement.actor_runtime``) take it from
+    the learner's program: tabulated (:func:`with_tables`) for the numpy reference; as it is for
+    the C kernel (the host packs each ``QuantParams`` with ``rlaccel.quant.payloads``) and for
+    JAX actors (jittable)."""
+    return with_tables(tree) if runtime == "numpy" else tree
+
+
 def with_tables(tree: Any) -> Any:
     """``tree`` (e.g. an agent's ``ActorParams``) with every :class:`QuantParams` replaced by
     its :func:`tables`: what numpy actors act with (jittable)."""

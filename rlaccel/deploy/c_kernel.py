@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rlaccel import intmath
-from rlaccel.deploy.c_model import kernels, validate
+from rlaccel.deploy.c_model import kernels, layers, validate
 from rlaccel.deploy.c_runtime import cache_dir, compile_library, find_compiler
 from rlaccel.int8model import Int8Model, Int8Payload, hidden_input_zero
 from rlaccel.reference import Fp32Network, Int8Network
@@ -177,8 +177,8 @@ class CInt8Network:
       clip_obs: the normaliser's clip.
 
     Raises:
-      ValueError: a model the C kernels cannot run (``c_model``'s checks), or a layer wider
-        than ``MAX_WIDTH``.
+      ValueError: a model the C kernels cannot run (``c_model``'s checks: profile, activation,
+        shifts, accumulator range), or a layer wider than ``MAX_WIDTH``.
       rlaccel.deploy.artifact.PolicyError: no C compiler.
     """
 
@@ -197,15 +197,10 @@ class CInt8Network:
             keep.append(a)
             return a
 
-        w = [arr(np.asarray(model.w_q[i], np.int64).T, np.int8) for i in range(L)]  # [out, in]
-        z_in = [hidden_input_zero(model, i, activation) for i in range(L)]
-        bias = [arr(np.asarray(model.b_q[i], np.int64) - z_in[i] * np.asarray(model.w_q[i], np.int64).sum(axis=0), np.int32) for i in range(L)]
-        for i in range(L):
-            if np.abs(bias[i].astype(np.int64)).max() + dims[i] * 128 * 127 >= 2**31:
-                raise ValueError(f"c kernel: layer {i}'s int32 accumulator could overflow")
-        tanh = [
-            arr(intmath.TANH_TABLES[intmath.tanh_index(model.out_scale[i])], np.int8) if activation == "tanh" and i < L - 1 else None for i in range(L)
-        ]
+        arrays = layers(model, activation)  # the C export's rows, folded biases and TANH tables
+        w = [arr(rows, np.int8) for rows, _, _ in arrays]
+        bias = [arr(b, np.int32) for _, b, _ in arrays]
+        tanh = [None if k is None else arr(intmath.TANH_TABLES[k], np.int8) for _, _, k in arrays]
         norm = normalizer is not None
         m = _Model(
             n_layers=L, norm=int(norm), in_zero=int(model.in_zero), out_zero_last=int(model.out_zero[-1]),
@@ -230,7 +225,7 @@ class CInt8Network:
         m.tanh_table = ctypes.addressof(tables)
         self._model, self._keep = m, keep
         self._latent_dim = dims[-2] if L > 1 else dims[0]
-        self._latent_zero = z_in[-1]
+        self._latent_zero = hidden_input_zero(model, L - 1, activation)
         self._latent_scale = np.float32(intmath.TANH_OUT_SCALE if activation == "tanh" else model.out_scale[-2]) if L > 1 else np.float32(1.0)
 
     def _run(self, x: np.ndarray, latent: np.ndarray | None) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from rlaccel import intmath
 from rlaccel.int8model import ACTIVATIONS, Int8Model, hidden_input_zero
 
-__all__ = ["c_sources", "kernels", "validate", "write_c"]
+__all__ = ["c_sources", "kernels", "layers", "validate", "write_c"]
 
 
 def _f32(x: Any) -> str:
@@ -228,6 +228,27 @@ def kernels(profile: str) -> str:
     return _QUANTIZE + (_TFLITE if profile == "tflite" else _POW2) + _LAYER
 
 
+def layers(model: Int8Model, activation: str) -> list[tuple[np.ndarray, np.ndarray, int | None]]:
+    """Per layer, what the C kernels read: the int8 weights as rows ``[out, in]`` (one contiguous
+    row per output), the int32 bias with the input zero point folded in (``b_q - z_in *
+    sum_k w``, as CMSIS-NN does: the dot product then takes ``x`` as it is), and the index of
+    its TANH table in ``intmath.TANH_TABLES`` (``None``: no TANH).
+
+    Raises:
+      ValueError: an int32 accumulator that could overflow.
+    """
+    L = len(model.w_q)
+    out = []
+    for i in range(L):
+        w = np.asarray(model.w_q[i], np.int64).T
+        bias = np.asarray(model.b_q[i], np.int64) - hidden_input_zero(model, i, activation) * w.sum(axis=1)
+        if np.abs(bias).max() + w.shape[1] * 128 * 127 >= 2**31:
+            raise ValueError(f"C export: layer {i}'s int32 accumulator could overflow")
+        tanh = intmath.tanh_index(model.out_scale[i]) if activation == "tanh" and i < L - 1 else None
+        out.append((w.astype(np.int8), bias, tanh))
+    return out
+
+
 def c_sources(model: Int8Model, profile: str, activation: str, mean: Any = None, inv_std: Any = None, clip: float | None = None) -> dict[str, str]:
     """The export's text: ``{"policy.h": ..., "policy.c": ..., "main.c": ...}`` (see :func:`write_c`)."""
     validate(model, profile, activation)
@@ -251,9 +272,11 @@ def c_sources(model: Int8Model, profile: str, activation: str, mean: Any = None,
     out.append("#define quantize(u) quantize_with((u), RLACCEL_IN_SCALE, RLACCEL_IN_ZERO)\n")
     out.append("\n/* ---- 3. requantisation, profile " + profile + " ---- */\n")
     out.append(_TFLITE if profile == "tflite" else _POW2)
+    arrays = layers(model, activation)
     tables = ["0"] * L  # per layer: the name of its TANH table, "0" (NULL) for none
-    for i in range(L - 1 if activation == "tanh" else 0):
-        k = intmath.tanh_index(model.out_scale[i])
+    for i, (_, _, k) in enumerate(arrays):
+        if k is None:
+            continue
         e = -int(np.log2(intmath.TANH_IN_SCALES[k]))
         if f"tanh_table_{e}" not in tables:  # one table per input scale used
             out.append(f"\n/* TANH, int8 -> int8 at input scale 2^-{e} (output 1/128, zero points 0): TFLite Micro's\n"
@@ -262,15 +285,11 @@ def c_sources(model: Int8Model, profile: str, activation: str, mean: Any = None,
         tables[i] = f"tanh_table_{e}"
     out.append(_LAYER)
     calls = []
-    for i in range(L):
-        w = np.asarray(model.w_q[i], np.int64).T  # [out, in]: one contiguous row per output
+    for i, (w, bias, _) in enumerate(arrays):
         z_in = hidden_input_zero(model, i, activation)
-        bias = np.asarray(model.b_q[i], np.int64) - z_in * w.sum(axis=1)
-        if np.abs(bias).max() + dims[i] * 128 * 127 >= 2**31:
-            raise ValueError(f"C export: layer {i}'s int32 accumulator could overflow")
         out.append(f"\n/* ---- layer {i}: {dims[i]} -> {dims[i + 1]}, input zero point {z_in}, "
                    f"output scale {_f32(model.out_scale[i])[:-1]}, zero point {int(model.out_zero[i])} ---- */\n")
-        out.append(_array("int8_t", f"w{i}", w.astype(np.int8)))
+        out.append(_array("int8_t", f"w{i}", w))
         out.append(_array("int32_t", f"bias{i}", bias, 8))
         if profile == "tflite":
             out.append(_array("int32_t", f"mult{i}", np.asarray(model.mult[i], np.int64), 8))

@@ -100,8 +100,7 @@ class HostSource(StepSource):
         """What the actors get: the agent's actor parameters, with every int8 policy as the
         threshold tables of the numpy reference (``quant_tables.tables``) for numpy actors;
         as they are for JAX actors and the C kernel (``actors.policy: c``)."""
-        params = self.agent.actor_params(agent_state, self.where.precision)
-        return quant_tables.with_tables(params) if self._policy == "numpy" else params
+        return quant_tables.for_runtime(self.agent.actor_params(agent_state, self.where.precision), self._policy)
 
     def learner_step(self, state: TrainState, transitions: Transition, episodes: EpisodeInfo) -> tuple[TrainState, Any, Any]:
         """One update on the actors' batch ``[T, n_envs]`` and the next actor parameters: one
@@ -189,9 +188,7 @@ class HostSource(StepSource):
     def host_params(self, params: Any) -> Any:
         """What the learner publishes: numpy copies for numpy actors (an int8 policy for the C
         kernel as its ``Int8Payload``); JAX actors take the arrays."""
-        if self._jax_policy:
-            return params
-        return quant.payloads(jax.device_get(params)) if self._policy == "c" else jax.device_get(params)
+        return params if self._jax_policy else quant.payloads(jax.device_get(params))  # (tables: nothing to pack)
 
     def make_actor(self, params: Any, version: int) -> Any:
         """An actor object (built on the actor's thread) for published parameters."""

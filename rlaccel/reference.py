@@ -153,6 +153,11 @@ class _Network:
         x = np.asarray(x, np.float32)
         return self._batch_forward(x.shape[0])(x).copy()
 
+    def forward_into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:meth:`forward` written into ``out`` (``[B, out]`` float32); returns ``out``."""
+        np.copyto(out, self._batch_forward(np.shape(x)[0])(np.asarray(x, np.float32)))
+        return out
+
     def features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The head and the last hidden layer's output (gSDE's latent features) for a batch.
 

@@ -103,6 +103,7 @@ def test_env_stepper_steps_as_gymnasiums_same_step_vector_env(gym_id):
     venv, actor = env.make_vector(b, seed=7), _ReplayActor(env.action_space, 1)
     obs, _ = venv.reset(seed=7)
     box = isinstance(env.action_space, gymnasium.spaces.Box)
+    ep_ret, ep_len = np.zeros(b, np.float32), np.zeros(b, np.int32)
     for t in range(T):
         np.testing.assert_array_equal(got.obs[t], obs.astype(np.float32))
         a, _ = actor.act(obs.astype(np.float32), None)
@@ -115,8 +116,45 @@ def test_env_stepper_steps_as_gymnasiums_same_step_vector_env(gym_id):
         np.testing.assert_array_equal(got.reward[t], rew.astype(np.float32))
         np.testing.assert_array_equal(got.terminated[t], term)
         np.testing.assert_array_equal(got.truncated[t], trunc)
+        ep_ret, ep_len = ep_ret + rew.astype(np.float32), ep_len + 1  # the running episode figures, step by step
+        np.testing.assert_array_equal(got.episode_return[t], ep_ret)
+        np.testing.assert_array_equal(got.episode_length[t], ep_len)
+        ep_ret, ep_len = np.where(term | trunc, np.float32(0), ep_ret), np.where(term | trunc, 0, ep_len)
     venv.close()
     assert got.terminated.any() if gym_id == "CartPole-v1" else got.truncated.sum() == 2 * b
+
+
+class _Stepwise:
+    """A numpy actor seen through ``noise`` and ``act`` alone (no ``rollout`` of its own)."""
+
+    def __init__(self, actor):
+        self.version, self.noise, self.act = actor.version, actor.noise, actor.act
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gym_id, policy", [("CartPole-v1", "c"), ("Pendulum-v1", "c"), ("Pendulum-v1", "numpy")])
+def test_a_ppo_batch_is_step_by_step_acting_bit_for_bit(gym_id, policy):
+    """PPO's rollout (heads and actions in the batch's buffers, log-probabilities once for the
+    batch) collects what ``act`` called step by step collects: same observations, actions,
+    behaviour log-probabilities and episode figures, to the bit; Gumbel-max and Gaussian."""
+    from rlaccel.sources.host.stepping import EnvStepper, gym_envs
+
+    cfg = config_lib.load(GYM_CARTPOLE, ["ppo.normalize=true", f"env=gym:{gym_id}", f"actors.policy={policy}", "ppo.policy_kwargs.log_std_init=0.5"])
+    source = HostSource(cfg, placement.resolve(cfg.placement))
+    state = source.initial_state(jax.random.PRNGKey(3))
+    obs = np.random.default_rng(2).standard_normal((64, source.env.obs_dim)).astype(np.float32)
+    state = state.replace(agent=source.agent.calibrate(state.agent, jnp.asarray(obs)))
+    actor = source.make_actor(source.host_params(source._params(state.agent)), 0)
+    got = []
+    for a in (actor, _Stepwise(actor)):
+        stepper = EnvStepper(gym_envs(source.env.gym_id, source.env.kwargs, 2), source.env.action_space, source.env.obs_dim, seed=5)
+        got.append([stepper.collect(a, np.random.default_rng(1), 300) for _ in range(2)])  # episodes carry over between batches
+        stepper.close()
+    for batched, stepwise in zip(*got):
+        for name in ("obs", "action", "reward", "terminated", "truncated", "next_obs", "episode_return", "episode_length"):
+            np.testing.assert_array_equal(getattr(batched, name), getattr(stepwise, name), err_msg=name)
+        np.testing.assert_array_equal(batched.extras.log_prob, stepwise.extras.log_prob)
+        assert batched.extras.log_prob.shape == (300, 2) and np.isfinite(batched.extras.log_prob).all()
 
 
 def test_misspelt_gym_id_exits_2(tmp_path, cartpole_yaml):

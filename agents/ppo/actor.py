@@ -19,6 +19,7 @@ import numpy as np
 from rlaccel.deploy.c_kernel import CInt8Network, network
 from rlaccel.reference import Fp32Network, Int8Network, Normalizer
 from rlaccel.registry import ExportSpec
+from rlaccel.sources.host.stepping import StepwiseRollout
 
 __all__ = ["ActorExtras", "PPOActor", "export_spec"]
 
@@ -123,13 +124,29 @@ class PPOActor:
         head = self.net.forward(obs)
         if self.discrete:
             action = np.argmax(head + noise, axis=-1).astype(np.int32)
+        else:
+            action = (head + self._std * noise).astype(np.float32, copy=False)
+        return action, ActorExtras(log_prob=self.log_prob(head, action))
+
+    def log_prob(self, head: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The behaviour log-probability ``[...]`` float32 of ``action`` (``[...]`` int32 or
+        ``[..., A]`` float32) under the head ``[..., A]`` (not gSDE). Every row is computed
+        alone (elementwise, then a reduction over the last axis), so a batch's ``[T, b]``
+        gives the bits of ``T`` per-step calls."""
+        if self.discrete:
             shifted = head - head.max(axis=-1, keepdims=True)  # log_softmax as jax.nn computes it
-            logp = np.take_along_axis(shifted, action[:, None].astype(np.intp), axis=-1)[:, 0] - np.log(np.exp(shifted).sum(axis=-1))
-            return action, ActorExtras(log_prob=logp.astype(np.float32))
-        action = head + self._std * noise
+            logp = np.take_along_axis(shifted, action[..., None].astype(np.intp), axis=-1)[..., 0] - np.log(np.exp(shifted).sum(axis=-1))
+            return logp.astype(np.float32)
         z = (action - head) * self._inv_std
-        logp = np.sum(-0.5 * np.square(z) - self.log_std - _HALF_LOG_2PI, axis=-1, dtype=np.float32)
-        return action.astype(np.float32, copy=False), ActorExtras(log_prob=logp)
+        return np.sum(-0.5 * np.square(z) - self.log_std - _HALF_LOG_2PI, axis=-1, dtype=np.float32)
+
+    def rollout(self, rng: np.random.Generator, num_steps: int, num_envs: int) -> Any:
+        """A batch's acting (``rlaccel.sources.host.stepping``'s rollout protocol): heads and
+        actions in preallocated ``[T, b, ...]`` buffers, the log-probabilities computed once for
+        the batch; the same numbers as ``T`` calls of :meth:`act`. gSDE acts step by step."""
+        if self.sde:
+            return StepwiseRollout(self, rng, num_steps, num_envs)
+        return _Rollout(self, self.noise(rng, num_steps, num_envs), num_steps, num_envs)
 
     def _act_sde(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, ActorExtras]:
         """gSDE (``sde.py``): ``mean + latent @ eps`` per env, ``eps = std * noise``; the
@@ -141,6 +158,29 @@ class PPOActor:
         z = (action - mean) / std
         logp = np.sum(-0.5 * np.square(z) - np.log(std) - _HALF_LOG_2PI, axis=-1, dtype=np.float32)
         return action.astype(np.float32, copy=False), ActorExtras(log_prob=logp)
+
+
+class _Rollout:
+    """:meth:`PPOActor.rollout` without gSDE: ``act(t, obs) -> action[t]`` per step (the head
+    written into the batch's buffer; Gaussian ``mean + std * noise``, categorical Gumbel-max),
+    ``finish() -> (actions [T, b, ...], ActorExtras(log_prob [T, b]))``."""
+
+    def __init__(self, actor: PPOActor, noise: np.ndarray, num_steps: int, num_envs: int):
+        self.actor, self.noise = actor, noise
+        self.head = np.empty((num_steps, num_envs, actor.action_dim), np.float32)
+        self.action = np.empty((num_steps, num_envs), np.int32) if actor.discrete else np.empty_like(self.head)
+        self._forward, self._std = actor.net.forward_into, getattr(actor, "_std", None)
+
+    def act(self, t: int, obs: np.ndarray) -> np.ndarray:
+        head, action = self._forward(obs, self.head[t]), self.action[t]
+        if self.actor.discrete:
+            action[...] = np.argmax(head + self.noise[t], axis=-1)
+        else:
+            np.add(head, np.multiply(self._std, self.noise[t], out=action), out=action)  # head + std * noise, as act
+        return action
+
+    def finish(self) -> tuple[np.ndarray, ActorExtras]:
+        return self.action, ActorExtras(log_prob=self.actor.log_prob(self.head, self.action))
 
 
 def export_spec(section: Any, fp32_actor_params: Any, agent_state: Any) -> ExportSpec:

@@ -135,7 +135,7 @@ def library(profile: str) -> Any:
     """
     with _LOCK:
         if profile not in _LIBRARIES:
-            source = _PRELUDE + kernels(profile) + _DRIVER % {"max_width": MAX_WIDTH}
+            source = _PRELUDE + f"#define RLACCEL_MAX_IN {MAX_WIDTH}\n" + kernels(profile) + _DRIVER % {"max_width": MAX_WIDTH}
             command = [*find_compiler(), *CFLAGS, "kernel.c", "-o"]
             digest = hashlib.sha256(repr((command, source, _cpu_id())).encode()).hexdigest()[:20]
             directory = cache_dir() / f"kernel-{digest}"
@@ -224,6 +224,7 @@ class CInt8Network:
         keep.append(tables)
         m.tanh_table = ctypes.addressof(tables)
         self._model, self._keep = m, keep
+        self._ref, self._call = ctypes.byref(m), self._lib.rl_head
         self._latent_dim = dims[-2] if L > 1 else dims[0]
         self._latent_zero = hidden_input_zero(model, L - 1, activation)
         self._latent_scale = np.float32(intmath.TANH_OUT_SCALE if activation == "tanh" else model.out_scale[-2]) if L > 1 else np.float32(1.0)
@@ -233,12 +234,24 @@ class CInt8Network:
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"c kernel: observations of shape {x.shape}, expected [B, {self.in_dim}]")
         head = np.empty((x.shape[0], self.out_dim), np.float32)
-        self._lib.rl_head(ctypes.byref(self._model), x.ctypes.data, head.ctypes.data, None if latent is None else latent.ctypes.data, x.shape[0])
+        self._call(self._ref, x.ctypes.data, head.ctypes.data, None if latent is None else latent.ctypes.data, x.shape[0])
         return head
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Raw observations ``[B, in]`` float32 -> head ``[B, out]`` float32 (a fresh array)."""
         return self._run(x, None)
+
+    def forward_into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:meth:`forward` written into ``out``, a C-contiguous ``[B, out]`` float32 array (a row
+        block of a batch's buffer): one kernel call, nothing allocated. ``x`` must be a
+        C-contiguous ``[B, in]`` float32 array. Returns ``out``."""
+        if not (x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == np.float32 and out.dtype == np.float32):
+            raise ValueError("c kernel: forward_into takes C-contiguous float32 arrays")
+        n = x.shape[0]
+        if x.shape != (n, self.in_dim) or out.shape != (n, self.out_dim):
+            raise ValueError(f"c kernel: observations {x.shape} and head {out.shape}, expected [B, {self.in_dim}] and [B, {self.out_dim}]")
+        self._call(self._ref, x.ctypes.data, out.ctypes.data, None, n)
+        return out
 
     def features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(latent [B, h], head [B, out])``: the last hidden layer's int8 output dequantised, as

@@ -25,7 +25,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["EnvStepper", "Steps", "gym_envs", "stack_extras"]
+__all__ = ["EnvStepper", "Steps", "StepwiseRollout", "gym_envs", "running_episodes", "stack_extras"]
 
 
 class Steps(NamedTuple):
@@ -83,41 +83,87 @@ class EnvStepper:
         rew = np.empty((T, b), np.float32)
         term = np.empty((T, b), bool)
         trunc = np.empty((T, b), bool)
-        ret = np.empty((T, b), np.float32)
-        length = np.empty((T, b), np.int32)
         lat = np.empty(T, np.float64)
-        actions, extras = [], []
-        noise = actor.noise(rng, T, b)
+        rollout = actor.rollout(rng, T, b) if hasattr(actor, "rollout") else StepwiseRollout(actor, rng, T, b)
         obs, bounds = self.obs, self._bounds
-        start = time.perf_counter()
+        clock, act = time.perf_counter, rollout.act
+        start = clock()
         for t in range(T):
             if stopped():
                 return None
             o[t] = obs
-            t0 = time.perf_counter()
-            a, x = actor.act(o[t], noise[t])
-            lat[t] = time.perf_counter() - t0
-            actions.append(a)
-            extras.append(x)
-            sent = np.clip(a, *bounds) if bounds else a
+            t0 = clock()
+            a = act(t, o[t])
+            lat[t] = clock() - t0
+            if bounds:  # a fresh array each step (an env may keep the one it is given)
+                a = np.minimum(np.maximum(a, bounds[0]), bounds[1])  # np.clip, without its ~5 us of dispatch
             for i, env in enumerate(envs):  # SyncVectorEnv.step in SAME_STEP mode
-                next_o[t, i], rew[t, i], term[t, i], trunc[t, i], _ = env.step(sent[i])
+                ob, r, te, tr, _ = env.step(a[i])
+                next_o[t, i], rew[t, i], term[t, i], trunc[t, i] = ob, r, te, tr
                 # an episode's last step: next_o keeps its true last observation, obs the next one's first
-                obs[i] = env.reset()[0] if term[t, i] or trunc[t, i] else next_o[t, i]
-            self.ep_ret += rew[t]
-            self.ep_len += 1
-            ret[t], length[t] = self.ep_ret, self.ep_len
-            done_t = term[t] | trunc[t]
-            self.ep_ret[done_t] = 0.0
-            self.ep_len[done_t] = 0
+                obs[i] = env.reset()[0] if te or tr else ob
+        action, extras = rollout.finish()
+        ret, length = running_episodes(rew, term | trunc, self.ep_ret, self.ep_len)
         return Steps(
-            version=actor.version, obs=o, action=np.stack(actions), reward=rew, terminated=term, truncated=trunc, next_obs=next_o,
-            extras=stack_extras(extras), episode_return=ret, episode_length=length, latency_s=lat, collect_s=time.perf_counter() - start,
+            version=actor.version, obs=o, action=action, reward=rew, terminated=term, truncated=trunc, next_obs=next_o,
+            extras=extras, episode_return=ret, episode_length=length, latency_s=lat, collect_s=clock() - start,
         )  # fmt: skip
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class StepwiseRollout:
+    """The rollout protocol over a numpy actor's ``noise`` and per-step ``act`` (what an actor
+    without a ``rollout`` of its own gets): a batch's noise drawn at once, ``act(t, obs)`` one
+    call of ``actor.act(obs, noise[t])``, ``finish()`` the actions and extras stacked along time.
+
+    The protocol :meth:`EnvStepper.collect` drives: ``act(t, obs [b, obs_dim]) -> action [b, ...]``
+    for step ``t`` (the sampled action; ``collect`` clips a copy for the envs), then once
+    ``finish() -> (actions [T, b, ...], extras with [T, b] leaves)``. An actor's own
+    ``rollout(rng, T, b)`` may keep its buffers and compute the extras once for the batch
+    (PPO's log-probabilities: ``agents/ppo/actor.py``).
+    """
+
+    def __init__(self, actor: Any, rng: np.random.Generator, num_steps: int, num_envs: int):
+        self.actor, self.noise = actor, actor.noise(rng, num_steps, num_envs)
+        self.actions: list[Any] = []
+        self.extras: list[Any] = []
+
+    def act(self, t: int, obs: np.ndarray) -> Any:
+        action, extras = self.actor.act(obs, self.noise[t])
+        self.actions.append(action)
+        self.extras.append(extras)
+        return action
+
+    def finish(self) -> tuple[np.ndarray, Any]:
+        return np.stack(self.actions), stack_extras(self.extras)
+
+
+def running_episodes(reward: np.ndarray, done: np.ndarray, ep_ret: np.ndarray, ep_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each step's running episode return and length ``[T, b]``, including the step, from a
+    batch's ``reward`` and ``done`` ``[T, b]`` and the running figures before it (``ep_ret``
+    float32 and ``ep_len`` int32 ``[b]``, updated in place: zero after an episode's end).
+    The return is summed in float32 one step after the other (``np.add.accumulate`` over each
+    episode's piece), the sums a step-by-step ``ep_ret += reward[t]`` gives."""
+    T, b = reward.shape
+    ret = np.empty((T, b), np.float32)
+    length = np.empty((T, b), np.int32)
+    for i in range(b):
+        start = 0
+        for end in [*np.flatnonzero(done[:, i]).tolist(), T - 1]:
+            if end < start:
+                continue  # the batch ended with an episode's last step
+            piece = np.empty(end - start + 2, np.float32)
+            piece[0], piece[1:] = ep_ret[i], reward[start : end + 1, i]
+            ret[start : end + 1, i] = np.add.accumulate(piece)[1:]
+            length[start : end + 1, i] = ep_len[i] + np.arange(1, end - start + 2, dtype=np.int32)
+            ep_ret[i], ep_len[i] = ret[end, i], length[end, i]
+            if done[end, i]:
+                ep_ret[i], ep_len[i] = 0.0, 0
+            start = end + 1
+    return ret, length
 
 
 def stack_extras(items: list[Any]) -> Any:

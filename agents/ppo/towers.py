@@ -55,16 +55,23 @@ def _params_like(x: Any) -> bool:
     return isinstance(x, dict) and "policy" in x and "value" in x
 
 
+def _stacked_like(x: Any) -> bool:
+    return isinstance(x, dict) and "net" in x
+
+
+def _with_head(value: dict, fn: Any) -> dict:
+    """The value tower with ``fn`` applied to its last layer's leaves (``Dense_<highest>``)."""
+    last = max(value, key=lambda name: int(name.split("_")[-1]))
+    return {**value, last: jax.tree.map(fn, value[last])}
+
+
 def _pad_head(value: dict, width: int) -> dict:
     """The value tower with its last layer padded from 1 to ``width`` output columns (zeros)."""
-    last = max(value, key=lambda name: int(name.split("_")[-1]))
-    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
-    return {**value, last: jax.tree.map(pad, value[last])}
+    return _with_head(value, lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])]))
 
 
 def _unpad_head(value: dict) -> dict:
-    last = max(value, key=lambda name: int(name.split("_")[-1]))
-    return {**value, last: jax.tree.map(lambda x: x[..., :1], value[last])}
+    return _with_head(value, lambda x: x[..., :1])
 
 
 def _stack_params(params: dict, width: int) -> dict:
@@ -89,14 +96,12 @@ def stack(tree: Any, width: int) -> Any:
 
 def unstack(tree: Any) -> Any:
     """The inverse of :func:`stack`."""
-    stacked = lambda x: isinstance(x, dict) and "net" in x
-    return jax.tree.map(lambda x: _unstack_params(x) if stacked(x) else x, tree, is_leaf=stacked)
+    return jax.tree.map(lambda x: _unstack_params(x) if _stacked_like(x) else x, tree, is_leaf=_stacked_like)
 
 
 def _specs(tree: Any) -> Any:
     """``shard_map`` specs for a :func:`stack` ed tree: stacked leaves split over the towers."""
-    stacked = lambda x: isinstance(x, dict) and "net" in x
-    return jax.tree.map(lambda x: jax.tree.map(lambda _: P(AXIS), x) if stacked(x) else P(), tree, is_leaf=stacked)
+    return jax.tree.map(lambda x: jax.tree.map(lambda _: P(AXIS), x) if _stacked_like(x) else P(), tree, is_leaf=_stacked_like)
 
 
 def tower_loss(tower: dict, mb: Any, clip_range: Array, is_policy: Array, *, nets: nets_lib.PPONetworks, cfg: PPOConfig) -> tuple[Array, losses.LossInfo]:

@@ -229,13 +229,19 @@ class CInt8Network:
         self._latent_zero = hidden_input_zero(model, L - 1, activation)
         self._latent_scale = np.float32(intmath.TANH_OUT_SCALE if activation == "tanh" else model.out_scale[-2]) if L > 1 else np.float32(1.0)
 
-    def _run(self, x: np.ndarray, latent: np.ndarray | None) -> np.ndarray:
+    def _run(self, x: np.ndarray, latent: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
+        """One kernel call: ``x [B, in]`` -> ``out [B, out]`` (a fresh array when ``None``, else a
+        C-contiguous float32 one, written in place), the latent features into ``latent``."""
         x = np.ascontiguousarray(x, np.float32)
-        if x.ndim != 2 or x.shape[1] != self.in_dim:
+        n = x.shape[0] if x.ndim == 2 else -1
+        if x.shape != (n, self.in_dim):
             raise ValueError(f"c kernel: observations of shape {x.shape}, expected [B, {self.in_dim}]")
-        head = np.empty((x.shape[0], self.out_dim), np.float32)
-        self._call(self._ref, x.ctypes.data, head.ctypes.data, None if latent is None else latent.ctypes.data, x.shape[0])
-        return head
+        if out is None:
+            out = np.empty((n, self.out_dim), np.float32)
+        elif out.shape != (n, self.out_dim) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"c kernel: head buffer {out.shape} {out.dtype}, expected a C-contiguous float32 [{n}, {self.out_dim}]")
+        self._call(self._ref, x.ctypes.data, out.ctypes.data, None if latent is None else latent.ctypes.data, n)
+        return out
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Raw observations ``[B, in]`` float32 -> head ``[B, out]`` float32 (a fresh array)."""
@@ -243,15 +249,8 @@ class CInt8Network:
 
     def forward_into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """:meth:`forward` written into ``out``, a C-contiguous ``[B, out]`` float32 array (a row
-        block of a batch's buffer): one kernel call, nothing allocated. ``x`` must be a
-        C-contiguous ``[B, in]`` float32 array. Returns ``out``."""
-        if not (x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == np.float32 and out.dtype == np.float32):
-            raise ValueError("c kernel: forward_into takes C-contiguous float32 arrays")
-        n = x.shape[0]
-        if x.shape != (n, self.in_dim) or out.shape != (n, self.out_dim):
-            raise ValueError(f"c kernel: observations {x.shape} and head {out.shape}, expected [B, {self.in_dim}] and [B, {self.out_dim}]")
-        self._call(self._ref, x.ctypes.data, out.ctypes.data, None, n)
-        return out
+        block of a batch's buffer): one kernel call, nothing allocated. Returns ``out``."""
+        return self._run(x, None, out)
 
     def features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(latent [B, h], head [B, out])``: the last hidden layer's int8 output dequantised, as

@@ -21,7 +21,9 @@ Where (:func:`cache_dir`):
   machines), nor to another JAX.
 
 JAX keeps programs that took at least :data:`MIN_COMPILE_S` to compile, up to
-:data:`MAX_BYTES` per directory (least recently used evicted). The cache is trusted code:
+:data:`MAX_BYTES` per directory (least recently used evicted). The eviction takes a file lock
+(``filelock``, a dependency); where the package is missing the cap is not set, since JAX
+then fails every cache read and write instead (a warning each). The cache is trusted code:
 keep it where only you can write (JAX's documentation says the same). On some CPUs JAX
 0.9-0.10 rejects every cached CPU executable when loading it (jax-ml/jax#38445, LLVM tuning
 flags taken for CPU features): there the cache saves nothing and logs a line per program;
@@ -76,6 +78,15 @@ def _machine() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _has_filelock() -> bool:
+    """Whether ``filelock`` imports (JAX's cache eviction needs it)."""
+    try:
+        import filelock  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def cache_dir() -> Path | None:
     """The directory compiled programs are kept in, or ``None`` (off); see the module docstring."""
     jax_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -109,7 +120,7 @@ def enable() -> Path | None:
     settings = {
         "jax_compilation_cache_dir": str(path),
         "jax_persistent_cache_min_compile_time_secs": MIN_COMPILE_S,
-        "jax_compilation_cache_max_size": MAX_BYTES,
+        "jax_compilation_cache_max_size": MAX_BYTES if _has_filelock() else -1,  # -1: no cap (module docstring)
     }
     settings = {k: v for k, v in settings.items() if k == "jax_compilation_cache_dir" or k.upper() not in os.environ}  # the user's own JAX_* win
     for name, value in settings.items():

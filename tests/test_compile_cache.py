@@ -67,13 +67,17 @@ print(json.dumps({"where": str(where), "compile_s": time.perf_counter() - start,
 
 
 @pytest.mark.slow
-def test_a_second_process_loads_what_the_first_compiled(tmp_path):
+@pytest.mark.parametrize("filelock", [True, False], ids=["filelock", "no-filelock"])
+def test_a_second_process_loads_what_the_first_compiled(tmp_path, filelock):
+    """Also without the ``filelock`` package (a dependency, but an environment may lack it):
+    JAX then cannot cap the cache's size, and with the cap set it failed every read and write."""
     cache = tmp_path / "cache"
     # JAX keeps any program (a fast machine compiles this one under MIN_COMPILE_S); enable() leaves a user's own JAX_* settings be
     env = {k: v for k, v in os.environ.items() if k not in JAX_VARS} | {compile_cache.ENV: str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     runs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=300, check=False)
+        prelude = "" if filelock else "import sys; sys.modules['filelock'] = None  # import filelock fails\n"
+        out = subprocess.run([sys.executable, "-c", prelude + COMPILE], env=env, capture_output=True, text=True, timeout=300, check=False)
         assert out.returncode == 0, out.stderr[-2000:]
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         if len(runs) == 1:

@@ -55,7 +55,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", metavar="RUN_DIR", help="a run directory (its policy is exported first if needed)")
     src.add_argument("--policy", metavar="FILE", help="an exported .rlpolicy or .onnx file")
-    p.add_argument("--backend", default="numpy-int8", help="numpy-int8 (default), numpy-fp32, onnx-int8, onnx-fp32, jax-int8, jax-fp32")
+    p.add_argument("--backend", default="numpy-int8", help="numpy-int8 (default), numpy-fp32, c-int8 (the C export, compiled on load), onnx-int8, onnx-fp32, jax-int8, jax-fp32")
     p.add_argument("--episodes", type=positive_int, default=100, help="episodes (default 100)")
     p.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i (default 0)")
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the returns as JSON")

@@ -135,7 +135,7 @@ def library(profile: str) -> Any:
     """
     with _LOCK:
         if profile not in _LIBRARIES:
-            source = _PRELUDE + f"#define RLACCEL_MAX_IN {MAX_WIDTH}\n#define RLACCEL_MAX_OUT {MAX_WIDTH}\n" + kernels(profile) + _DRIVER % {"max_width": MAX_WIDTH}
+            source = _PRELUDE + f"#define RLACCEL_MAX_IN {MAX_WIDTH}\n" + kernels(profile) + _DRIVER % {"max_width": MAX_WIDTH}
             command = [*find_compiler(), *CFLAGS, "kernel.c", "-o"]
             digest = hashlib.sha256(repr((command, source, _cpu_id())).encode()).hexdigest()[:20]
             directory = cache_dir() / f"kernel-{digest}"

@@ -23,8 +23,11 @@ Once a brax env is built they default to this process's first device instead
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import importlib
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +43,25 @@ PREFIX = "brax"
 BACKENDS = ("spring", "positional", "generalized", "mjx")
 EPISODE_LENGTH = 1000  # brax's training default (``episode_length``)
 _MJX_PLACERS = ("put_model", "make_data", "put_data")  # mujoco.mjx functions with ``device=None`` -> jax.devices()[0]
+
+
+_WARP_NOTICE = ("Failed to import warp:", "Failed to import mujoco_warp:")
+
+
+def _import_quietly(name: str) -> Any:
+    """``importlib.import_module(name)`` without MuJoCo MJX's notice about its optional Warp
+    backend: importing ``mujoco.mjx`` where NVIDIA's ``warp`` package is missing prints
+    "Failed to import warp: ..." and "Failed to import mujoco_warp: ..." to stdout, which read
+    like a failure on every brax run (rlaccel does not offer that backend). Any other line
+    printed during the import passes through."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(held):
+            return importlib.import_module(name)
+    finally:
+        for line in held.getvalue().splitlines():
+            if not line.startswith(_WARP_NOTICE):
+                print(line)
 
 
 def _on_local_device(place: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,8 +81,7 @@ def use_local_device() -> None:
     ``jax.devices()[0]``, which is another process's device in a multi-process run (and the
     same device in a single-process one). Brax looks them up on the ``mujoco.mjx`` module at
     each call, so this covers building a system and tracing a step. Idempotent."""
-    from mujoco import mjx
-
+    mjx = _import_quietly("mujoco.mjx")
     for name in _MJX_PLACERS:
         place = getattr(mjx, name)
         if not getattr(place, "rlaccel_local", False):
@@ -89,8 +110,7 @@ class BraxEnv(Env):
     step_uses_key = False  # brax dynamics are deterministic; only reset draws
 
     def __init__(self, name: str, backend: str = "spring", max_episode_steps: int = EPISODE_LENGTH, **kwargs: Any):
-        from brax import envs as brax_envs
-
+        brax_envs = _import_quietly("brax.envs")
         if name not in brax_envs._envs:  # brax exposes its registry only as this dict
             known = sorted(brax_envs._envs)
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)

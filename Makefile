@@ -1,8 +1,10 @@
 # The two commands a new user needs: `make train` and `make test`.
-# Both create .venv with the system python3 if it is missing and install what they need
-# (pip -qq: errors only; the editable install's informational note about the agents/ and envs/
-# folders mapped into the rlaccel package is not one).
-PYTHON ?= python3
+# Both create .venv if it is missing and install what they need (pip -qq: errors only; the
+# editable install's informational note about the agents/ and envs/ folders mapped into the
+# rlaccel package is not one).
+# The interpreter: python3 when it is 3.11 or newer (JAX, flax, brax and orbax-checkpoint need
+# 3.11), else the first python3.13 / python3.12 / python3.11 on PATH; PYTHON=... picks one.
+PYTHON ?= $(or $(shell for p in python3 python3.13 python3.12 python3.11; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done),python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/ppo_cartpole.yaml
@@ -10,6 +12,7 @@ CONFIG ?= configs/ppo_cartpole.yaml
 .PHONY: train test test-fast bench install install-dev tensorboard clean
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "error: rlaccel needs Python 3.11 or newer (JAX and orbax-checkpoint do); $(PYTHON) is $$($(PYTHON) -V 2>&1 || echo missing): install python3.11 or newer, or run make PYTHON=/path/to/python3.11" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 

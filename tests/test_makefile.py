@@ -1,0 +1,47 @@
+"""The README's ``make train`` on a machine whose ``python3`` is older than 3.11 (JAX,
+flax, brax and orbax-checkpoint need 3.11): the Makefile takes the first newer
+``python3.1x`` on ``PATH``, or stops with one line before writing anything. Real ``make``
+and ``/bin/sh``; the old interpreter is a stand-in script (CI machines have no Python 3.10)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MAKE = shutil.which("make") or "make"
+
+
+def _path_with(tmp_path: Path, newer: str | None) -> str:
+    """A ``PATH`` of one folder: ``python3`` a Python 3.10 stand-in, and ``newer`` (e.g.
+    ``python3.12``) this interpreter."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    old = bin_dir / "python3"
+    old.write_text('#!/bin/sh\n[ "$1" = "-V" ] && { echo "Python 3.10.13"; exit 0; }\nexit 1\n')  # any -c check fails, as 3.10's would
+    old.chmod(0o755)
+    if newer:
+        (bin_dir / newer).symlink_to(sys.executable)
+    return str(bin_dir)
+
+
+def _make(tmp_path: Path, path: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": path}
+    return subprocess.run([MAKE, "-C", str(REPO), f"VENV={tmp_path / 'venv'}", *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_an_old_python3_gives_way_to_a_newer_python3_1x(tmp_path):
+    out = _make(tmp_path, _path_with(tmp_path, "python3.12"), "-n", "train")
+    assert out.returncode == 0, out.stderr
+    assert f"python3.12 -m venv {tmp_path / 'venv'}" in out.stdout, out.stdout
+
+
+def test_no_python_3_11_stops_with_one_line_and_writes_nothing(tmp_path):
+    out = _make(tmp_path, _path_with(tmp_path, None), "train")
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and "needs Python 3.11 or newer" in errors[0] and "python3 is Python 3.10.13" in errors[0], out.stderr
+    assert not (tmp_path / "venv").exists()

@@ -42,6 +42,7 @@ the two efforts never share an executable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -142,10 +143,33 @@ def compiler_options() -> dict[str, Any] | None:
 
 
 def _fast_on_cpu() -> dict[str, Any] | None:
-    """:data:`FAST_OPTIONS` where JAX's backend is the CPU, else ``None``."""
+    """:data:`FAST_OPTIONS` where JAX's backend is the CPU, else ``None``: those this XLA knows
+    (:func:`_known_options`)."""
     import jax
 
-    return dict(FAST_OPTIONS) if jax.default_backend() == "cpu" else None
+    return _known_options(tuple(FAST_OPTIONS.items())) if jax.default_backend() == "cpu" else None
+
+
+@functools.cache
+def _known_options(options: tuple[tuple[str, Any], ...]) -> dict[str, Any] | None:
+    """``options`` less those this XLA rejects, found by compiling a scalar program once per
+    process (XLA's versions add and drop options: JAX 0.12's XLA has no
+    ``xla_cpu_use_fusion_emitters``, and a program compiled with it fails)."""
+    import jax
+    import jax.numpy as jnp
+
+    kept = dict(options)
+    while kept:
+        try:
+            jax.jit(lambda x: x + 1, compiler_options=kept).lower(jnp.float32(0)).compile()
+            break
+        except jax.errors.JaxRuntimeError as e:  # INVALID_ARGUMENT: No such compile option: 'name'
+            unknown = [name for name in kept if f"'{name}'" in str(e)]
+            if not unknown:
+                raise
+            for name in unknown:
+                del kept[name]
+    return kept or None
 
 
 def jit(fun: Callable, **kwargs: Any) -> Any:

@@ -131,3 +131,16 @@ def test_fast_effort_compiles_its_own_executable(tmp_path):
     default, fast, again, fast_again = got["entries"]  # files in the cache after each compile
     assert fast > default and again == fast_again == fast, got["entries"]  # new for fast; then both loaded
     np.testing.assert_allclose(got["y"][1], got["y"][0], rtol=1e-5)
+
+
+def test_fast_options_this_xla_does_not_know_are_dropped(monkeypatch):
+    """An option XLA rejects (a newer XLA drops some: JAX 0.12's has no
+    ``xla_cpu_use_fusion_emitters``) is left out instead of failing every fast compile."""
+    import jax.numpy as jnp
+
+    known = compile_cache._known_options(tuple(compile_cache.FAST_OPTIONS.items()))
+    assert known and "xla_backend_optimization_level" in known
+    monkeypatch.setattr(compile_cache, "FAST_OPTIONS", {**compile_cache.FAST_OPTIONS, "xla_no_such_option_here": True})
+    with compile_cache.effort("fast"):
+        assert compile_cache.compiler_options() == known
+        assert float(compile_cache.jit(lambda x: x * 2)(jnp.float32(3))) == 6.0

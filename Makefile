@@ -13,7 +13,7 @@ CONFIG ?= configs/ppo_cartpole.yaml
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "error: rlaccel needs Python 3.11 or newer (JAX and orbax-checkpoint do); $(PYTHON) is $$($(PYTHON) -V 2>&1 || echo missing): install python3.11 or newer, or run make PYTHON=/path/to/python3.11" >&2; exit 2; }
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }  # a half-made .venv (Debian without python3-venv) would pass for done next time
 	$(BIN)/python -m pip install -qq --upgrade pip
 
 # Installs go through uv (from PyPI, into .venv; the dev extras in ~8 s against pip's ~45 s,

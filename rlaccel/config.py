@@ -212,8 +212,27 @@ def _deepcopy(data: Any) -> Any:
     return data
 
 
+def shipped_configs_dir() -> Path | None:
+    """The configs installed with rlaccel: ``rlaccel/configs/`` in an installed package
+    (``pyproject.toml`` packs the repository's ``configs/`` there), the ``configs/`` of the
+    checkout an editable install runs from, else ``None``."""
+    package = Path(__file__).resolve().parent
+    for where in (package / "configs", package.parent / "configs"):
+        if where.is_dir() and (where.parent == package or (package.parent / "pyproject.toml").is_file()):
+            return where
+    return None
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped configs (:func:`shipped_configs_dir`)."""
+    where = shipped_configs_dir()
+    return sorted(f.name for f in where.glob("*.yaml")) if where else []
+
+
 def load_data(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into plain data.
+    """Read a YAML config file into plain data. A path that does not exist and reads
+    ``NAME.yaml`` or ``configs/NAME.yaml`` is the shipped config of that name, if there is one
+    (an installed rlaccel has no ``configs/`` folder beside the working directory).
 
     Raises:
       ConfigError: missing file, malformed YAML, or a top level that is not a mapping.
@@ -222,7 +241,11 @@ def load_data(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        shipped = shipped_configs() if str(path.parent) in (".", "configs") else []
+        if path.name not in shipped:
+            hint = f"; shipped configs: {', '.join(shipped)}" if shipped else ""
+            raise ConfigError(f"{path}: cannot read config ({e.strerror}){hint}") from None
+        text = (shipped_configs_dir() / path.name).read_text()
     try:
         data = yaml_load(text)
     except yaml.YAMLError as e:

@@ -39,7 +39,10 @@ def _path_with(tmp_path: Path, newer: str | None) -> str:
 
 
 def _make(tmp_path: Path, path: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": path}
+    # Under `make test PYTHON=...` the outer make hands its command-line variables down
+    # (MAKEFLAGS): the make here must choose its interpreter itself.
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTHON")
+    env = {**{k: v for k, v in os.environ.items() if k not in outer}, "PATH": path}
     return subprocess.run([MAKE, "-C", str(REPO), f"VENV={tmp_path / 'venv'}", *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 

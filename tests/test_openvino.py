@@ -1,9 +1,10 @@
 """OpenVINO imported without its telemetry (``rlaccel.bench.int8.import_openvino``).
 
-A plain ``import openvino`` starts ``openvino_telemetry``, which forks the importing process
-(a JAX process here) to send an event, and writes ``~/intel/``. Both cases run in a fresh
-process with JAX started, a home directory of their own and ``CI`` unset (the telemetry's
-own opt-outs absent); the plain import is the control that shows the telemetry would run.
+A plain ``import openvino`` starts ``openvino_telemetry``, which writes ``~/intel/`` and, on
+Python 3.11, forks the importing process (a JAX process here) to send an event (on 3.12 it
+wrote ``~/intel/`` without forking). Both cases run in a fresh process with JAX started, a
+home directory of their own and ``CI`` unset (the telemetry's own opt-outs absent); the plain
+import is the control that shows the telemetry would run.
 """
 
 from __future__ import annotations
@@ -36,5 +37,5 @@ def test_openvino_is_imported_without_its_telemetry(tmp_path: Path, how: str) ->
     out = subprocess.run([sys.executable, "-c", PROBE, how], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     forks = int(out.stdout.splitlines()[-1].removeprefix("forks "))
-    assert (forks == 0) if how == "rlaccel" else (forks >= 1), out.stdout
+    assert forks == 0 or how == "plain", out.stdout
     assert (tmp_path / "intel").exists() == (how == "plain")

@@ -217,10 +217,10 @@ def shipped_configs_dir() -> Path | None:
     (``pyproject.toml`` packs the repository's ``configs/`` there), the ``configs/`` of the
     checkout an editable install runs from, else ``None``."""
     package = Path(__file__).resolve().parent
-    for where in (package / "configs", package.parent / "configs"):
-        if where.is_dir() and (where.parent == package or (package.parent / "pyproject.toml").is_file()):
-            return where
-    return None
+    if (package / "configs").is_dir():
+        return package / "configs"
+    checkout = package.parent
+    return checkout / "configs" if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir() else None
 
 
 def shipped_configs() -> list[str]:

@@ -122,11 +122,18 @@ class PPOActor:
         if self.sde:
             return self._act_sde(obs, noise)
         head = self.net.forward(obs)
-        if self.discrete:
-            action = np.argmax(head + noise, axis=-1).astype(np.int32)
-        else:
-            action = (head + self._std * noise).astype(np.float32, copy=False)
+        action = self.sample(head, noise, np.empty(head.shape[:-1], np.int32) if self.discrete else np.empty_like(head))
         return action, ActorExtras(log_prob=self.log_prob(head, action))
+
+    def sample(self, head: np.ndarray, noise: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The action for ``head [..., A]`` and its ``noise`` (not gSDE), written into ``out``
+        (int32 ``[...]`` or float32 ``[..., A]``): Gumbel-max ``argmax(head + noise)``, or
+        ``head + std * noise``. Returns ``out``."""
+        if self.discrete:
+            out[...] = np.argmax(head + noise, axis=-1)
+        else:
+            np.add(head, np.multiply(self._std, noise, out=out), out=out)
+        return out
 
     def log_prob(self, head: np.ndarray, action: np.ndarray) -> np.ndarray:
         """The behaviour log-probability ``[...]`` float32 of ``action`` (``[...]`` int32 or
@@ -169,15 +176,10 @@ class _Rollout:
         self.actor, self.noise = actor, noise
         self.head = np.empty((num_steps, num_envs, actor.action_dim), np.float32)
         self.action = np.empty((num_steps, num_envs), np.int32) if actor.discrete else np.empty_like(self.head)
-        self._forward, self._std = actor.net.forward_into, getattr(actor, "_std", None)
+        self._forward, self._sample = actor.net.forward_into, actor.sample
 
     def act(self, t: int, obs: np.ndarray) -> np.ndarray:
-        head, action = self._forward(obs, self.head[t]), self.action[t]
-        if self.actor.discrete:
-            action[...] = np.argmax(head + self.noise[t], axis=-1)
-        else:
-            np.add(head, np.multiply(self._std, self.noise[t], out=action), out=action)  # head + std * noise, as act
-        return action
+        return self._sample(self._forward(obs, self.head[t]), self.noise[t], self.action[t])
 
     def finish(self) -> tuple[np.ndarray, ActorExtras]:
         return self.action, ActorExtras(log_prob=self.actor.log_prob(self.head, self.action))

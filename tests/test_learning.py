@@ -150,7 +150,9 @@ def test_onnxruntime_and_openvino_agree_and_return_as_the_reference(exported, na
     """onnxruntime on any CPU; OpenVINO's CPU plugin where the CPU has VNNI (:func:`x86_vnni`):
     without it OpenVINO's int8 matmuls saturate (measured on an AVX2 EPYC: the CartPole heads
     exact on 28 % of states, as onnxruntime's without its precision option) and OpenVINO has no
-    option to avoid it (its documented workaround is 7-bit weights)."""
+    option to avoid it (its documented workaround is 7-bit weights). Per runtime, >= 99.5 %
+    action agreement (a continuous action within 1 % of the range or one step of the int8 head's
+    output scale) and mean return over 100 episodes within 2 % of numpy-int8's."""
     from rlaccel.bench.int8 import import_openvino
 
     ov = import_openvino()  # without its telemetry's fork of this JAX process
@@ -172,7 +174,11 @@ def test_onnxruntime_and_openvino_agree_and_return_as_the_reference(exported, na
         print(f"openvino {name} without VNNI (not judged): action agreement {_agreement(ov_act(obs), expected, ref):.4f}")
         del runtimes["openvino"]
     for runtime, act in runtimes.items():
-        agreement = _agreement(act(obs), expected, ref)
+        # one step of the int8 head's scale: QDQ requantises in float and rounds half to even where
+        # the profile's fixed-point multiplier rounds its own way (onnx_model's docstring). On a
+        # Zen 4 EPYC the Pendulum head's step was 0.042, above 1 % of the range (0.04), and
+        # onnxruntime's heads were one step off on 1.0 % of 10,000 observations, two on 0.01 %
+        agreement = _agreement(act(obs), expected, ref, steps=1)
         assert agreement >= 0.995, f"{runtime} {name}: action agreement {agreement:.4f}"
         returns = _returns(act, env_id)
         assert abs(returns.mean() - ref_returns.mean()) <= 0.02 * abs(ref_returns.mean()), f"{runtime} {name}: {returns.mean():.1f} vs numpy-int8 {ref_returns.mean():.1f}"

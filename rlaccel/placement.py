@@ -159,7 +159,7 @@ def _towers_blocker(config: Any) -> str | None:
     blocker = getattr(config.agent, "towers_blocker", None)
     if blocker is None:
         return f"{config.algo} has no separate policy and value towers"
-    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < 2:
+    if cpu_cores() < 2:
         return "this process may run on one CPU core only"
     return blocker()
 
@@ -210,12 +210,25 @@ def start(config: Any) -> str | None:
     (:func:`towers_wanted`) and JAX's CPU backend has not started (a count set in ``XLA_FLAGS``
     stands)."""
     if towers_wanted(config):
-        from jax._src import xla_bridge  # no public way to ask whether the backends run
-
-        forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-        if not xla_bridge.backends_are_initialized() and not forced and jax.config.jax_num_cpu_devices < 2:
-            jax.config.update("jax_num_cpu_devices", 2)
+        split_cpu(2)
     return start_backend(config.placement, config.env_kind)
+
+
+def split_cpu(devices: int) -> None:
+    """Ask JAX for ``devices`` CPU devices (``jax_num_cpu_devices``), unless its backends run
+    already or a count is set (``XLA_FLAGS``'s ``--xla_force_host_platform_device_count``, or
+    ``jax_num_cpu_devices`` above 1): those stand. XLA's CPU thread pool then has at least as
+    many threads (``rlaccel.cpu_threads``), so programs on different devices run at once."""
+    from jax._src import xla_bridge  # no public way to ask whether the backends run
+
+    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if devices > 1 and not xla_bridge.backends_are_initialized() and not forced and jax.config.jax_num_cpu_devices < 2:
+        jax.config.update("jax_num_cpu_devices", devices)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` off Linux)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def start_backend(config: PlacementConfig, env_kind: str | None = None) -> str | None:

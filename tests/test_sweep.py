@@ -172,6 +172,20 @@ def test_sweep_cli_writes_results(cartpole_yaml, tmp_path, capsys):
     assert config_lib.load(tmp_path / "b.yaml") == loaded
 
 
+def test_sweep_cli_takes_a_cpu_device_per_core(cartpole_yaml, tmp_path):
+    """Without a device count in ``XLA_FLAGS``, ``rlaccel sweep`` on a CPU shards its members
+    over one device per core they can use (``placement.split_cpu``): the CartPole config's one
+    XLA thread would otherwise leave the other cores idle. A count set in ``XLA_FLAGS`` stands."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, "-m", "rlaccel", "sweep", *_tiny(cartpole_yaml, "placement.actor.precision=fp32"), "--seeds", "2", "--grid", "ppo.ent_coef=0,0.01"]
+    for flags, devices in ((None, min(len(os.sched_getaffinity(0)), 4)), ("--xla_force_host_platform_device_count=1", 1)):
+        run_env = env if flags is None else {**env, "XLA_FLAGS": flags}
+        done = subprocess.run([*cmd, "--out", str(tmp_path / str(devices))], env=run_env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads((tmp_path / str(devices) / "results.json").read_text())
+        assert (report["groups"], report["devices"]) == (1, devices), (flags, report["groups"], report["devices"])
+
+
 BAD_SPACES = {
     "unknown_dist": ("ppo.learning_rate: {loguniform: [1e-5, 1e-2]}", "unknown distribution 'loguniform'"),
     "bounds": ("ppo.learning_rate: {log_uniform: [0, 1e-2]}", "log_uniform needs low > 0"),

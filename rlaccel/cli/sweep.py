@@ -1,7 +1,8 @@
 """``rlaccel sweep``: hyperparameter sweeps and search.
 
 Grid (every setting x every seed; settings that differ only in shape-free hyperparameters
-train together in one compiled program, vmapped, sharded over the devices)::
+train together in one compiled program, vmapped, sharded over the devices: on a CPU, one device
+per core the members can use, unless ``XLA_FLAGS`` sets a count; ``--devices N`` takes fewer)::
 
     rlaccel sweep --config configs/ppo_cartpole.yaml --seeds 8 \\
         --grid ppo.learning_rate=1e-4,3e-4,1e-3 --grid ppo.ent_coef=0,0.01
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import shutil
 import sys
 import traceback
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export_best:
         return export_best(args)
 
-    from rlaccel import api
+    from rlaccel import api, placement
     from rlaccel.sweep import grid as sweep_grid
     from rlaccel.sweep import search
 
@@ -128,10 +130,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--config FILE is required (e.g. --config configs/ppo_cartpole.yaml)")
         overrides = list(args.overrides) + (["logging.progress=false"] if args.no_progress else [])
         base = config_lib.load(args.config, overrides)
+        seeds = args.seeds if args.seeds is not None else (2 if args.search else 4)
+        if not multi:  # the members over every core (a process of several has the devices it was given)
+            members = seeds if args.search else seeds * math.prod(len(v) for v in sweep_grid.parse_grid(args.grid).values())
+            placement.split_cpu(min(placement.cpu_cores(), members))
         api.validate(base)
         if base.env_kind == "gym":
             raise ConfigError(f"env: a sweep trains every member in one compiled program, which needs a JAX env; {base.env} runs on host actors")
-        seeds = args.seeds if args.seeds is not None else (2 if args.search else 4)
         if args.search:
             if args.grid:
                 raise ConfigError("--grid and --search are exclusive (a search samples its own settings)")

@@ -178,11 +178,11 @@ def test_sweep_cli_takes_a_cpu_device_per_core(cartpole_yaml, tmp_path):
     XLA thread would otherwise leave the other cores idle. A count set in ``XLA_FLAGS`` stands."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     cmd = [sys.executable, "-m", "rlaccel", "sweep", *_tiny(cartpole_yaml, "placement.actor.precision=fp32"), "--seeds", "2", "--grid", "ppo.ent_coef=0,0.01"]
-    for flags, devices in ((None, min(len(os.sched_getaffinity(0)), 4)), ("--xla_force_host_platform_device_count=1", 1)):
+    for name, flags, devices in (("split", None, min(len(os.sched_getaffinity(0)), 4)), ("forced", "--xla_force_host_platform_device_count=1", 1)):
         run_env = env if flags is None else {**env, "XLA_FLAGS": flags}
-        done = subprocess.run([*cmd, "--out", str(tmp_path / str(devices))], env=run_env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run([*cmd, "--out", str(tmp_path / name)], env=run_env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-2000:]
-        report = json.loads((tmp_path / str(devices) / "results.json").read_text())
+        report = json.loads((tmp_path / name / "results.json").read_text())
         assert (report["groups"], report["devices"]) == (1, devices), (flags, report["groups"], report["devices"])
 
 

@@ -101,7 +101,8 @@ def device(spec: str, key: str) -> jax.Device:
     if not index:
         return found[0]
     if not index.isdigit() or int(index) >= len(found):
-        raise PlacementError(f"{key}: no device {spec!r} (devices: {', '.join(available())})")
+        hint = f"; this process may use {cpu_cores()} core(s), one CPU device each (XLA_FLAGS=--xla_force_host_platform_device_count=N sets another count)" if platform == "cpu" else ""
+        raise PlacementError(f"{key}: no device {spec!r} (devices: {', '.join(available())}){hint}")
     return found[int(index)]
 
 
@@ -206,12 +207,27 @@ def actor_runtime(config: Any) -> str:
 
 
 def start(config: Any) -> str | None:
-    """:func:`start_backend` for a run: with two CPU devices where its towers split
-    (:func:`towers_wanted`) and JAX's CPU backend has not started (a count set in ``XLA_FLAGS``
-    stands)."""
-    if towers_wanted(config):
-        split_cpu(2)
+    """:func:`start_backend` for a run, with the CPU devices its placement names
+    (:func:`cpu_devices_named`; two where its towers split, :func:`towers_wanted`) where JAX's
+    CPU backend has not started (a count set in ``XLA_FLAGS`` stands: :func:`split_cpu`)."""
+    split_cpu(max(2 if towers_wanted(config) else 1, cpu_devices_named(config.placement)))
     return start_backend(config.placement, config.env_kind)
+
+
+def cpu_devices_named(config: PlacementConfig) -> int:
+    """The CPU devices a placement names, at most one per core (:func:`cpu_cores`): one more
+    than the highest ``cpu:K`` of the learner and the actors, or the learner's ``devices: N``
+    where its device is ``cpu`` or ``auto`` (where ``auto`` is a GPU, the CPU devices go
+    unused); ``1`` otherwise. A CPU is one device unless asked: actors on ``cpu:1`` beside a
+    learner on ``cpu:0`` run on a 2-core machine without ``XLA_FLAGS``."""
+    n = 1
+    for spec in (config.learner.device, config.actor.device):
+        platform, _, index = spec.strip().lower().partition(":")
+        if platform == "cpu" and index.isdigit():
+            n = max(n, int(index) + 1)
+    if isinstance(config.learner.devices, int) and config.learner.device.strip().lower() in ("auto", "cpu"):
+        n = max(n, config.learner.devices)
+    return min(n, cpu_cores())
 
 
 def split_cpu(devices: int) -> None:

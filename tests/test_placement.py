@@ -85,6 +85,45 @@ def test_missing_devices_raise_a_one_line_config_error(learner, actor, key, word
         assert "cpu:0, cpu:1" in msg  # says what exists
 
 
+@pytest.mark.parametrize(
+    "learner, actor, devices, cores, named",
+    [
+        ("auto", "learner", 1, 2, 1),
+        ("cpu:0", "cpu:1", 1, 2, 2),
+        ("auto", " CPU:3 ", 1, 8, 4),
+        ("cpu:1", "learner", 1, 8, 2),
+        ("auto", "cpu:7", 1, 2, 2),  # at most one per core: resolve then names what exists
+        ("auto", "learner", 2, 4, 2),  # data parallel on a CPU (or auto)
+        ("cpu", "learner", 3, 2, 2),
+        ("gpu", "learner", 2, 4, 1),  # a GPU's devices are not the CPU's
+        ("auto", "learner", "all", 4, 1),
+    ],
+)
+def test_cpu_devices_named(monkeypatch, learner, actor, devices, cores, named):
+    monkeypatch.setattr(placement, "cpu_cores", lambda: cores)
+    config = config_lib.from_dict(PlacementConfig, {"learner": {"device": learner, "devices": devices}, "actor": {"device": actor}})
+    assert placement.cpu_devices_named(config) == named
+
+
+def test_actors_on_cpu_1_without_xla_flags(cartpole_yaml, tmp_path):
+    """A fresh ``rlaccel train`` that names ``cpu:1`` gets it on a machine of two cores or more
+    (JAX's CPU is one device unless asked: ``placement.start``), and on one core the error
+    names the cores and ``XLA_FLAGS``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    tiny = ["total_timesteps=512", "ppo.n_steps=64", "ppo.batch_size=64", "ppo.n_epochs=1", "eval.freq=0", "placement.actor.device=cpu:1"]
+    cmd = [sys.executable, "-m", "rlaccel", "train", "--config", str(cartpole_yaml), *[a for o in tiny for a in ("--set", o)], "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "learner cpu:0 fp32, actors cpu:1 int8 (split, pipelined" in done.stderr, done.stderr
+    else:
+        assert done.returncode == 2 and "no device 'cpu:1'" in done.stderr and "XLA_FLAGS" in done.stderr, done.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Runners on two devices.
 

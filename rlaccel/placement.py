@@ -217,16 +217,16 @@ def start(config: Any) -> str | None:
 def cpu_devices_named(config: PlacementConfig) -> int:
     """The CPU devices a placement names, at most one per core (:func:`cpu_cores`): one more
     than the highest ``cpu:K`` of the learner and the actors, or the learner's ``devices: N``
-    where its device is ``cpu`` or ``auto`` (where ``auto`` is a GPU, the CPU devices go
-    unused); ``1`` otherwise. A CPU is one device unless asked: actors on ``cpu:1`` beside a
+    (``all``: one per core) where its device is ``cpu`` or ``auto`` (where ``auto`` is a GPU,
+    the CPU devices go unused); ``1`` otherwise. A CPU is one device unless asked: actors on ``cpu:1`` beside a
     learner on ``cpu:0`` run on a 2-core machine without ``XLA_FLAGS``."""
     n = 1
     for spec in (config.learner.device, config.actor.device):
         platform, _, index = spec.strip().lower().partition(":")
         if platform == "cpu" and index.isdigit():
             n = max(n, int(index) + 1)
-    if isinstance(config.learner.devices, int) and config.learner.device.strip().lower() in ("auto", "cpu"):
-        n = max(n, config.learner.devices)
+    if config.learner.device.strip().lower() in ("auto", "cpu"):
+        n = max(n, cpu_cores() if config.learner.devices == "all" else config.learner.devices)
     return min(n, cpu_cores())
 
 

@@ -96,7 +96,7 @@ def test_missing_devices_raise_a_one_line_config_error(learner, actor, key, word
         ("auto", "learner", 2, 4, 2),  # data parallel on a CPU (or auto)
         ("cpu", "learner", 3, 2, 2),
         ("gpu", "learner", 2, 4, 1),  # a GPU's devices are not the CPU's
-        ("auto", "learner", "all", 4, 1),
+        ("auto", "learner", "all", 4, 4),
     ],
 )
 def test_cpu_devices_named(monkeypatch, learner, actor, devices, cores, named):

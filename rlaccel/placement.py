@@ -4,8 +4,9 @@
 
 * ``auto``: the first GPU if JAX sees one, else the first CPU device;
 * ``cpu`` / ``gpu``: the first device of that platform (``gpu`` without a GPU is an error);
-* ``<platform>:<index>``: that device, e.g. ``cpu:1`` (two CPU devices exist with
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=2``);
+* ``<platform>:<index>``: that device, e.g. ``cpu:1`` (:func:`start` asks JAX for the CPU
+  devices a placement names, one per core at most; ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+  sets another count);
 * actor ``learner``: the learner's device.
 
 Same device for both: the fused runner (one compiled program). Different devices: the
@@ -218,8 +219,8 @@ def cpu_devices_named(config: PlacementConfig) -> int:
     """The CPU devices a placement names, at most one per core (:func:`cpu_cores`): one more
     than the highest ``cpu:K`` of the learner and the actors, or the learner's ``devices: N``
     (``all``: one per core) where its device is ``cpu`` or ``auto`` (where ``auto`` is a GPU,
-    the CPU devices go unused); ``1`` otherwise. A CPU is one device unless asked: actors on ``cpu:1`` beside a
-    learner on ``cpu:0`` run on a 2-core machine without ``XLA_FLAGS``."""
+    the CPU devices go unused); ``1`` otherwise. A CPU is one device unless asked: actors on
+    ``cpu:1`` beside a learner on ``cpu:0`` run on a 2-core machine without ``XLA_FLAGS``."""
     n = 1
     for spec in (config.learner.device, config.actor.device):
         platform, _, index = spec.strip().lower().partition(":")

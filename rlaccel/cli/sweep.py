@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
         overrides = list(args.overrides) + (["logging.progress=false"] if args.no_progress else [])
         base = config_lib.load(args.config, overrides)
         seeds = args.seeds if args.seeds is not None else (2 if args.search else 4)
+        grid = {} if args.search else sweep_grid.parse_grid(args.grid)
         if not multi:  # the members over every core (a process of several has the devices it was given)
-            members = seeds if args.search else seeds * math.prod(len(v) for v in sweep_grid.parse_grid(args.grid).values())
-            placement.split_cpu(min(placement.cpu_cores(), members))
+            placement.split_cpu(min(placement.cpu_cores(), seeds * math.prod(len(v) for v in grid.values())))
         api.validate(base)
         if base.env_kind == "gym":
             raise ConfigError(f"env: a sweep trains every member in one compiled program, which needs a JAX env; {base.env} runs on host actors")
@@ -151,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
             for flag in ("space", "trials", "storage", "study", "sampler_seed"):
                 if getattr(args, flag) is not None:
                     raise ConfigError(f"--{flag.replace('_', '-')} only applies with --search optuna")
-            grid = sweep_grid.parse_grid(args.grid)
             sweep_grid.make_settings(base, grid)  # validates every setting before anything is written
         out = Path(args.out) if args.out else Path("sweeps") / f"{base.algo}_{base.env}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
         if out.exists() and not out.is_dir():

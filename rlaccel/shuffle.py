@@ -37,9 +37,10 @@ def permutations(key: Array, shape: tuple[int, ...]) -> Array:
     index_bits = max(1, (n - 1).bit_length())
     mask = jnp.uint32((1 << index_bits) - 1)
     index = lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+    bits = jax.random.bits(key, (rounds_for(n), *shape), jnp.uint32)  # one PRNG call site for every round
     perm = None
-    for round_key in jax.random.split(key, rounds_for(n)):
-        packed = (jax.random.bits(round_key, shape, jnp.uint32) & ~mask) | index
+    for round_bits in bits:
+        packed = (round_bits & ~mask) | index
         order = (jnp.sort(packed, axis=-1) & mask).astype(jnp.int32)
         perm = order if perm is None else jnp.take_along_axis(perm, order, axis=-1)
     return perm

@@ -10,7 +10,9 @@ So each key carries its index in its low bits: ``(bits & ~mask) | index``; sorti
 keys orders the indices by their random high bits, and ``& mask`` reads them back. Ties of
 the high bits keep index order, as ``jax.random.permutation``'s stable rounds do; like them,
 :func:`permutations` adds rounds, each re-shuffling the last, until a pair tied in every
-round is as unlikely as a tie of 32 random bits (two rounds up to 2^16 indices).
+round is as unlikely as a tie of 32 random bits (two rounds up to 2^16 indices). Beyond
+:data:`MAX_PACKED` indices (four rounds of 8 random bits) it sorts random keys with their
+indices, as before.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from jax import lax
 Array = jax.Array
 
 
-def rounds_for(n: int) -> int:
-    """Packed sorts :func:`permutations` runs for ``n`` indices: ``ceil(32 / random bits)``."""
+MAX_PACKED = 2**24
+"""The most indices :func:`permutations` packs into 32-bit keys."""
+
+
+def rounds_for(n: int) -> int | None:
+    """Packed sorts :func:`permutations` runs for ``n`` indices, ``ceil(32 / random bits)``;
+    ``None`` above :data:`MAX_PACKED` (an argsort of random keys)."""
+    if n > MAX_PACKED:
+        return None
     index_bits = max(1, (n - 1).bit_length())
-    if index_bits > 24:
-        raise ValueError(f"permutations of {n} indices: at most 2^24")
     return -(-32 // (32 - index_bits))
 
 
@@ -34,10 +41,13 @@ def permutations(key: Array, shape: tuple[int, ...]) -> Array:
     """Independent uniform permutations of ``range(shape[-1])``: ``int32 [*shape]``, one along
     the last axis for every index of ``shape[:-1]``."""
     n = shape[-1]
+    rounds = rounds_for(n)
+    if rounds is None:
+        return jnp.argsort(jax.random.bits(key, shape, jnp.uint32), axis=-1).astype(jnp.int32)
     index_bits = max(1, (n - 1).bit_length())
     mask = jnp.uint32((1 << index_bits) - 1)
     index = lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
-    bits = jax.random.bits(key, (rounds_for(n), *shape), jnp.uint32)  # one PRNG call site for every round
+    bits = jax.random.bits(key, (rounds, *shape), jnp.uint32)  # one PRNG call site for every round
     perm = None
     for round_bits in bits:
         packed = (round_bits & ~mask) | index

@@ -24,9 +24,14 @@ def test_rounds_until_a_tie_in_every_round_is_as_rare_as_32_bits(n, rounds):
     assert shuffle.rounds_for(n) == rounds
 
 
-def test_more_than_2_to_the_24_indices_is_refused():
-    with pytest.raises(ValueError, match="2\\^24"):
-        shuffle.rounds_for(2**24 + 1)
+def test_beyond_max_packed_an_argsort_draws_them(monkeypatch):
+    assert shuffle.rounds_for(2**24 + 1) is None
+    monkeypatch.setattr(shuffle, "MAX_PACKED", 8)
+    perms = np.asarray(shuffle.permutations(jax.random.PRNGKey(3), (4, 100)))
+    assert perms.dtype == np.int32
+    for row in perms:
+        np.testing.assert_array_equal(np.sort(row), np.arange(100))
+    assert len({tuple(row) for row in perms}) == 4
 
 
 def test_all_24_orders_of_four_are_equally_likely():

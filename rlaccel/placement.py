@@ -91,9 +91,7 @@ def device(spec: str, key: str) -> jax.Device:
     if spec == "auto":
         gpus = _devices("gpu")
         return gpus[0] if gpus else _devices("cpu")[0]
-    platform, _, index = spec.partition(":")
-    if platform == "cuda":
-        platform = "gpu"
+    platform, index = _split_spec(spec)
     if platform not in ("cpu", "gpu", "tpu"):
         raise PlacementError(f"{key}: unknown device {spec!r}; use auto, cpu, gpu or <platform>:<index>")
     found = _devices(platform)
@@ -105,6 +103,13 @@ def device(spec: str, key: str) -> jax.Device:
         hint = f"; this process may use {cpu_cores()} core(s), one CPU device each (XLA_FLAGS=--xla_force_host_platform_device_count=N sets another count)" if platform == "cpu" else ""
         raise PlacementError(f"{key}: no device {spec!r} (devices: {', '.join(available())}){hint}")
     return found[int(index)]
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``"cpu:1" -> ("cpu", "1")``, ``"CUDA" -> ("gpu", "")``: a device name's platform (``cuda``
+    read as ``gpu``) and index, lower-cased."""
+    platform, _, index = spec.strip().lower().partition(":")
+    return ("gpu" if platform == "cuda" else platform), index
 
 
 def learner_devices(config: PlacementConfig) -> tuple[jax.Device, ...]:
@@ -223,7 +228,7 @@ def cpu_devices_named(config: PlacementConfig) -> int:
     ``cpu:1`` beside a learner on ``cpu:0`` run on a 2-core machine without ``XLA_FLAGS``."""
     n = 1
     for spec in (config.learner.device, config.actor.device):
-        platform, _, index = spec.strip().lower().partition(":")
+        platform, index = _split_spec(spec)
         if platform == "cpu" and index.isdigit():
             n = max(n, int(index) + 1)
     if config.learner.device.strip().lower() in ("auto", "cpu"):

@@ -31,10 +31,12 @@ MAX_PACKED = 2**24
 def rounds_for(n: int) -> int | None:
     """Packed sorts :func:`permutations` runs for ``n`` indices, ``ceil(32 / random bits)``;
     ``None`` above :data:`MAX_PACKED` (an argsort of random keys)."""
-    if n > MAX_PACKED:
-        return None
-    index_bits = max(1, (n - 1).bit_length())
-    return -(-32 // (32 - index_bits))
+    return None if n > MAX_PACKED else -(-32 // (32 - _index_bits(n)))
+
+
+def _index_bits(n: int) -> int:
+    """The low bits of a packed key that hold an index below ``n``."""
+    return max(1, (n - 1).bit_length())
 
 
 def permutations(key: Array, shape: tuple[int, ...]) -> Array:
@@ -44,8 +46,7 @@ def permutations(key: Array, shape: tuple[int, ...]) -> Array:
     rounds = rounds_for(n)
     if rounds is None:
         return jnp.argsort(jax.random.bits(key, shape, jnp.uint32), axis=-1).astype(jnp.int32)
-    index_bits = max(1, (n - 1).bit_length())
-    mask = jnp.uint32((1 << index_bits) - 1)
+    mask = jnp.uint32((1 << _index_bits(n)) - 1)
     index = lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
     bits = jax.random.bits(key, (rounds, *shape), jnp.uint32)  # one PRNG call site for every round
     perm = None

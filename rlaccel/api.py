@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rlaccel import config as config_lib
-from rlaccel import registry
+from rlaccel import gcpause, registry
 from rlaccel.config import Config, ConfigError
 
 __all__ = ["Run", "check_run_dir", "default_run_dir", "load_config", "run_checked", "train", "validate"]
@@ -142,6 +142,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"run directory {run_dir} exists; pass --resume {run_dir} to continue it or --overwrite to replace it")
 
 
+@gcpause.held()  # start-up without the cyclic collector (rlaccel.gcpause)
 def train(
     config: str | Path | Mapping[str, Any] | Config,
     overrides: Sequence[str] | None = None,

@@ -33,8 +33,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from rlaccel import checkpoint, distributed, evaluate, guards, placement
-from rlaccel import clock
+from rlaccel import checkpoint, clock, distributed, evaluate, gcpause, guards, placement
 from rlaccel import costs as costs_lib
 from rlaccel.fileio import atomic_write, write_json
 from rlaccel.logging import MetricLogger, make_progress
@@ -213,6 +212,7 @@ def run(
                     compiled.add(n)
                 start = time.perf_counter()
                 new_state, metrics = source.run_chunk(state, n)
+                gcpause.release()  # the start-up's held collector: one collection while the first chunk runs
                 metrics = jax.device_get(metrics)  # blocks: the chunk's time is measured whole
                 elapsed = time.perf_counter() - start
                 k = len(next(iter(metrics.values()))) if metrics else 0

@@ -21,6 +21,7 @@ import yaml
 
 from rlaccel import api
 from rlaccel import config as config_lib
+from rlaccel import gcpause
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -100,6 +101,7 @@ def zoo_data(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     return zoo.block_from_file(config_lib.load_data(args.zoo), Path(args.zoo).name, args.env, algo)
 
 
+@gcpause.held()  # start-up without the cyclic collector (rlaccel.gcpause)
 def run(args: argparse.Namespace) -> int:
     """``rlaccel train``; returns the exit code."""
     multi = False

@@ -212,7 +212,7 @@ def run(
                     compiled.add(n)
                 start = time.perf_counter()
                 new_state, metrics = source.run_chunk(state, n)
-                gcpause.release()  # the start-up's held collector: one collection while the first chunk runs
+                gcpause.release()  # the collector held since the entry point: back on, the start-up's objects frozen
                 metrics = jax.device_get(metrics)  # blocks: the chunk's time is measured whole
                 elapsed = time.perf_counter() - start
                 k = len(next(iter(metrics.values()))) if metrics else 0

@@ -6,12 +6,13 @@ runs every 700 net allocations and walks all the young objects each time, and at
 passes the whole heap, although almost none of it is garbage: at PPO CartPole's first chunk,
 one full collection finds 426 unreachable objects among ~190,000 tracked ones.
 
-:func:`held` wraps the entry points (``rlaccel.train``, ``rlaccel train``): it turns the
-collector off from before JAX is imported until the training loop has dispatched its first
-chunk (``rlaccel.loop`` calls :func:`release` then), or until the entry point returns or
-raises. :func:`release` freezes what exists then (``gc.freeze``: later collections skip
-it) and turns the collector back on; the entry point unfreezes it as it returns, so what the
-run leaves behind is collected as usual afterwards. A full collection instead of the freeze
+:func:`held` wraps the entry points (``rlaccel.train``, ``rlaccel train``, a sweep's
+``run_grid``): it turns the collector off from before JAX is imported (where the entry point
+imports it) until the training loop has dispatched its first chunk (``rlaccel.loop`` calls
+:func:`release` then), or until the entry point returns or raises. :func:`release` freezes
+what exists then (``gc.freeze``: later collections skip it) and turns the collector back on;
+the entry point unfreezes it as it returns, so what the run leaves behind is collected as
+usual afterwards. A full collection instead of the freeze
 took ~0.08 s beside the first chunk and left the first probe's decision latency 2-7x its
 usual (90-280 against ~40 us; why was not found). A collector the caller had turned off
 stays off, and objects the caller had frozen stay frozen.

@@ -6,6 +6,7 @@ member exactly as ``make_train`` trains it alone with the same key.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -151,6 +152,7 @@ def test_sweep_cli_writes_results(cartpole_yaml, tmp_path, capsys):
     out = tmp_path / "sw"
     rc = cli.main(_tiny(cartpole_yaml, "ppo.n_steps=32", "ppo.batch_size=32", "placement.actor.precision=fp32") + ["--seeds", "2", "--grid", "ppo.learning_rate=3e-3,1e-5", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # run_grid's start-up hold ended (rlaccel.gcpause)
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("setting,ppo.learning_rate,seeds,final_return_mean,final_return_std,final_return_min") and len(rows) == 3
     report = json.loads((out / "results.json").read_text())

@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlaccel import guards
+from rlaccel import gcpause, guards
 from rlaccel.config import Config
 from rlaccel.sweep.grid import group_settings, make_settings
 
 __all__ = ["run_grid"]
 
 
+@gcpause.held()  # start-up without the cyclic collector (rlaccel.gcpause)
 def run_grid(
     base: Config,
     grid: Mapping[str, Sequence[Any]],

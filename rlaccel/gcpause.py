@@ -12,10 +12,10 @@ imports it) until the training loop has dispatched its first chunk (``rlaccel.lo
 :func:`release` then), or until the entry point returns or raises. :func:`release` freezes
 what exists then (``gc.freeze``: later collections skip it) and turns the collector back on;
 the entry point unfreezes it as it returns, so what the run leaves behind is collected as
-usual afterwards. A full collection instead of the freeze
-took ~0.08 s beside the first chunk and left the first probe's decision latency 2-7x its
-usual (90-280 against ~40 us; why was not found). A collector the caller had turned off
-stays off, and objects the caller had frozen stay frozen.
+usual afterwards. A full collection instead of the freeze took ~0.08 s beside the first
+chunk and left the first probe's decision latency 2-7x its usual (90-280 against ~40 us;
+why was not found). A collector the caller had turned off stays off, and objects the caller
+had frozen stay frozen.
 
 Measured on a 2-core Zen 4 EPYC (``rlaccel.train`` of ``configs/ppo_cartpole.yaml`` with fp32
 actors, 500k steps, ``eval.freq=0``, no compilation cache; each run its own process, 10 pairs

@@ -231,7 +231,7 @@ def cpu_devices_named(config: PlacementConfig) -> int:
         platform, index = _split_spec(spec)
         if platform == "cpu" and index.isdigit():
             n = max(n, int(index) + 1)
-    if config.learner.device.strip().lower() in ("auto", "cpu"):
+    if _split_spec(config.learner.device) in (("auto", ""), ("cpu", "")):
         n = max(n, cpu_cores() if config.learner.devices == "all" else config.learner.devices)
     return min(n, cpu_cores())
 
